@@ -1,0 +1,28 @@
+# Shazam: slides -> patches -> teacher features -> splits -> baselines + student -> report.
+# Thin entry point: every helper lives in rules/common.smk, every stage in its own rule file,
+# and every rule is a shell call into the `shazam` package.
+from snakemake.utils import min_version
+
+from shazam.slides import SLIDE_ID_PATTERN
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+
+
+wildcard_constraints:
+    slide=SLIDE_ID_PATTERN,
+
+
+include: "rules/demo.smk"
+include: "rules/tiling.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

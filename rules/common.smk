@@ -1,0 +1,85 @@
+# Helpers for all stage files: config and sheet validation, slide lookups and
+# input functions. Validation logic itself lives in the shazam package (unit-tested there).
+import math
+from importlib.metadata import version
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from shazam.demo import demo_plan
+from shazam.slides import load_sheet
+
+validate(config, "../workflow/schemas/config.schema.yaml")
+
+# Passed as a param to every rule so that upgrading the package shows up as a rerun reason.
+SHAZAM_VERSION = version("shazam")
+
+DEMO = config["demo"]
+DEMO_DIR = DEMO["out"]
+DEMO_SLIDES = demo_plan(DEMO["seed"], DEMO["cases"])
+DEMO_SHEET = f"{DEMO_DIR}/slides.tsv"
+
+
+def _load_slides():
+    """The slide sheet; in demo mode, the demo's own plan until make_demo_data has run."""
+    sheet_path = config["slides"]
+    if DEMO["enabled"]:
+        if Path(sheet_path) != Path(DEMO_SHEET):
+            raise ValueError(
+                f"config: demo.enabled is true, so `slides` must be {DEMO_SHEET} "
+                f"(got {sheet_path}); set demo.enabled: false to use your own sheet"
+            )
+        if not Path(sheet_path).exists():
+            import pandas as pd
+
+            return pd.DataFrame(
+                {
+                    "slide_id": [s.slide_id for s in DEMO_SLIDES],
+                    "path": [f"{DEMO_DIR}/slides/{s.filename}" for s in DEMO_SLIDES],
+                    "case_id": [s.case_id for s in DEMO_SLIDES],
+                    "mpp": [math.nan] * len(DEMO_SLIDES),
+                }
+            )
+        # demo slides are outputs of make_demo_data: a missing one is rebuilt, not an error
+        return load_sheet(sheet_path, check_files=False)
+    return load_sheet(sheet_path)
+
+
+SLIDES = _load_slides()
+validate(SLIDES, "../workflow/schemas/slides.schema.yaml")
+SLIDES = SLIDES.set_index("slide_id", drop=False)
+SLIDE_IDS = list(SLIDES["slide_id"])
+
+
+def slide_path(wildcards):
+    return SLIDES.loc[wildcards.slide, "path"]
+
+
+def slide_case(wildcards):
+    return SLIDES.loc[wildcards.slide, "case_id"]
+
+
+def slide_mpp(wildcards):
+    mpp = SLIDES.loc[wildcards.slide, "mpp"]
+    return "none" if math.isnan(mpp) else f"{mpp:g}"
+
+
+def cli_args(section):
+    """`--key value` arguments for one config section, in a stable order."""
+    args = []
+    for key, value in sorted(config[section].items()):
+        flag = key.replace("_", "-")
+        args.append(f"--{flag} {'none' if value is None else value}")
+    return " ".join(args)
+
+
+def demo_outputs():
+    return {
+        "sheet": DEMO_SHEET,
+        "labels": [f"{DEMO_DIR}/labels_subtype.csv", f"{DEMO_DIR}/labels_os.csv"],
+        "slides": [f"{DEMO_DIR}/slides/{s.filename}" for s in DEMO_SLIDES],
+    }
+
+
+def final_outputs():
+    return ["results/qc/tiling.tsv"]

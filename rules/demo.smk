@@ -1,0 +1,20 @@
+rule make_demo_data:
+    output:
+        **demo_outputs(),
+    log:
+        "logs/make_demo_data/make_demo_data.log",
+    benchmark:
+        "results/benchmarks/make_demo_data/make_demo_data.tsv"
+    conda:
+        "../envs/shazam.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    params:
+        version=SHAZAM_VERSION,
+        out=lambda wildcards, output: os.path.dirname(output.sheet),
+        seed=DEMO["seed"],
+        cases=DEMO["cases"],
+    shell:
+        "shazam demo --out {params.out} --seed {params.seed} --cases {params.cases} > {log} 2>&1"

@@ -1,0 +1,45 @@
+rule tile_slide:
+    input:
+        slide=slide_path,
+    output:
+        h5="results/patches/{slide}.h5",
+        qc="results/qc/tiling/{slide}.json",
+        thumbnail="results/qc/tiling/{slide}.png",
+    log:
+        "logs/tile_slide/{slide}.log",
+    benchmark:
+        "results/benchmarks/tile_slide/{slide}.tsv"
+    conda:
+        "../envs/shazam.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 2000 * attempt,
+        runtime=lambda wc, attempt: 20 * attempt,
+    params:
+        version=SHAZAM_VERSION,
+        case_id=slide_case,
+        mpp=slide_mpp,
+        tiling=cli_args("tiling"),
+    shell:
+        "shazam tile --slide {input.slide:q} --slide-id {wildcards.slide}"
+        " --case-id {params.case_id:q} --mpp {params.mpp} {params.tiling}"
+        " --out-h5 {output.h5} --out-qc {output.qc} --out-thumbnail {output.thumbnail}"
+        " > {log} 2>&1"
+
+
+rule tiling_qc:
+    input:
+        expand("results/qc/tiling/{slide}.json", slide=SLIDE_IDS),
+    output:
+        "results/qc/tiling.tsv",
+    log:
+        "logs/tiling_qc/tiling_qc.log",
+    benchmark:
+        "results/benchmarks/tiling_qc/tiling_qc.tsv"
+    localrule: True
+    conda:
+        "../envs/shazam.yaml"
+    params:
+        version=SHAZAM_VERSION,
+    shell:
+        "shazam tiling-qc --out {output} {input} > {log} 2>&1"

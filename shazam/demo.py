@@ -1,0 +1,246 @@
+"""The embedded demo: a seeded synthetic cohort of real pyramidal slide files.
+
+Everything a user meets on real data is here in small: Aperio-style SVS files (JPEG tiles,
+3 pyramid levels) that OpenSlide reads, scans at 40× (0.25 µm/px) and 20× (0.5 µm/px), one slide
+whose only resolution metadata is the objective power, one slide with no tissue at all, cases
+with two slides, and two tissue phenotypes that differ in colour and texture and drive both a
+classification label and a survival outcome (censorship convention, 1 = censored).
+
+Tissue is drawn in physical units (µm), so a 40× and a 20× scan of the same seeded tissue show
+the same structures at the resolution of each scan.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from .io import atomic_path
+
+WIDTH_UM = 1536.0  # slide field: 1.536 mm × 1.024 mm
+HEIGHT_UM = 1024.0
+CLASSES = ("A", "B")
+
+# Phenotype A: eosin-rich stroma with sparse small round nuclei.
+# Phenotype B: hematoxylin-rich, dense large nuclei.
+PHENOTYPES = {
+    "A": dict(
+        base=(232, 148, 186), nucleus=(118, 62, 150), radius_um=2.5, per_um2=1 / 700, fibres=True
+    ),
+    "B": dict(
+        base=(196, 134, 204), nucleus=(62, 28, 118), radius_um=4.5, per_um2=1 / 160, fibres=False
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DemoSlide:
+    slide_id: str
+    case_id: str
+    phenotype: str
+    mpp: float  # level-0 µm/px of the scan
+    mpp_in_metadata: bool = True  # False: only the objective power is written
+    blank: bool = False  # no tissue at all
+
+    @property
+    def filename(self) -> str:
+        return f"{self.slide_id}.svs"
+
+
+def demo_plan(seed: int = 0, n_cases: int = 32, n_two_slide: int = 5) -> list[DemoSlide]:
+    """The slides the demo writes, as a pure function of the seed (no I/O)."""
+    if n_cases < 4:
+        raise ValueError("the demo needs at least 4 cases")
+    rng = np.random.default_rng(seed)
+    phen = np.array([CLASSES[i % 2] for i in range(n_cases)])
+    rng.shuffle(phen)
+    slides: list[DemoSlide] = []
+    k = 0
+    for i in range(n_cases):
+        case = f"case{i:03d}"
+        n = 2 if i < n_two_slide else 1
+        for j in range(n):
+            mpp = 0.25 if k % 2 == 0 else 0.5
+            slides.append(DemoSlide(f"{case}_s{j + 1}", case, str(phen[i]), mpp))
+            k += 1
+    # one 20x slide that carries only the objective power (AppMag) and no MPP
+    i20 = next(i for i, s in enumerate(slides) if s.mpp == 0.5)
+    s = slides[i20]
+    slides[i20] = DemoSlide(s.slide_id, s.case_id, s.phenotype, 0.5, mpp_in_metadata=False)
+    # one empty slide: an extra glass of the last case, so every case still has tissue
+    last = slides[-1]
+    slides.append(DemoSlide(f"{last.case_id}_blank", last.case_id, last.phenotype, 0.5, blank=True))
+    return slides
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_tissue(rng: np.random.Generator, phenotype: str | None, mpp: float) -> np.ndarray:
+    """RGB uint8 image of the demo field (``WIDTH_UM`` × ``HEIGHT_UM``) scanned at ``mpp``.
+
+    Every structure is drawn from random numbers drawn in physical units (µm), in the same
+    order whatever ``mpp`` is, so one seed gives the same tissue at 40× and at 20×; only the
+    pixel noise differs, as between two scans. ``phenotype=None`` renders empty glass.
+    """
+    from PIL import Image, ImageDraw
+
+    w = int(round(WIDTH_UM / mpp))
+    h = int(round(HEIGHT_UM / mpp))
+
+    def smooth(shape, sigma, scale):  # a low-frequency field resized to the slide
+        f = ndimage.gaussian_filter(rng.normal(0, scale, size=shape), sigma).astype(np.float32)
+        return np.asarray(Image.fromarray(f, mode="F").resize((w, h), Image.BILINEAR))
+
+    glass = np.float32(243) + smooth((48, 64), 1.0, 2.0)
+    planes = [glass, glass, glass]
+    if phenotype is not None:
+        spec = PHENOTYPES[phenotype]
+        # tissue shape: a smooth random field plus a central bump, thresholded
+        yy, xx = np.mgrid[0:24, 0:36]
+        bump = 1.2 * np.exp(-(((xx - 17.5) / 13) ** 2 + ((yy - 11.5) / 9) ** 2))
+        coarse = ndimage.gaussian_filter(rng.normal(size=(24, 36)), 3.0) + bump
+        field = np.asarray(
+            Image.fromarray(coarse.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR)
+        )
+        tissue = field > np.quantile(coarse, 0.55)
+        shade = 1 + smooth((48, 64), 1.0, 0.08)
+        if spec["fibres"]:
+            # wavy eosinophilic fibres: stripes 9 µm apart along a slowly varying phase
+            phase = smooth((12, 16), 1.0, 3.0)
+            y_um = np.arange(h, dtype=np.float32)[:, None] * mpp
+            shade = shade * (1 + 0.06 * np.sin(2 * np.pi * y_um / 9.0 + phase))
+        planes = [np.where(tissue, c * shade, glass) for c in spec["base"]]
+    img = Image.fromarray(
+        np.stack([np.clip(p, 0, 255).astype(np.uint8) for p in planes], axis=2), mode="RGB"
+    )
+    if phenotype is not None:
+        # nuclei: positions and sizes in µm, drawn as filled ellipses
+        area = WIDTH_UM * HEIGHT_UM
+        n = rng.poisson(area * spec["per_um2"])
+        xs = rng.uniform(0, WIDTH_UM, n)
+        ys = rng.uniform(0, HEIGHT_UM, n)
+        r = spec["radius_um"] * rng.uniform(0.7, 1.3, n)
+        e = rng.uniform(0.75, 1.0, n)
+        jitter = rng.integers(-12, 13, size=(n, 3))
+        col = np.clip(np.array(spec["nucleus"])[None, :] + jitter, 0, 255)
+        inside = tissue[
+            np.minimum((ys / mpp).astype(int), h - 1), np.minimum((xs / mpp).astype(int), w - 1)
+        ]
+        draw = ImageDraw.Draw(img)
+        for x, y, rr, ee, c in zip(
+            xs[inside] / mpp, ys[inside] / mpp, r[inside] / mpp, e[inside], col[inside], strict=True
+        ):
+            draw.ellipse([x - rr, y - rr * ee, x + rr, y + rr * ee], fill=tuple(int(v) for v in c))
+    # scanner noise: a fixed-size noise tile repeated (cheap, and no visible period at this size)
+    noise = rng.integers(-4, 5, size=(257, 263, 1), dtype=np.int16)
+    reps = (h // 257 + 1, w // 263 + 1, 3)
+    arr = np.asarray(img, dtype=np.int16) + np.tile(noise, reps)[:h, :w]
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- slide files
+
+
+def write_svs(
+    path: str | os.PathLike,
+    rgb: np.ndarray,
+    mpp: float | None,
+    objective_power: float | None,
+    n_levels: int = 3,
+    tile: int = 256,
+    quality: int = 90,
+) -> None:
+    """Write an Aperio-style pyramidal TIFF (JPEG tiles, ×4 levels) that OpenSlide reads with
+    vendor ``aperio``. ``mpp=None`` omits the MPP field (objective power only)."""
+    import tifffile
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    fields = [f"{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG/RGB Q={quality}"]
+    if objective_power is not None:
+        fields.append(f"AppMag = {objective_power:g}")
+    if mpp is not None:
+        fields.append(f"MPP = {mpp:g}")
+    levels = [rgb]
+    for _ in range(1, n_levels):
+        prev = levels[-1]
+        size = (max(1, prev.shape[1] // 4), max(1, prev.shape[0] // 4))
+        levels.append(np.asarray(Image.fromarray(prev).resize(size, Image.BOX)))
+    with atomic_path(path) as tmp:
+        with tifffile.TiffWriter(tmp) as tw:
+            for i, lvl in enumerate(levels):
+                desc = "Aperio Image Library v12.0.15\r\n" + (
+                    "|".join(fields)
+                    if i == 0
+                    else f"{w}x{h} -> {lvl.shape[1]}x{lvl.shape[0]} JPEG/RGB Q={quality}"
+                )
+                tw.write(
+                    lvl,
+                    tile=(tile, tile),
+                    photometric="rgb",
+                    compression="jpeg",
+                    compressionargs={"level": quality},
+                    description=desc,
+                    metadata=None,
+                )
+
+
+def write_demo(out_dir: str | os.PathLike, seed: int = 0, n_cases: int = 32) -> pd.DataFrame:
+    """Write the demo cohort under ``out_dir``: ``slides/*.svs``, ``slides.tsv``,
+    ``labels_subtype.csv`` and ``labels_os.csv``. Returns the slide sheet."""
+    out = Path(out_dir)
+    plan = demo_plan(seed, n_cases)
+    rng = np.random.default_rng(seed + 1)
+    for s in plan:
+        srng = np.random.default_rng([seed, _stable_hash(s.slide_id)])
+        rgb = render_tissue(srng, None if s.blank else s.phenotype, s.mpp)
+        write_svs(
+            out / "slides" / s.filename,
+            rgb,
+            mpp=s.mpp if s.mpp_in_metadata else None,
+            objective_power=round(10 / s.mpp),
+        )
+    sheet = pd.DataFrame(
+        {
+            "slide_id": [s.slide_id for s in plan],
+            "path": [f"slides/{s.filename}" for s in plan],
+            "case_id": [s.case_id for s in plan],
+        }
+    )
+    cases = pd.DataFrame(
+        {"case_id": [s.case_id for s in plan], "phenotype": [s.phenotype for s in plan]}
+    ).drop_duplicates("case_id")
+    subtype = pd.DataFrame({"case_id": cases["case_id"], "label": cases["phenotype"]})
+    # survival: phenotype B progresses ~3x faster; ~25% administratively censored
+    scale = np.where(cases["phenotype"].to_numpy() == "B", 18.0, 54.0)
+    t_event = rng.exponential(scale)
+    t_cens = rng.uniform(12, 120, size=len(scale))
+    censored = (t_cens < t_event) | (rng.random(len(scale)) < 0.1)
+    time = np.where(t_cens < t_event, t_cens, t_event)
+    os_tab = pd.DataFrame(
+        {
+            "case_id": cases["case_id"],
+            "survival_months": np.round(np.maximum(time, 0.5), 2),
+            "censorship": censored.astype(int),
+        }
+    )
+    for name, df, sep in (
+        ("slides.tsv", sheet, "\t"),
+        ("labels_subtype.csv", subtype, ","),
+        ("labels_os.csv", os_tab, ","),
+    ):
+        with atomic_path(out / name) as tmp:
+            df.to_csv(tmp, sep=sep, index=False)
+    return sheet
+
+
+def _stable_hash(s: str) -> int:
+    import zlib
+
+    return zlib.crc32(s.encode())

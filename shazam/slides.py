@@ -1,0 +1,325 @@
+"""Slide sheet loading and the one slide reader used by tiling, extraction and QC.
+
+The reader wraps OpenSlide and adds what every stage needs on top of it: a microns-per-pixel
+value with its provenance (resolution order: sheet override, scanner metadata, objective
+power, configured default), level choice for a target resolution, and whole-level reads that
+never hold level 0 in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SLIDE_ID_PATTERN = r"[A-Za-z0-9._-]+"
+_SLIDE_ID_RE = re.compile(rf"^{SLIDE_ID_PATTERN}$")
+SHEET_COLUMNS = ("slide_id", "path", "case_id")
+
+# Objective power -> MPP uses the common scanner convention 10 µm / power (20x -> 0.5 µm/px,
+# 40x -> 0.25 µm/px), the same mapping TRIDENT and CLAM-derived tools assume.
+MICRONS_AT_1X = 10.0
+
+
+def magnification(mpp: float) -> float:
+    """Objective magnification equivalent of a resolution (0.5 µm/px -> 20.0)."""
+    return round(MICRONS_AT_1X / mpp, 3)
+
+
+class SheetError(ValueError):
+    """A problem in a sample sheet; the message names the file, the row and the column."""
+
+
+class BadSlideError(RuntimeError):
+    """A slide that cannot be used; the message names the slide id, its path and the reason."""
+
+    def __init__(self, slide_id: str, path: str | os.PathLike, reason: str):
+        self.slide_id = slide_id
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"slide {slide_id} ({self.path}): {reason}")
+
+
+# --------------------------------------------------------------------------- sample sheet
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV or TSV (chosen by extension; ``.tsv``/``.txt`` are tab separated) as strings."""
+    path = Path(path)
+    sep = "," if path.suffix.lower() == ".csv" else "\t"
+    return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, comment=None)
+
+
+def load_sheet(path: str | os.PathLike, check_files: bool = True) -> pd.DataFrame:
+    """Load and validate the slide sheet (DESIGN §3.1).
+
+    Returns a frame indexed by nothing special with columns ``slide_id``, ``path`` (resolved
+    against the sheet's folder when relative), ``case_id`` and ``mpp`` (float or NaN).
+    Every problem found is reported at once, each naming the sheet, the line and the column.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SheetError(f"slide sheet {path}: file not found")
+    df = read_table(path)
+    errors: list[str] = []
+    missing = [c for c in SHEET_COLUMNS if c not in df.columns]
+    if missing:
+        raise SheetError(
+            f"slide sheet {path}: missing column(s) {', '.join(missing)}; "
+            f"found {', '.join(df.columns) or 'none'} (required: {', '.join(SHEET_COLUMNS)})"
+        )
+    if df.empty:
+        raise SheetError(f"slide sheet {path}: no rows")
+
+    def where(i: int, col: str) -> str:
+        # line numbers as an editor shows them: header is line 1
+        return f"slide sheet {path}, line {i + 2}, column {col}"
+
+    base = path.parent
+    resolved: list[str] = []
+    mpps: list[float] = []
+    seen: dict[str, int] = {}
+    has_mpp = "mpp" in df.columns
+    for i, row in df.iterrows():
+        sid = row["slide_id"].strip()
+        if not sid:
+            errors.append(f"{where(i, 'slide_id')}: empty slide id")
+        elif not _SLIDE_ID_RE.match(sid):
+            errors.append(
+                f"{where(i, 'slide_id')}: '{sid}' has characters outside [A-Za-z0-9._-]; "
+                "rename the slide id (the file name may stay as it is)"
+            )
+        elif sid in seen:
+            first = seen[sid] + 2
+            errors.append(f"{where(i, 'slide_id')}: duplicate slide id '{sid}' (see line {first})")
+        else:
+            seen[sid] = i
+        if not row["case_id"].strip():
+            errors.append(f"{where(i, 'case_id')}: empty case id for slide '{sid}'")
+        p = row["path"].strip()
+        if not p:
+            errors.append(f"{where(i, 'path')}: empty path for slide '{sid}'")
+            resolved.append("")
+        else:
+            full = Path(os.path.expanduser(p))
+            if not full.is_absolute():
+                full = base / full
+            full_s = os.path.normpath(full)
+            if check_files and not os.path.exists(full_s):
+                errors.append(f"{where(i, 'path')}: file not found for slide '{sid}': {full_s}")
+            resolved.append(full_s)
+        mpp = math.nan
+        if has_mpp and row["mpp"].strip():
+            try:
+                mpp = float(row["mpp"])
+            except ValueError:
+                mpp = -1.0
+            if not (mpp > 0 and math.isfinite(mpp)):
+                errors.append(
+                    f"{where(i, 'mpp')}: '{row['mpp']}' is not a positive number "
+                    "(µm per pixel at level 0; leave empty to use the slide's metadata)"
+                )
+                mpp = math.nan
+        mpps.append(mpp)
+    if errors:
+        shown = errors[:20]
+        more = f"\n  … and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise SheetError(
+            f"{len(errors)} problem(s) in slide sheet {path}:\n  " + "\n  ".join(shown) + more
+        )
+    out = pd.DataFrame(
+        {
+            "slide_id": df["slide_id"].str.strip(),
+            "path": resolved,
+            "case_id": df["case_id"].str.strip(),
+            "mpp": mpps,
+        }
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- MPP resolution
+
+
+@dataclass(frozen=True)
+class MPP:
+    value: float
+    source: str  # override | metadata | objective_power | default
+
+
+def resolve_mpp(
+    properties: Mapping[str, str],
+    override: float | None = None,
+    default: float | None = None,
+) -> MPP:
+    """Level-0 microns per pixel, in order: sheet override, metadata, objective power, default.
+
+    Raises ``ValueError`` (with what to do) when none of them is available.
+    """
+    if override is not None and not (isinstance(override, float) and math.isnan(override)):
+        if not override > 0:
+            raise ValueError(f"mpp override must be positive, got {override}")
+        return MPP(float(override), "override")
+    xs = [_positive(properties.get(k)) for k in ("openslide.mpp-x", "openslide.mpp-y")]
+    xs = [x for x in xs if x is not None]
+    if xs:
+        return MPP(float(np.mean(xs)), "metadata")
+    power = _positive(properties.get("openslide.objective-power"))
+    if power is not None:
+        return MPP(MICRONS_AT_1X / power, "objective_power")
+    if default is not None:
+        if not default > 0:
+            raise ValueError(f"tiling.default_mpp must be positive, got {default}")
+        return MPP(float(default), "default")
+    raise ValueError(
+        "no resolution metadata (neither MPP nor objective power); add an `mpp` column to the "
+        "slide sheet or set tiling.default_mpp"
+    )
+
+
+def _positive(v) -> float | None:
+    if v is None or v == "":
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if x > 0 and math.isfinite(x) else None
+
+
+# --------------------------------------------------------------------------- slide reader
+
+
+def best_level(level_mpps: list[float], target_mpp: float, tolerance: float = 0.02) -> int:
+    """The coarsest level that is at least as fine as ``target_mpp`` (never upsample when a
+    finer level exists). When even level 0 is coarser, level 0 is returned."""
+    best = 0
+    for i, m in enumerate(level_mpps):
+        if m <= target_mpp * (1 + tolerance):
+            best = i
+    return best
+
+
+class Slide:
+    """An OpenSlide handle with a resolved MPP. Open errors become :class:`BadSlideError`."""
+
+    def __init__(
+        self,
+        slide_id: str,
+        path: str | os.PathLike,
+        mpp_override: float | None = None,
+        default_mpp: float | None = None,
+    ):
+        import openslide  # imported here so sheet-only users do not load the C library
+
+        self.slide_id = slide_id
+        self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise BadSlideError(slide_id, self.path, "file not found")
+        try:
+            self._os = openslide.OpenSlide(self.path)
+        except openslide.OpenSlideUnsupportedFormatError:
+            raise BadSlideError(
+                slide_id, self.path, "cannot open: not a format OpenSlide can read"
+            ) from None
+        except (openslide.OpenSlideError, OSError) as e:
+            raise BadSlideError(slide_id, self.path, f"cannot open: {e}") from None
+        try:
+            self.mpp = resolve_mpp(self._os.properties, mpp_override, default_mpp)
+        except ValueError as e:
+            self.close()
+            raise BadSlideError(slide_id, self.path, str(e)) from None
+
+    # -- metadata
+    @property
+    def properties(self) -> Mapping[str, str]:
+        return self._os.properties
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self._os.dimensions
+
+    @property
+    def level_count(self) -> int:
+        return self._os.level_count
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return self._os.level_dimensions
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return self._os.level_downsamples
+
+    @property
+    def level_mpps(self) -> list[float]:
+        return [self.mpp.value * d for d in self.level_downsamples]
+
+    @property
+    def vendor(self) -> str:
+        return self._os.properties.get("openslide.vendor", "unknown")
+
+    def best_level(self, target_mpp: float) -> int:
+        return best_level(self.level_mpps, target_mpp)
+
+    # -- pixels
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]):
+        """RGB uint8 array (H, W, 3); transparent pixels (outside the scanned area) are white."""
+        try:
+            im = self._os.read_region(location, level, size)
+        except Exception as e:  # OpenSlideError on corrupt or truncated tiles
+            raise BadSlideError(
+                self.slide_id,
+                self.path,
+                f"cannot read region at {location} level {level}: {e}",
+            ) from None
+        return rgba_to_rgb(np.asarray(im))
+
+    def read_level_downsampled(self, level: int, factor: int, block: int = 4096) -> np.ndarray:
+        """Read a whole level reduced by an integer ``factor`` (block mean), strip by strip.
+
+        Memory stays bounded by one strip plus the output, so a slide without a usable
+        pyramid is never held whole at full resolution.
+        """
+        w, h = self.level_dimensions[level]
+        if factor <= 1:
+            return self.read_region((0, 0), level, (w, h))
+        ow, oh = w // factor, h // factor
+        out = np.empty((oh, ow, 3), dtype=np.uint8)
+        ds = self.level_downsamples[level]
+        rows = max(1, block // factor)  # output rows per strip
+        for oy in range(0, oh, rows):
+            n = min(rows, oh - oy)
+            y0 = oy * factor
+            strip = self.read_region(
+                (0, int(round(y0 * ds))), level, (ow * factor, n * factor)
+            ).astype(np.float32)
+            strip = strip.reshape(n, factor, ow, factor, 3).mean(axis=(1, 3))
+            out[oy : oy + n] = np.clip(strip + 0.5, 0, 255).astype(np.uint8)
+        return out
+
+    def close(self) -> None:
+        if getattr(self, "_os", None) is not None:
+            self._os.close()
+            self._os = None
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def rgba_to_rgb(a: np.ndarray) -> np.ndarray:
+    """OpenSlide returns premultiplied RGBA; fully transparent pixels mean 'no data' -> white."""
+    if a.ndim == 3 and a.shape[2] == 4:
+        rgb = a[..., :3].copy()
+        rgb[a[..., 3] == 0] = 255
+        return rgb
+    return np.ascontiguousarray(a[..., :3])
