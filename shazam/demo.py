@@ -196,7 +196,6 @@ def write_demo(out_dir: str | os.PathLike, seed: int = 0, n_cases: int = 32) -> 
     ``labels_subtype.csv`` and ``labels_os.csv``. Returns the slide sheet."""
     out = Path(out_dir)
     plan = demo_plan(seed, n_cases)
-    rng = np.random.default_rng(seed + 1)
     for s in plan:
         srng = np.random.default_rng([seed, _stable_hash(s.slide_id)])
         rgb = render_tissue(srng, None if s.blank else s.phenotype, s.mpp)
@@ -213,23 +212,7 @@ def write_demo(out_dir: str | os.PathLike, seed: int = 0, n_cases: int = 32) -> 
             "case_id": [s.case_id for s in plan],
         }
     )
-    cases = pd.DataFrame(
-        {"case_id": [s.case_id for s in plan], "phenotype": [s.phenotype for s in plan]}
-    ).drop_duplicates("case_id")
-    subtype = pd.DataFrame({"case_id": cases["case_id"], "label": cases["phenotype"]})
-    # survival: phenotype B progresses ~3x faster; ~25% administratively censored
-    scale = np.where(cases["phenotype"].to_numpy() == "B", 18.0, 54.0)
-    t_event = rng.exponential(scale)
-    t_cens = rng.uniform(12, 120, size=len(scale))
-    censored = (t_cens < t_event) | (rng.random(len(scale)) < 0.1)
-    time = np.where(t_cens < t_event, t_cens, t_event)
-    os_tab = pd.DataFrame(
-        {
-            "case_id": cases["case_id"],
-            "survival_months": np.round(np.maximum(time, 0.5), 2),
-            "censorship": censored.astype(int),
-        }
-    )
+    subtype, os_tab = demo_labels(plan, seed)
     for name, df, sep in (
         ("slides.tsv", sheet, "\t"),
         ("labels_subtype.csv", subtype, ","),
@@ -238,6 +221,30 @@ def write_demo(out_dir: str | os.PathLike, seed: int = 0, n_cases: int = 32) -> 
         with atomic_path(out / name) as tmp:
             df.to_csv(tmp, sep=sep, index=False)
     return sheet
+
+
+def demo_labels(plan: list[DemoSlide], seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Case-level labels that depend on the phenotype: the classification label is the
+    phenotype; survival is faster for B (about 3x the hazard) with ~25-35% censoring."""
+    rng = np.random.default_rng(seed + 1)
+    cases = pd.DataFrame(
+        {"case_id": [s.case_id for s in plan], "phenotype": [s.phenotype for s in plan]}
+    ).drop_duplicates("case_id")
+    subtype = pd.DataFrame({"case_id": cases["case_id"], "label": cases["phenotype"]})
+    scale = np.where(cases["phenotype"].to_numpy() == "B", 18.0, 54.0)
+    t_event = rng.exponential(scale)
+    t_cens = rng.uniform(12, 120, size=len(scale))
+    # administrative censoring at t_cens, plus ~10% lost to follow-up at their event time
+    censored = (t_cens < t_event) | (rng.random(len(scale)) < 0.1)
+    time = np.minimum(t_cens, t_event)
+    os_tab = pd.DataFrame(
+        {
+            "case_id": cases["case_id"],
+            "survival_months": np.round(np.maximum(time, 0.5), 2),
+            "censorship": censored.astype(int),
+        }
+    )
+    return subtype, os_tab
 
 
 def _stable_hash(s: str) -> int:

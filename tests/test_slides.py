@@ -1,0 +1,172 @@
+import math
+
+import numpy as np
+import pytest
+
+from shazam.slides import (
+    BadSlideError,
+    SheetError,
+    Slide,
+    best_level,
+    load_sheet,
+    magnification,
+    resolve_mpp,
+)
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------ MPP resolution order
+
+
+def test_mpp_override_wins_over_everything():
+    props = {
+        "openslide.mpp-x": "0.25",
+        "openslide.mpp-y": "0.25",
+        "openslide.objective-power": "40",
+    }
+    m = resolve_mpp(props, override=0.3, default=1.0)
+    assert (m.value, m.source) == (0.3, "override")
+
+
+def test_mpp_metadata_before_objective_power():
+    props = {
+        "openslide.mpp-x": "0.26",
+        "openslide.mpp-y": "0.24",
+        "openslide.objective-power": "20",
+    }
+    m = resolve_mpp(props, override=None, default=1.0)
+    assert m.source == "metadata"
+    assert m.value == pytest.approx(0.25)
+
+
+def test_mpp_from_objective_power():
+    m = resolve_mpp({"openslide.objective-power": "40"})
+    assert (m.value, m.source) == (0.25, "objective_power")
+    m = resolve_mpp({"openslide.objective-power": "20"}, default=0.1)
+    assert (m.value, m.source) == (0.5, "objective_power")
+
+
+def test_mpp_default_then_error():
+    m = resolve_mpp({"openslide.mpp-x": "0", "openslide.objective-power": "nan"}, default=0.5)
+    assert (m.value, m.source) == (0.5, "default")
+    with pytest.raises(ValueError, match="tiling.default_mpp"):
+        resolve_mpp({})
+
+
+def test_nan_override_means_no_override():
+    m = resolve_mpp({"openslide.mpp-x": "0.5"}, override=math.nan)
+    assert m.source == "metadata"
+
+
+def test_best_level_never_coarser_than_target():
+    assert best_level([0.25, 1.0, 4.0], 0.5) == 0
+    assert best_level([0.25, 0.5, 2.0], 0.5) == 1
+    assert best_level([0.5, 2.0, 8.0], 0.5) == 0
+    assert best_level([1.0, 4.0], 0.5) == 0  # a 10x scan: level 0 (upsampled, flagged in QC)
+    assert magnification(0.5) == 20.0 and magnification(0.25) == 40.0
+
+
+# ------------------------------------------------------------------ sheet validation
+
+
+@pytest.fixture
+def slide_files(tmp_path):
+    for n in ("a.svs", "b.svs"):
+        (tmp_path / n).write_bytes(b"x")
+    return tmp_path
+
+
+def test_sheet_resolves_relative_paths_and_mpp(slide_files):
+    sheet = write(
+        slide_files / "slides.tsv",
+        "slide_id\tpath\tcase_id\tmpp\nS1\ta.svs\tC1\t0.25\nS2\tb.svs\tC1\t\n",
+    )
+    df = load_sheet(sheet)
+    assert list(df["slide_id"]) == ["S1", "S2"]
+    assert df.loc[0, "path"] == str(slide_files / "a.svs")
+    assert df.loc[0, "mpp"] == 0.25 and math.isnan(df.loc[1, "mpp"])
+
+
+def test_sheet_csv_is_accepted(slide_files):
+    sheet = write(slide_files / "slides.csv", "slide_id,path,case_id\nS1,a.svs,C1\n")
+    assert len(load_sheet(sheet)) == 1
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ("S1\ta.svs\tC1\nS1\tb.svs\tC2\n", r"line 3, column slide_id: duplicate slide id 'S1'"),
+        ("S 1\ta.svs\tC1\n", r"line 2, column slide_id: 'S 1' has characters outside"),
+        ("S1\tmissing.svs\tC1\n", r"line 2, column path: file not found for slide 'S1'"),
+        ("S1\ta.svs\t\n", r"line 2, column case_id: empty case id"),
+    ],
+)
+def test_sheet_errors_name_the_row(slide_files, body, expected):
+    sheet = write(slide_files / "slides.tsv", "slide_id\tpath\tcase_id\n" + body)
+    with pytest.raises(SheetError, match=expected) as e:
+        load_sheet(sheet)
+    assert str(sheet) in str(e.value)
+
+
+def test_sheet_missing_column(slide_files):
+    sheet = write(slide_files / "slides.tsv", "slide_id\tfile\tcase_id\nS1\ta.svs\tC1\n")
+    with pytest.raises(SheetError, match=r"missing column\(s\) path"):
+        load_sheet(sheet)
+
+
+def test_sheet_bad_mpp(slide_files):
+    sheet = write(slide_files / "s.tsv", "slide_id\tpath\tcase_id\tmpp\nS1\ta.svs\tC1\tfast\n")
+    with pytest.raises(SheetError, match="line 2, column mpp: 'fast' is not a positive number"):
+        load_sheet(sheet)
+
+
+def test_sheet_reports_all_problems_at_once(slide_files):
+    sheet = write(
+        slide_files / "s.tsv", "slide_id\tpath\tcase_id\nS/1\ta.svs\tC1\nS2\tnope.svs\tC2\n"
+    )
+    with pytest.raises(SheetError, match="2 problem") as e:
+        load_sheet(sheet)
+    assert "line 2" in str(e.value) and "line 3" in str(e.value)
+
+
+# ------------------------------------------------------------------ slide reader
+
+
+def test_slide_reader_reads_aperio_metadata(make_slide):
+    p = make_slide(mpp=0.25, power=40)
+    with Slide("S", p) as s:
+        assert s.vendor == "aperio"
+        assert s.mpp.value == 0.25 and s.mpp.source == "metadata"
+        assert s.level_count == 3
+        assert s.level_mpps == pytest.approx([0.25, 1.0, 4.0])
+        rgb = s.read_region((0, 0), 1, (64, 32))
+        assert rgb.shape == (32, 64, 3) and rgb.dtype == np.uint8
+
+
+def test_slide_objective_power_only(make_slide):
+    p = make_slide(mpp=None, power=20)
+    with Slide("S", p) as s:
+        assert (s.mpp.value, s.mpp.source) == (0.5, "objective_power")
+
+
+def test_read_level_downsampled_matches_block_mean(make_slide):
+    p = make_slide()
+    with Slide("S", p) as s:
+        full = s.read_region((0, 0), 1, s.level_dimensions[1]).astype(np.float32)
+        red = s.read_level_downsampled(1, 4, block=64)  # several strips
+        h, w = red.shape[:2]
+        ref = full[: h * 4, : w * 4].reshape(h, 4, w, 4, 3).mean(axis=(1, 3))
+        assert np.abs(red.astype(np.float32) - ref).max() <= 1
+
+
+def test_missing_and_unreadable_slides(tmp_path):
+    with pytest.raises(BadSlideError, match=r"slide S \(.*nope.svs\): file not found"):
+        Slide("S", tmp_path / "nope.svs")
+    junk = tmp_path / "junk.svs"
+    junk.write_bytes(b"not a slide" * 100)
+    with pytest.raises(BadSlideError, match="cannot open"):
+        Slide("S", junk)

@@ -1,0 +1,152 @@
+"""Workflow-level tests: dry run, lint, formatting, and a real run of the embedded demo."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import h5py
+import pandas as pd
+import pytest
+from conftest import BIN, REPO, run_snakemake
+
+from shazam.demo import demo_plan
+
+
+def _job_counts(stdout: str) -> dict[str, int]:
+    table = stdout.split("Job stats:")[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def _own_sheet(wd, on_bad_slide="fail"):
+    """Config arguments for a user's own sheet at wd/slides.tsv on top of the default config."""
+    extra = wd / "own.yaml"
+    extra.write_text(
+        f"slides: {wd / 'slides.tsv'}\ndemo: {{enabled: false}}\n"
+        f"tiling: {{on_bad_slide: {on_bad_slide}}}\n"
+    )
+    return ["--configfile", str(REPO / "config/config.yaml"), str(extra)]
+
+
+@pytest.fixture
+def fresh_workdir(tmp_path):
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    return tmp_path
+
+
+def test_dry_run_lists_expected_jobs(fresh_workdir):
+    p = run_snakemake(fresh_workdir, "-n", "--cores", "2")
+    counts = _job_counts(p.stdout)
+    n = len(demo_plan(0, 32))
+    assert counts["make_demo_data"] == 1
+    assert counts["tile_slide"] == n
+    assert counts["tiling_qc"] == 1
+    assert counts["all"] == 1
+    assert "workflow specific profile" in p.stdout + p.stderr  # profiles/default is picked up
+
+
+def test_snakemake_lint_is_clean(fresh_workdir):
+    p = run_snakemake(fresh_workdir, "--lint", check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Congratulations" in p.stdout + p.stderr
+
+
+def test_snakefmt_check():
+    p = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "Snakefile", "rules"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_ruff_check():
+    p = subprocess.run(
+        [str(BIN / "ruff"), "check", "shazam", "tests", "benchmarks"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_sheet_problem_stops_at_parse_time(tmp_path):
+    (tmp_path / "a.svs").write_bytes(b"x")
+    (tmp_path / "slides.tsv").write_text("slide_id\tpath\tcase_id\nS1\ta.svs\tC1\nS1\ta.svs\tC2\n")
+    p = run_snakemake(tmp_path, "-n", *_own_sheet(tmp_path), check=False)
+    assert p.returncode != 0
+    assert "line 3, column slide_id: duplicate slide id 'S1'" in p.stdout + p.stderr
+
+
+def test_config_validation_rejects_bad_values(fresh_workdir):
+    p = run_snakemake(
+        fresh_workdir, "-n", "--config", "tiling={'on_bad_slide': 'ignore'}", check=False
+    )
+    assert p.returncode != 0
+    assert "on_bad_slide" in p.stdout + p.stderr
+
+
+@pytest.mark.slow
+def test_demo_run_produces_every_tiling_output(demo_run):
+    wd, _ = demo_run
+    plan = demo_plan(0, 32)
+    assert (wd / "resources/demo/slides.tsv").exists()
+    for s in plan:
+        assert (wd / f"results/patches/{s.slide_id}.h5").exists()
+        assert (wd / f"results/qc/tiling/{s.slide_id}.json").exists()
+        assert (wd / f"results/qc/tiling/{s.slide_id}.png").exists()
+        assert (wd / f"logs/tile_slide/{s.slide_id}.log").exists()
+        assert (wd / f"results/benchmarks/tile_slide/{s.slide_id}.tsv").exists()
+    qc = pd.read_csv(wd / "results/qc/tiling.tsv", sep="\t").set_index("slide_id")
+    assert set(qc.index) == {s.slide_id for s in plan}
+    blank = next(s for s in plan if s.blank)
+    assert qc.loc[blank.slide_id, "status"] == "no_tissue"
+    assert qc.loc[blank.slide_id, "n_patches"] == 0
+    objective = next(s for s in plan if not s.mpp_in_metadata)
+    assert qc.loc[objective.slide_id, "mpp_source"] == "objective_power"
+    ok = qc[qc["status"] == "ok"]
+    assert len(ok) == len(plan) - 1 and (ok["n_patches"] > 10).all()
+    # 40x slides get patches twice as wide in level-0 pixels as 20x slides
+    assert set(qc.loc[qc["mpp"] == 0.25, "patch_size_level0"]) == {512}
+    assert set(qc.loc[qc["mpp"] == 0.5, "patch_size_level0"]) == {256}
+    with h5py.File(wd / f"results/patches/{plan[0].slide_id}.h5") as f:
+        assert f["coords"].attrs["patch_size_level0"] in (256, 512)
+    rec = json.loads((wd / f"results/qc/tiling/{plan[0].slide_id}.json").read_text())
+    assert rec["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_rerun_is_a_no_op_and_one_slide_can_be_redone(demo_run):
+    wd, _ = demo_run
+    p = run_snakemake(wd, "-n", "--cores", "2")
+    assert "Nothing to be done" in p.stdout + p.stderr
+    sid = demo_plan(0, 32)[3].slide_id
+    p = run_snakemake(wd, "-n", "--cores", "2", "-R", f"results/patches/{sid}.h5")
+    counts = _job_counts(p.stdout)
+    assert counts["tile_slide"] == 1 and "make_demo_data" not in counts
+
+
+@pytest.mark.slow
+def test_bad_slide_skip_is_recorded_in_cohort_table(demo_run, tmp_path):
+    """A cohort with an unreadable slide: with on_bad_slide=skip the run completes and the
+    QC table says why; with fail the job fails naming the slide."""
+    wd, _ = demo_run
+    good = wd / "resources/demo/slides/case000_s1.svs"
+    shutil.copy(good, tmp_path / "good.svs")
+    (tmp_path / "broken.svs").write_bytes(b"II*\x00" + b"\x00" * 4096)
+    (tmp_path / "slides.tsv").write_text(
+        "slide_id\tpath\tcase_id\nG1\tgood.svs\tC1\nB1\tbroken.svs\tC2\n"
+    )
+    p = run_snakemake(tmp_path, "--cores", "2", *_own_sheet(tmp_path), check=False)
+    assert p.returncode != 0
+    log = (tmp_path / "logs/tile_slide/B1.log").read_text()
+    assert "error: slide B1" in log and "broken.svs" in log and "cannot open" in log
+    assert not (tmp_path / "results/patches/B1.h5").exists()
+    run_snakemake(tmp_path, "--cores", "2", *_own_sheet(tmp_path, on_bad_slide="skip"))
+    qc = pd.read_csv(tmp_path / "results/qc/tiling.tsv", sep="\t").set_index("slide_id")
+    assert qc.loc["B1", "status"] == "skipped" and "cannot open" in qc.loc["B1", "reason"]
+    assert qc.loc["G1", "status"] == "ok"
+
+
+def test_cli_help_lists_subcommands():
+    p = subprocess.run([sys.executable, "-m", "shazam", "--help"], capture_output=True, text=True)
+    for sub in ("demo", "tile", "tiling-qc"):
+        assert sub in p.stdout
