@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 SLIDE_ID_PATTERN = r"[A-Za-z0-9._-]+"
 _SLIDE_ID_RE = re.compile(rf"^{SLIDE_ID_PATTERN}$")
@@ -49,14 +48,16 @@ class BadSlideError(RuntimeError):
 # --------------------------------------------------------------------------- sample sheet
 
 
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
+def read_table(path: str | os.PathLike):
     """Read a CSV or TSV (chosen by extension; ``.tsv``/``.txt`` are tab separated) as strings."""
+    import pandas as pd  # imported here: per-slide jobs never need it
+
     path = Path(path)
     sep = "," if path.suffix.lower() == ".csv" else "\t"
     return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, comment=None)
 
 
-def load_sheet(path: str | os.PathLike, check_files: bool = True) -> pd.DataFrame:
+def load_sheet(path: str | os.PathLike, check_files: bool = True):
     """Load and validate the slide sheet (DESIGN §3.1).
 
     Returns a frame indexed by nothing special with columns ``slide_id``, ``path`` (resolved
@@ -133,6 +134,8 @@ def load_sheet(path: str | os.PathLike, check_files: bool = True) -> pd.DataFram
         raise SheetError(
             f"{len(errors)} problem(s) in slide sheet {path}:\n  " + "\n  ".join(shown) + more
         )
+    import pandas as pd
+
     out = pd.DataFrame(
         {
             "slide_id": df["slide_id"].str.strip(),
@@ -281,27 +284,30 @@ class Slide:
             ) from None
         return rgba_to_rgb(np.asarray(im))
 
-    def read_level_downsampled(self, level: int, factor: int, block: int = 4096) -> np.ndarray:
-        """Read a whole level reduced by an integer ``factor`` (block mean), strip by strip.
+    def read_level_downsampled(
+        self, level: int, factor: int, max_strip_pixels: int = 1 << 24
+    ) -> np.ndarray:
+        """Read a whole level reduced by an integer ``factor`` (box mean), strip by strip.
 
-        Memory stays bounded by one strip plus the output, so a slide without a usable
-        pyramid is never held whole at full resolution.
+        Each strip holds at most ``max_strip_pixels`` pixels of the level, so memory stays
+        bounded by one strip plus the output and a slide without a usable pyramid is never
+        held whole at full resolution.
         """
+        from PIL import Image
+
         w, h = self.level_dimensions[level]
         if factor <= 1:
             return self.read_region((0, 0), level, (w, h))
         ow, oh = w // factor, h // factor
         out = np.empty((oh, ow, 3), dtype=np.uint8)
         ds = self.level_downsamples[level]
-        rows = max(1, block // factor)  # output rows per strip
+        rows = max(1, max_strip_pixels // (ow * factor * factor))  # output rows per strip
         for oy in range(0, oh, rows):
             n = min(rows, oh - oy)
-            y0 = oy * factor
             strip = self.read_region(
-                (0, int(round(y0 * ds))), level, (ow * factor, n * factor)
-            ).astype(np.float32)
-            strip = strip.reshape(n, factor, ow, factor, 3).mean(axis=(1, 3))
-            out[oy : oy + n] = np.clip(strip + 0.5, 0, 255).astype(np.uint8)
+                (0, int(round(oy * factor * ds))), level, (ow * factor, n * factor)
+            )
+            out[oy : oy + n] = np.asarray(Image.fromarray(strip).reduce(factor))
         return out
 
     def close(self) -> None:
@@ -317,9 +323,11 @@ class Slide:
 
 
 def rgba_to_rgb(a: np.ndarray) -> np.ndarray:
-    """OpenSlide returns premultiplied RGBA; fully transparent pixels mean 'no data' -> white."""
+    """Composite OpenSlide's premultiplied RGBA onto white: transparent means 'not scanned'."""
     if a.ndim == 3 and a.shape[2] == 4:
-        rgb = a[..., :3].copy()
-        rgb[a[..., 3] == 0] = 255
-        return rgb
+        alpha = a[..., 3]
+        if alpha.min() == 255:  # the common case: fully opaque
+            return np.ascontiguousarray(a[..., :3])
+        rgb = a[..., :3].astype(np.uint16) + (255 - alpha[..., None].astype(np.uint16))
+        return np.minimum(rgb, 255).astype(np.uint8)
     return np.ascontiguousarray(a[..., :3])

@@ -248,7 +248,7 @@ def _thumbnail_rgb(slide: Slide, seg_rgb: np.ndarray, seg_px_um: float) -> np.nd
     the segmentation image is reused when it is already that detailed."""
     w0, h0 = slide.dimensions
     thumb_um = max(w0, h0) * slide.mpp.value / THUMBNAIL_MAX_SIDE
-    if seg_px_um <= thumb_um * 2:
+    if seg_px_um <= thumb_um * 1.01:
         return seg_rgb
     level, _ = choose_seg_level(slide.level_mpps, 2 * thumb_um)
     factor = max(1, int(thumb_um // slide.level_mpps[level]))
@@ -360,7 +360,7 @@ def _tile_open_slide(slide: Slide, p: TilingParams, qc: dict):
     size0, step0 = patch_geometry(mpp, p.target_mpp, p.patch_size, p.overlap)
     grid = grid_coords(w0, h0, size0, step0)
     frac_all = tissue_fractions(mask, grid, size0, (w0, h0))
-    keep = frac_all >= p.min_tissue_fraction if p.min_tissue_fraction > 0 else frac_all >= 0
+    keep = frac_all >= p.min_tissue_fraction
     coords, fractions = grid[keep], frac_all[keep]
 
     patch_level = slide.best_level(p.target_mpp)

@@ -157,7 +157,7 @@ def test_read_level_downsampled_matches_block_mean(make_slide):
     p = make_slide()
     with Slide("S", p) as s:
         full = s.read_region((0, 0), 1, s.level_dimensions[1]).astype(np.float32)
-        red = s.read_level_downsampled(1, 4, block=64)  # several strips
+        red = s.read_level_downsampled(1, 4, max_strip_pixels=64 * 512)  # several strips
         h, w = red.shape[:2]
         ref = full[: h * 4, : w * 4].reshape(h, 4, w, 4, 3).mean(axis=(1, 3))
         assert np.abs(red.astype(np.float32) - ref).max() <= 1
@@ -170,3 +170,27 @@ def test_missing_and_unreadable_slides(tmp_path):
     junk.write_bytes(b"not a slide" * 100)
     with pytest.raises(BadSlideError, match="cannot open"):
         Slide("S", junk)
+
+
+def test_rgba_to_rgb_composites_on_white():
+    from shazam.slides import rgba_to_rgb
+
+    a = np.array([[[10, 20, 30, 255], [0, 0, 0, 0], [50, 0, 50, 128]]], dtype=np.uint8)
+    rgb = rgba_to_rgb(a)
+    assert rgb[0, 0].tolist() == [10, 20, 30]
+    assert rgb[0, 1].tolist() == [255, 255, 255]
+    assert rgb[0, 2].tolist() == [177, 127, 177]  # premultiplied colour + (1 - alpha) white
+
+
+def test_atomic_outputs_follow_umask(tmp_path):
+    import os
+
+    from shazam.io import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]

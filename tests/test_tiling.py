@@ -327,3 +327,19 @@ def test_slide_handle_closes(make_slide):
     with Slide("S", make_slide()) as s:
         pass
     assert s._os is None
+
+
+def test_slide_without_pyramid_is_reduced_strip_by_strip(make_slide, tmp_path):
+    """A single-level slide: the mask comes from strip-wise reduction of level 0."""
+    p = make_slide(n_levels=1)
+    with Slide("S", p) as s:
+        assert s.level_count == 1
+    q = tile_slide("S", p, tmp_path / "a.h5", tmp_path / "a.json", tmp_path / "a.png")
+    assert q["status"] == "ok" and q["seg_level"] == 0 and q["seg_reduction"] == 32
+    ref = tile_slide(
+        "R", make_slide("r.svs"), tmp_path / "r.h5", tmp_path / "r.json", tmp_path / "r.png"
+    )
+    np.testing.assert_array_equal(
+        read_patch_file(tmp_path / "a.h5")[0], read_patch_file(tmp_path / "r.h5")[0]
+    )
+    assert ref["n_patches"] == q["n_patches"]
