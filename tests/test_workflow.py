@@ -60,9 +60,10 @@ def test_snakefmt_check():
     assert p.returncode == 0, p.stdout + p.stderr
 
 
-def test_ruff_check():
+@pytest.mark.parametrize("mode", [["check"], ["format", "--check"]])
+def test_ruff(mode):
     p = subprocess.run(
-        [str(BIN / "ruff"), "check", "shazam", "tests", "benchmarks"],
+        [str(BIN / "ruff"), *mode, "shazam", "tests", "benchmarks"],
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
