@@ -16,10 +16,12 @@ include: "rules/common.smk"
 
 wildcard_constraints:
     slide=SLIDE_ID_PATTERN,
+    teacher="|".join(TEACHERS) or "NO_TEACHER",
 
 
 include: "rules/demo.smk"
 include: "rules/tiling.smk"
+include: "rules/features.smk"
 
 
 rule all:

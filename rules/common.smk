@@ -8,8 +8,17 @@ from snakemake.utils import validate
 
 from shazam.demo import demo_plan
 from shazam.slides import load_sheet
+from shazam.teachers import REGISTRY
 
 validate(config, "../workflow/schemas/config.schema.yaml")
+
+_unknown = [t for t in config["teachers"] if t not in REGISTRY]
+if _unknown:
+    raise ValueError(
+        f"config: unknown teacher(s) {', '.join(_unknown)} in `teachers`; "
+        f"registered: {', '.join(REGISTRY)} (see `shazam teachers list`)"
+    )
+TEACHERS = list(config["teachers"])
 
 # Passed as a param to every rule so that upgrading the package shows up as a rerun reason.
 SHAZAM_VERSION = version("shazam")
@@ -69,8 +78,20 @@ def cli_args(section):
     args = []
     for key, value in sorted(config[section].items()):
         flag = key.replace("_", "-")
+        if isinstance(value, list):
+            value = ",".join(map(str, value))
         args.append(f"--{flag} {'none' if value is None else value}")
     return " ".join(args)
+
+
+def teacher_weights_input(wildcards):
+    """A local weight file is an input of its teacher's jobs: replacing it reruns them."""
+    path = config["teacher_weights"].get(wildcards.teacher)
+    return [path] if path else []
+
+
+def teacher_weights_param(wildcards):
+    return config["teacher_weights"].get(wildcards.teacher) or "none"
 
 
 def demo_outputs():
@@ -82,4 +103,6 @@ def demo_outputs():
 
 
 def final_outputs():
-    return ["results/qc/tiling.tsv"]
+    return ["results/qc/tiling.tsv"] + expand(
+        "results/features/{teacher}/{slide}.h5", teacher=TEACHERS, slide=SLIDE_IDS
+    )

@@ -15,6 +15,10 @@ from . import __version__
 log = logging.getLogger("shazam")
 
 
+def _optional_str(s: str) -> str | None:
+    return None if s.lower() in ("", "none", "null") else s
+
+
 def _optional_float(s: str) -> float | None:
     return None if s.lower() in ("", "none", "null", "nan") else float(s)
 
@@ -72,6 +76,74 @@ def cmd_tiling_qc(a: argparse.Namespace) -> None:
     log.info("tiling QC for %d slides: %s -> %s", len(df), counts, a.out)
 
 
+def cmd_teachers_list(a: argparse.Namespace) -> None:
+    from .teachers import REGISTRY
+
+    rows = [("name", "low", "mid", "high", "input", "weights", "description")]
+    for spec in REGISTRY.values():
+        d = spec.dims
+        rows.append(
+            (spec.name, str(d.get("low", "-")), str(d.get("mid", "-")), str(d.get("high", "-")),
+             str(spec.input_size), spec.weight_source, spec.description)
+        )  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+
+
+def cmd_teachers_check(a: argparse.Namespace) -> None:
+    from .teachers import get_spec
+    from .teachers.build import LevelExtractor, build_model, check
+
+    spec = get_spec(a.name)
+    if a.random_weights:
+        shapes = check(spec, batch=a.batch)
+        source = "random weights (architecture check, nothing downloaded)"
+    else:
+        import torch
+
+        model, w = build_model(spec, a.weights)
+        with torch.inference_mode():
+            out = LevelExtractor(spec, model)(
+                torch.randn(a.batch, 3, spec.input_size, spec.input_size)
+            )
+        shapes = {lv: list(t.shape) for lv, t in out.items()}
+        source = w.identity
+    print(f"{spec.name} ({spec.arch}, {source})")
+    ok = True
+    for lv, shape in shapes.items():
+        expected = spec.dims[lv]
+        flag = "ok" if shape[-1] == expected else f"MISMATCH (registry says {expected})"
+        ok &= shape[-1] == expected
+        print(f"  {lv:5s} {shape[-1]:6d}  {flag}")
+    if not ok:
+        raise ValueError(f"teacher {spec.name}: dims differ from the registry")
+
+
+def cmd_extract(a: argparse.Namespace) -> None:
+    import torch
+
+    from .extraction import ExtractParams, extract_slide
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    params = ExtractParams(
+        batch_size=a.batch_size,
+        num_workers=a.num_workers,
+        precision=a.precision,
+        levels=tuple(a.levels.split(",")),
+        dtype=a.dtype,
+        on_bad_patch=a.on_bad_patch,
+        device=a.device,
+    )
+    res = extract_slide(a.teacher, a.slide_id, a.slide, a.patches, a.out, params, weights=a.weights)
+    log.info(
+        "%s/%s: %d patches (%d skipped) in %.1fs, %s patches/s on %s",
+        a.teacher, a.slide_id, res["n_patches"], res["n_skipped"], res["seconds"],
+        res["patches_per_s"], res["device"],
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shazam", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"shazam {__version__}")
@@ -106,6 +178,36 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-hole-area-um2", type=float, default=5_000.0)
     t.set_defaults(func=cmd_tile)
 
+    tc = sub.add_parser("teachers", help="the teacher registry")
+    tsub = tc.add_subparsers(dest="teachers_command", required=True)
+    tl = tsub.add_parser("list", help="name, dims per level, input size, weight source")
+    tl.set_defaults(func=cmd_teachers_list)
+    tk = tsub.add_parser("check", help="build a teacher, run one batch, print every level's dims")
+    tk.add_argument("name")
+    tk.add_argument(
+        "--random-weights", action="store_true", help="real architecture, random weights, offline"
+    )
+    tk.add_argument("--weights", default=None, help="local weight file or folder")
+    tk.add_argument("--batch", type=int, default=2)
+    tk.set_defaults(func=cmd_teachers_check)
+
+    e = sub.add_parser("extract", help="features of one teacher for one slide")
+    e.add_argument("--teacher", required=True)
+    e.add_argument("--slide", required=True)
+    e.add_argument("--slide-id", required=True)
+    e.add_argument("--patches", required=True, help="patch file from `shazam tile`")
+    e.add_argument("--out", required=True)
+    e.add_argument("--weights", type=_optional_str, default=None)
+    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--num-workers", type=int, default=4)
+    e.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    e.add_argument("--levels", default="low,mid,high")
+    e.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+    e.add_argument("--on-bad-patch", default="fail", choices=("fail", "skip"))
+    e.add_argument("--device", default="auto")
+    e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    e.set_defaults(func=cmd_extract)
+
     q = sub.add_parser("tiling-qc", help="collect per-slide tiling QC into one table")
     q.add_argument("--out", required=True, help="cohort QC table (.tsv)")
     q.add_argument("qc", nargs="+", help="per-slide QC JSON files")
@@ -120,18 +222,29 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from .slides import BadSlideError, SheetError
+    from .teachers import UnknownTeacherError
 
     try:
         args.func(args)
     except BadSlideError as e:
-        print(
-            f"error: {e} — fix or replace the file, or set tiling.on_bad_slide: skip",
-            file=sys.stderr,
+        hint = (
+            ""
+            if "on_bad_patch" in str(e)
+            else " — fix or replace the file, or set tiling.on_bad_slide: skip"
         )
+        print(f"error: {e}{hint}", file=sys.stderr)
         return 2
-    except (SheetError, ValueError) as e:
+    except (SheetError, ValueError, UnknownTeacherError) as e:
+        log.debug("details", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from .teachers.build import TeacherWeightsError
+
+        if isinstance(e, TeacherWeightsError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
     return 0
 
 

@@ -42,6 +42,7 @@ def test_dry_run_lists_expected_jobs(fresh_workdir):
     assert counts["make_demo_data"] == 1
     assert counts["tile_slide"] == n
     assert counts["tiling_qc"] == 1
+    assert counts["extract_features"] == 2 * n  # toy_vit and toy_cnn
     assert counts["all"] == 1
     assert "workflow specific profile" in p.stdout + p.stderr  # profiles/default is picked up
 
@@ -75,6 +76,25 @@ def test_sheet_problem_stops_at_parse_time(tmp_path):
     p = run_snakemake(tmp_path, "-n", *_own_sheet(tmp_path), check=False)
     assert p.returncode != 0
     assert "line 3, column slide_id: duplicate slide id 'S1'" in p.stdout + p.stderr
+
+
+def test_unknown_teacher_is_rejected_at_parse_time(fresh_workdir):
+    p = run_snakemake(fresh_workdir, "-n", "--config", "teachers=['virchow3']", check=False)
+    assert p.returncode != 0
+    assert "unknown teacher(s) virchow3" in p.stdout + p.stderr
+
+
+def test_local_weight_file_is_an_input_of_its_teacher_only(fresh_workdir):
+    w = fresh_workdir / "toy_cnn.safetensors"
+    w.write_bytes(b"x")
+    (fresh_workdir / "w.yaml").write_text(f"teacher_weights: {{toy_cnn: {w}}}\n")
+    p = run_snakemake(
+        fresh_workdir, "-n", "--configfile", str(fresh_workdir / "config/config.yaml"),
+        str(fresh_workdir / "w.yaml"), "--forceall",
+        "--until", "extract_features", "--printshellcmds",
+    )  # fmt: skip
+    cmds = [ln for ln in p.stdout.splitlines() if "shazam extract" in ln]
+    assert cmds and all((f"--weights {w}" in c) == ("--teacher toy_cnn" in c) for c in cmds)
 
 
 def test_config_validation_rejects_bad_values(fresh_workdir):
@@ -115,6 +135,28 @@ def test_demo_run_produces_every_tiling_output(demo_run):
 
 
 @pytest.mark.slow
+def test_demo_run_extracts_both_toy_teachers(demo_run):
+    from shazam.extraction import read_feature_file
+    from shazam.teachers import get_spec
+
+    wd, _ = demo_run
+    for teacher in ("toy_vit", "toy_cnn"):
+        dims = get_spec(teacher).dims
+        for s in demo_plan(0, 32):
+            feats, coords, attrs = read_feature_file(
+                wd / f"results/features/{teacher}/{s.slide_id}.h5"
+            )
+            with h5py.File(wd / f"results/patches/{s.slide_id}.h5") as f:
+                assert (coords == f["coords"][:]).all()
+            assert feats.shape == (len(coords), dims["high"])
+            assert attrs["teacher"] == teacher
+            assert (wd / f"logs/extract_features/{teacher}/{s.slide_id}.log").exists()
+        blank = next(s for s in demo_plan(0, 32) if s.blank)
+        feats, coords, _ = read_feature_file(wd / f"results/features/{teacher}/{blank.slide_id}.h5")
+        assert feats.shape == (0, dims["high"])
+
+
+@pytest.mark.slow
 def test_rerun_is_a_no_op_and_one_slide_can_be_redone(demo_run):
     wd, _ = demo_run
     p = run_snakemake(wd, "-n", "--cores", "2")
@@ -123,6 +165,7 @@ def test_rerun_is_a_no_op_and_one_slide_can_be_redone(demo_run):
     p = run_snakemake(wd, "-n", "--cores", "2", "-R", f"results/patches/{sid}.h5")
     counts = _job_counts(p.stdout)
     assert counts["tile_slide"] == 1 and "make_demo_data" not in counts
+    assert counts["extract_features"] == 2  # only that slide's features, one per teacher
 
 
 @pytest.mark.slow

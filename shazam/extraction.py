@@ -1,0 +1,401 @@
+"""Per-teacher feature extraction: patch file + slide → ``results/features/{teacher}/{slide}.h5``.
+
+The loader is built to keep a GPU busy:
+- worker processes, each with its own OpenSlide handle (opened lazily inside the worker);
+- grouped reads: runs of horizontally adjacent patches (CLAM's row-major order) are read as one
+  region at the patch file's pyramid level and cut into patches;
+- workers return uint8 batches only (4× less to copy than float), pinned for non-blocking
+  transfer; resizing to the teacher's input, centre crop and normalisation run in batch as
+  tensor ops on the compute device;
+- one forward pass per batch with hooks capturing every level.
+
+Field of view is exact: a patch is the level-0 box of ``patch_size_level0`` pixels recorded by
+tiling (``patch_size`` px at ``target_mpp``), read at ``patch_level`` and resized to the
+teacher's input, so a 40× and a 20× scan give the teacher the same tissue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .io import atomic_path
+from .slides import BadSlideError, rgba_to_rgb
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- device
+
+
+def select_device(prefer: str = "auto", lock_dir: str | os.PathLike | None = None):
+    """(device, lock handle). CUDA when present, else CPU.
+
+    Snakemake never sets ``CUDA_VISIBLE_DEVICES``. When it is set (by the user, SLURM or a
+    wrapper) the job uses the first visible device. Otherwise, on a multi-GPU box, the job
+    takes an exclusive ``flock`` on one lock file per device and uses the first free one, so
+    parallel local jobs (``--resources gpu=N``) spread over the GPUs instead of piling onto
+    GPU 0. The lock is released when the process exits.
+    """
+    if prefer == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu"), None
+    if prefer.startswith("cuda:"):
+        return torch.device(prefer), None
+    n = torch.cuda.device_count()
+    if os.environ.get("CUDA_VISIBLE_DEVICES") or n == 1:
+        return torch.device("cuda:0"), None
+    idx, handle = acquire_device_lock(n, lock_dir)
+    return torch.device(f"cuda:{idx}"), handle
+
+
+def acquire_device_lock(
+    n_devices: int, lock_dir: str | os.PathLike | None = None, wait_s: float = 3600
+):
+    """Index of the first device whose lock file this process could lock, and the open lock
+    file (keep it open to hold the device). Waits, polling, when all devices are taken."""
+    lock_dir = Path(lock_dir or os.environ.get("SHAZAM_GPU_LOCK_DIR", "/tmp/shazam-gpu-locks"))
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        for i in range(n_devices):
+            f = open(lock_dir / f"gpu{i}.lock", "a+")  # noqa: SIM115 - held for the job
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            return i, f
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no free GPU among {n_devices} after {wait_s:.0f}s ({lock_dir})")
+        time.sleep(1.0)
+
+
+def autocast_dtype(precision: str, device: torch.device, preferred: str = "bf16"):
+    """None (fp32) or the autocast dtype. ``auto``: bf16 on CUDA, fp32 on CPU."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+# --------------------------------------------------------------------------- loader
+
+
+def group_runs(coords: np.ndarray, step0: int, max_run: int) -> list[tuple[int, int]]:
+    """Split row indices into [start, end) runs of horizontally adjacent patches (same y,
+    x advancing by exactly ``step0``), each at most ``max_run`` long; order is preserved."""
+    runs = []
+    n = len(coords)
+    i = 0
+    while i < n:
+        j = i + 1
+        while (
+            j < n
+            and j - i < max_run
+            and coords[j, 1] == coords[i, 1]
+            and coords[j, 0] - coords[j - 1, 0] == step0
+        ):
+            j += 1
+        runs.append((i, j))
+        i = j
+    return runs
+
+
+@dataclass
+class PatchGeometry:
+    level: int
+    downsample: float
+    size: int  # patch side at `level`
+    size0: int  # patch side at level 0
+    step0: int  # grid step at level 0 (for grouping)
+
+
+class PatchBatches(torch.utils.data.Dataset):
+    """Item i = batch i of the patch file (rows in file order) as uint8 (B, S, S, 3), the
+    row indices, and per-row read errors. Errors are returned, not raised, so a worker never
+    dies on one bad tile and the caller decides (fail with the coordinate, or skip)."""
+
+    def __init__(
+        self,
+        slide_path: str,
+        coords: np.ndarray,
+        geom: PatchGeometry,
+        batch_size: int,
+        max_run: int = 16,
+    ):
+        self.slide_path = slide_path
+        self.coords = np.asarray(coords, dtype=np.int64)
+        self.geom = geom
+        self.batch_size = batch_size
+        self.max_run = max_run
+        self._osr = None  # opened lazily, once per worker process
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.coords) / self.batch_size)
+
+    def _slide(self):
+        if self._osr is None:
+            import openslide
+
+            self._osr = openslide.OpenSlide(self.slide_path)
+        return self._osr
+
+    def _reopen(self):
+        # an OpenSlide handle is unusable after an error; start a fresh one
+        with contextlib.suppress(Exception):
+            self._osr.close()
+        self._osr = None
+
+    def _read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        region = self._slide().read_region((int(x), int(y)), self.geom.level, (w, h))
+        return rgba_to_rgb(np.asarray(region))
+
+    def __getitem__(self, b: int):
+        g = self.geom
+        lo = b * self.batch_size
+        hi = min(lo + self.batch_size, len(self.coords))
+        c = self.coords[lo:hi]
+        s = g.size
+        out = np.empty((hi - lo, s, s, 3), dtype=np.uint8)
+        errors: list[tuple[int, str]] = []
+        for i, j in group_runs(c, g.step0, self.max_run):
+            x0, y0 = c[i]
+            offs = np.rint((c[i:j, 0] - x0) / g.downsample).astype(np.int64)
+            width = int(offs[-1]) + s
+            try:
+                strip = self._read(x0, y0, width, s)
+                for k, o in enumerate(offs):
+                    out[i + k] = strip[:, o : o + s]
+            except Exception:
+                # fall back to one read per patch to find which patches are bad
+                self._reopen()
+                for k in range(i, j):
+                    try:
+                        out[k] = self._read(c[k, 0], c[k, 1], s, s)
+                    except Exception as e:
+                        errors.append((lo + k, str(e).splitlines()[0] if str(e) else repr(e)))
+                        out[k] = 255
+                        self._reopen()
+        return torch.from_numpy(out), torch.arange(lo, hi), errors
+
+
+def prepare(
+    batch_u8: torch.Tensor,
+    input_size: int,
+    resize_to: int | None,
+    mean,
+    std,
+    device: torch.device,
+) -> torch.Tensor:
+    """uint8 (B, S, S, 3) → normalised float (B, 3, input, input) on ``device``: antialiased
+    bilinear resize (to ``resize_to`` then centre crop, or straight to ``input_size``)."""
+    x = batch_u8.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    target = resize_to or input_size
+    if x.shape[-1] != target or x.shape[-2] != target:
+        x = F.interpolate(
+            x, size=(target, target), mode="bilinear", antialias=True, align_corners=False
+        )
+    if target != input_size:
+        o = (target - input_size) // 2
+        x = x[..., o : o + input_size, o : o + input_size]
+    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    sd = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    return (x - m) / sd
+
+
+def make_loader(ds: PatchBatches, num_workers: int, pin_memory: bool):
+    kw = {}
+    if num_workers > 0:
+        kw = dict(prefetch_factor=4, persistent_workers=False)
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=None,  # the dataset already yields batches
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        **kw,
+    )
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    batch_size: int = 128
+    num_workers: int = 4
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    levels: tuple[str, ...] = ("low", "mid", "high")
+    dtype: str = "float16"  # storage dtype of the feature datasets
+    on_bad_patch: str = "fail"  # fail | skip
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self):
+        if self.on_bad_patch not in ("fail", "skip"):
+            raise ValueError(f"extraction.on_bad_patch must be fail or skip: {self.on_bad_patch}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"extraction.precision must be auto|fp32|bf16|fp16: {self.precision}")
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"extraction.dtype must be float16 or float32: {self.dtype}")
+
+
+def read_geometry(attrs: dict) -> PatchGeometry:
+    ds = attrs["downsample"]
+    ds = float(ds[0] if np.ndim(ds) else ds)
+    return PatchGeometry(
+        level=int(attrs["patch_level"]),
+        downsample=ds,
+        size=int(attrs["patch_size"]),
+        size0=int(attrs.get("patch_size_level0", round(int(attrs["patch_size"]) * ds))),
+        step0=int(attrs.get("step_size_level0", attrs.get("patch_size_level0", 0)) or 0),
+    )
+
+
+def extract_slide(
+    teacher: str,
+    slide_id: str,
+    slide_path: str | os.PathLike,
+    patches_h5: str | os.PathLike,
+    out_h5: str | os.PathLike,
+    params: ExtractParams = ExtractParams(),
+    weights: str | os.PathLike | None = None,
+    extractor=None,
+    progress: bool = True,
+) -> dict:
+    """Extract every level of one teacher for one slide and write the feature file atomically.
+
+    ``extractor`` (a built :class:`~shazam.teachers.build.LevelExtractor` with its weights
+    identity) can be passed to reuse a loaded model across slides.
+    """
+    from tqdm import tqdm
+
+    from .teachers import get_spec
+    from .teachers.build import LevelExtractor, build_model
+
+    t0 = time.perf_counter()
+    spec = get_spec(teacher)
+    with h5py.File(patches_h5, "r") as f:
+        coords = f["coords"][:]
+        attrs = {
+            k: (v.decode() if isinstance(v, bytes) else v) for k, v in f["coords"].attrs.items()
+        }
+    levels = tuple(lv for lv in params.levels if lv in spec.dims)
+    device, lock = select_device(params.device)
+    if extractor is None:
+        model, wsrc = build_model(spec, weights)
+        extractor = (LevelExtractor(spec, model, levels).to(device), wsrc.identity)
+    ext, identity = extractor
+    amp = autocast_dtype(params.precision, device, spec.precision)
+    n = len(coords)
+    out_dtype = np.float16 if params.dtype == "float16" else np.float32
+    feats = {lv: np.zeros((n, spec.dims[lv]), dtype=out_dtype) for lv in levels}
+    keep = np.ones(n, dtype=bool)
+    bad: list[tuple[int, str]] = []
+    if n:
+        geom = read_geometry(attrs)
+        ds = PatchBatches(os.fspath(slide_path), coords, geom, params.batch_size)
+        workers = min(params.num_workers, len(ds))
+        loader = make_loader(ds, workers, pin_memory=device.type == "cuda")
+        bar = tqdm(
+            total=n, desc=f"{teacher}/{slide_id}", unit="patch", file=sys.stderr,
+            disable=not progress, mininterval=5.0,
+        )  # fmt: skip
+        with torch.inference_mode():
+            for batch, idx, errors in loader:
+                if errors:
+                    if params.on_bad_patch == "fail":
+                        row, reason = errors[0]
+                        x, y = coords[row]
+                        raise BadSlideError(
+                            slide_id,
+                            slide_path,
+                            f"cannot read patch {row} at level-0 ({x}, {y}): {reason} — set "
+                            "extraction.on_bad_patch: skip to drop such patches",
+                        )
+                    bad.extend(errors)
+                    keep[[r for r, _ in errors]] = False
+                x = prepare(batch, spec.input_size, spec.resize_to, spec.mean, spec.std, device)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    out = ext(x)
+                rows = idx.numpy()
+                for lv in levels:
+                    feats[lv][rows] = out[lv].float().cpu().numpy().astype(out_dtype)
+                bar.update(len(rows))
+        bar.close()
+    if bad:
+        log.warning(
+            "slide %s: dropped %d unreadable patch(es), first at %s: %s",
+            slide_id, len(bad), tuple(coords[bad[0][0]]), bad[0][1],
+        )  # fmt: skip
+    kept = coords[keep]
+    meta = {
+        "teacher": teacher,
+        "teacher_arch": spec.arch,
+        "weights": identity,
+        "embedding": spec.embedding,
+        "levels": ",".join(levels),
+        "precision": str(amp).replace("torch.", "") if amp is not None else "float32",
+        "device": device.type,
+        "dtype": params.dtype,
+        "n_skipped_patches": len(bad),
+        "shazam_version": __version__,
+        "slide_id": slide_id,
+        "input_size": spec.input_size,
+    }
+    write_feature_file(
+        out_h5, kept, attrs, {lv: feats[lv][keep] for lv in levels}, meta, bad, coords
+    )
+    seconds = time.perf_counter() - t0
+    if lock is not None:
+        lock.close()
+    return {
+        "slide_id": slide_id,
+        "teacher": teacher,
+        "n_patches": int(len(kept)),
+        "n_skipped": len(bad),
+        "seconds": round(seconds, 3),
+        "patches_per_s": round(len(kept) / seconds, 1) if seconds > 0 else None,
+        "device": str(device),
+    }
+
+
+LEVEL_DATASET = {"high": "features", "low": "features_low", "mid": "features_mid"}
+
+
+def write_feature_file(path, coords, coord_attrs: dict, feats: dict, meta: dict, bad, all_coords):
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            d = f.create_dataset("coords", data=np.asarray(coords, dtype=np.int64).reshape(-1, 2))
+            for k, v in coord_attrs.items():
+                d.attrs[k] = v
+            for k, v in meta.items():
+                d.attrs[k] = v
+                f.attrs[k] = v
+            for lv, arr in feats.items():
+                f.create_dataset(LEVEL_DATASET[lv], data=arr)
+            if bad:
+                f.create_dataset(
+                    "skipped_coords",
+                    data=np.asarray([all_coords[r] for r, _ in bad], dtype=np.int64),
+                )
+
+
+def read_feature_file(path, level: str = "high") -> tuple[np.ndarray, np.ndarray, dict]:
+    """(features, coords, attrs) of one level."""
+    with h5py.File(path, "r") as f:
+        attrs = {
+            k: (v.decode() if isinstance(v, bytes) else v) for k, v in f["coords"].attrs.items()
+        }
+        return f[LEVEL_DATASET[level]][:], f["coords"][:], attrs

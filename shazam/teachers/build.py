@@ -1,0 +1,267 @@
+"""Build any registered teacher with timm, load its weights, and run it with level hooks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .registry import TeacherSpec
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth")
+
+
+class TeacherWeightsError(RuntimeError):
+    """Weights could not be found or loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    kind: str  # builtin | random | local | hub
+    path: str | None
+    identity: str  # what goes into the feature file's provenance
+
+
+# --------------------------------------------------------------------------- architecture
+
+
+def _timm_kwargs(spec: TeacherSpec) -> dict:
+    import timm.layers
+
+    kw = dict(spec.kwargs)
+    if isinstance(kw.get("mlp_layer"), str):
+        kw["mlp_layer"] = getattr(timm.layers, kw["mlp_layer"])
+    if isinstance(kw.get("act_layer"), str):
+        kw["act_layer"] = getattr(nn, kw["act_layer"])
+    return kw
+
+
+def build_architecture(spec: TeacherSpec) -> nn.Module:
+    """The timm architecture with initial weights (fixed-seed for toy teachers)."""
+    import timm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed if spec.seed is not None else 0)
+        model = timm.create_model(spec.arch, pretrained=False, **_timm_kwargs(spec))
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def resolve_weights(spec: TeacherSpec, local: str | os.PathLike | None = None) -> Weights:
+    """Where the weights come from: local file/dir → Hugging Face hub → clear error.
+
+    The hub token is read by huggingface_hub from ``HF_TOKEN`` (never passed, logged or
+    stored here); ``HF_HOME`` and ``HF_HUB_OFFLINE`` are honoured by the library.
+    """
+    if spec.seed is not None and local is None:
+        return Weights("builtin", None, f"builtin:{spec.name}:seed{spec.seed}")
+    if local is not None:
+        path = _weights_file(spec, Path(local))
+        return Weights("local", str(path), f"file:{path.name}:sha256:{file_sha256(path)[:16]}")
+    if spec.hf_repo is None:
+        raise TeacherWeightsError(f"teacher {spec.name}: no weight source configured")
+    return _download(spec)
+
+
+def _weights_file(spec: TeacherSpec, p: Path) -> Path:
+    if p.is_file():
+        return p
+    if p.is_dir():
+        for name in WEIGHT_FILES:
+            if (p / name).is_file():
+                return p / name
+        found = sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")) + sorted(p.glob("*.pth"))
+        if len(found) == 1:
+            return found[0]
+        raise TeacherWeightsError(
+            f"teacher {spec.name}: no weight file in {p} (looked for {', '.join(WEIGHT_FILES)})"
+        )
+    raise TeacherWeightsError(
+        f"teacher {spec.name}: teacher_weights.{spec.name} = {p} does not exist"
+    )
+
+
+def _download(spec: TeacherSpec) -> Weights:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    hint = (
+        f"{spec.hf_repo} is gated: accept its terms on the Hugging Face hub and export "
+        f"HF_TOKEN, or download the weights and set teacher_weights.{spec.name}: "
+        "/path/to/model.safetensors (or its folder) in the config"
+    )
+    last: Exception | None = None
+    for filename in WEIGHT_FILES[:2]:
+        try:
+            path = hf_hub_download(spec.hf_repo, filename)
+        # LocalEntryNotFoundError subclasses EntryNotFoundError: test it first
+        except LocalEntryNotFoundError:
+            raise TeacherWeightsError(
+                f"teacher {spec.name}: weights for {spec.hf_repo} are not cached and the hub "
+                f"cannot be reached (offline?); {hint}"
+            ) from None
+        except EntryNotFoundError as e:
+            last = e
+            continue
+        except (GatedRepoError, RepositoryNotFoundError) as e:
+            raise TeacherWeightsError(
+                f"teacher {spec.name}: access to {spec.hf_repo} denied ({type(e).__name__}); {hint}"
+            ) from None
+        except Exception as e:  # network and HTTP errors
+            raise TeacherWeightsError(
+                f"teacher {spec.name}: could not fetch {spec.hf_repo}: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; {hint}"
+            ) from None
+        # .../snapshots/<commit>/<file>: the commit pins the exact weights
+        commit = Path(path).parent.name
+        return Weights("hub", path, f"hf:{spec.hf_repo}@{commit}/{filename}")
+    raise TeacherWeightsError(f"teacher {spec.name}: {spec.hf_repo} has no weight file ({last})")
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a weight file, cached beside the user's cache by (path, size, mtime) so
+    thousands of per-slide jobs do not re-hash a multi-GB checkpoint."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "shazam" / "sha256"
+    entry = cache / hashlib.sha256(key.encode()).hexdigest()
+    if entry.is_file():
+        return entry.read_text().strip()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    try:
+        from ..io import write_text_atomic
+
+        write_text_atomic(entry, digest)
+    except OSError:  # read-only home: just do not cache
+        pass
+    return digest
+
+
+def load_state_dict(path: str | os.PathLike) -> dict:
+    """Tensors from a safetensors file, or from a torch checkpoint loaded with
+    ``weights_only=True`` (never arbitrary pickles). Common wrappers are unwrapped."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(path), device="cpu")
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model", "teacher"):
+            if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+                sd = sd[key]
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def build_model(
+    spec: TeacherSpec,
+    weights: str | os.PathLike | None = None,
+    random_weights: bool = False,
+) -> tuple[nn.Module, Weights]:
+    """Architecture + weights. ``random_weights`` skips loading (architecture checks)."""
+    model = build_architecture(spec)
+    if random_weights:
+        return model, Weights("random", None, f"random:{spec.name}")
+    w = resolve_weights(spec, weights)
+    if w.path is not None:
+        sd = load_state_dict(w.path)
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise TeacherWeightsError(
+                f"teacher {spec.name}: {w.path} does not match the {spec.arch} architecture "
+                f"({len(missing)} missing keys e.g. {missing[:3]}, {len(unexpected)} unexpected "
+                f"e.g. {unexpected[:3]}); is it the right checkpoint for this teacher?"
+            )
+    return model.eval(), w
+
+
+# --------------------------------------------------------------------------- running
+
+
+class LevelExtractor(nn.Module):
+    """Runs a teacher once per batch and returns every configured level.
+
+    Hooks on ``model.blocks[low_block]`` / ``[mid_block]`` capture intermediate outputs during
+    the single forward pass (the seed pipeline ran each batch twice to get them).
+    """
+
+    def __init__(self, spec: TeacherSpec, model: nn.Module, levels=("low", "mid", "high")):
+        super().__init__()
+        self.spec = spec
+        self.model = model
+        self.levels = tuple(lv for lv in levels if lv in spec.dims)
+        self._captured: dict[str, torch.Tensor] = {}
+        self._handles = []
+        for lv, idx in (("low", spec.low_block), ("mid", spec.mid_block)):
+            if lv in self.levels and idx is not None:
+                self._handles.append(model.blocks[idx].register_forward_hook(self._hook(lv)))
+
+    def _hook(self, level: str):
+        def fn(_module, _inputs, output):
+            self._captured[level] = output
+
+        return fn
+
+    def _pool_intermediate(self, t: torch.Tensor) -> torch.Tensor:
+        if self.spec.family == "cnn":
+            return t.mean(dim=(2, 3))
+        return t[:, 0]  # class token
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The canonical embedding of a batch of normalised images."""
+        feats = self.model.forward_features(x)
+        if self.spec.embedding == "cls_mean":
+            n = self.model.num_prefix_tokens
+            return torch.cat([feats[:, 0], feats[:, n:].mean(dim=1)], dim=-1)
+        return self.model.forward_head(feats, pre_logits=True)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._captured.clear()
+        out = {"high": self.embed(x)}
+        for lv in ("low", "mid"):
+            if lv in self.levels:
+                out[lv] = self._pool_intermediate(self._captured[lv])
+        self._captured.clear()
+        return {lv: out[lv] for lv in self.levels}
+
+
+def check(spec: TeacherSpec, batch: int = 2) -> dict[str, list[int]]:
+    """Build the real architecture with random weights (offline), run one batch, return the
+    output shape of every level."""
+    model, _ = build_model(spec, random_weights=True)
+    ext = LevelExtractor(spec, model)
+    x = torch.randn(batch, 3, spec.input_size, spec.input_size)
+    with torch.inference_mode():
+        out = ext(x)
+    return {lv: list(t.shape) for lv, t in out.items()}
+
+
+def describe(spec: TeacherSpec) -> str:
+    return json.dumps(
+        {
+            "name": spec.name,
+            "arch": spec.arch,
+            "dims": spec.dims,
+            "input": spec.input_size,
+            "weights": spec.weight_source,
+        }
+    )

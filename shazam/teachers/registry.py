@@ -1,0 +1,221 @@
+"""The teacher registry: one declarative record per foundation model.
+
+A record says how to build the architecture with timm (name + kwargs), where its weights
+come from, how patches are prepared (input size, resize, mean/std), what the canonical
+embedding is, which blocks give the low/mid levels, and the dims of every level. Adding a
+teacher is adding a record; :func:`shazam.teachers.build.build_model` builds any of them.
+
+Facts are from the models' public cards (DESIGN §4). Block indices are 0-based positions in
+``model.blocks``: "after block ⌊L/3⌋" (1-based) is index ⌊L/3⌋ − 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+LEVELS = ("low", "mid", "high")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)
+HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)
+
+
+class UnknownTeacherError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable
+        return self.args[0]
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    name: str
+    arch: str  # timm model name
+    kwargs: dict = field(default_factory=dict)  # timm kwargs; layer classes by name
+    hf_repo: str | None = None  # weights on the Hugging Face hub (None: built-in toy weights)
+    gated: bool = True
+    input_size: int = 224
+    resize_to: int | None = None  # resize to this, then centre-crop input_size (None: = input)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    embedding: str = "pooled"  # pooled: timm's pooled pre-logits | cls_mean: class ⊕ mean(patch)
+    family: str = "vit"  # vit: levels are class tokens | cnn: levels are pooled stage maps
+    low_block: int | None = None
+    mid_block: int | None = None
+    dims: dict = field(default_factory=dict)  # level -> dim, verified by `teachers check`
+    precision: str = "bf16"  # preferred autocast dtype on CUDA
+    seed: int | None = None  # toy teachers: fixed-seed random init, no download
+    description: str = ""
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        return tuple(lv for lv in LEVELS if lv in self.dims)
+
+    @property
+    def weight_source(self) -> str:
+        return f"hf:{self.hf_repo}" if self.hf_repo else f"built-in (seed {self.seed})"
+
+
+def _vit_levels(depth: int) -> dict:
+    return {"low_block": depth // 3 - 1, "mid_block": 2 * depth // 3 - 1}
+
+
+_SWIGLU = {"mlp_layer": "SwiGLUPacked", "act_layer": "SiLU"}
+
+_RECORDS = [
+    TeacherSpec(
+        name="virchow2",
+        arch="vit_huge_patch14_224",
+        kwargs=dict(
+            img_size=224,
+            init_values=1e-5,
+            num_classes=0,
+            reg_tokens=4,
+            mlp_ratio=5.3375,
+            global_pool="",
+            dynamic_img_size=True,
+            **_SWIGLU,
+        ),  # fmt: skip
+        hf_repo="paige-ai/Virchow2",
+        embedding="cls_mean",  # authors: concat(class token, mean of patch tokens) = 2560
+        **_vit_levels(32),
+        dims={"low": 1280, "mid": 1280, "high": 2560},
+        precision="fp16",
+        description="Paige Virchow2, ViT-H/14 (632M), 4 register tokens",
+    ),
+    TeacherSpec(
+        name="uni2_h",
+        arch="vit_giant_patch14_224",
+        kwargs=dict(
+            img_size=224,
+            patch_size=14,
+            depth=24,
+            num_heads=24,
+            init_values=1e-5,
+            embed_dim=1536,
+            mlp_ratio=2.66667 * 2,
+            num_classes=0,
+            no_embed_class=True,
+            reg_tokens=8,
+            dynamic_img_size=True,
+            **_SWIGLU,
+        ),  # fmt: skip
+        hf_repo="MahmoodLab/UNI2-h",
+        **_vit_levels(24),
+        dims={"low": 1536, "mid": 1536, "high": 1536},
+        description="MahmoodLab UNI2-h, ViT-g/14 layout with 24 blocks (681M), 8 register tokens",
+    ),
+    TeacherSpec(
+        name="uni",
+        arch="vit_large_patch16_224",
+        kwargs=dict(
+            img_size=224, patch_size=16, init_values=1e-5, num_classes=0, dynamic_img_size=True
+        ),
+        hf_repo="MahmoodLab/UNI",
+        **_vit_levels(24),
+        dims={"low": 1024, "mid": 1024, "high": 1024},
+        description="MahmoodLab UNI, ViT-L/16 (303M)",
+    ),
+    TeacherSpec(
+        name="gigapath",
+        arch="vit_giant_patch14_dinov2",
+        kwargs=dict(
+            img_size=224,
+            in_chans=3,
+            patch_size=16,
+            embed_dim=1536,
+            depth=40,
+            num_heads=24,
+            init_values=1e-5,
+            mlp_ratio=5.33334,
+            num_classes=0,
+            global_pool="token",
+        ),  # fmt: skip
+        hf_repo="prov-gigapath/prov-gigapath",
+        resize_to=256,  # authors: resize 256, centre-crop 224
+        **_vit_levels(40),
+        dims={"low": 1536, "mid": 1536, "high": 1536},
+        description="Prov-GigaPath tile encoder, ViT-g/16 (1.1B)",
+    ),
+    TeacherSpec(
+        name="h_optimus_0",
+        arch="vit_giant_patch14_reg4_dinov2",
+        kwargs=dict(
+            img_size=224,
+            init_values=1e-5,
+            num_classes=0,
+            global_pool="token",
+            dynamic_img_size=False,
+        ),  # fmt: skip
+        hf_repo="bioptimus/H-optimus-0",
+        mean=HOPTIMUS_MEAN,
+        std=HOPTIMUS_STD,
+        **_vit_levels(40),
+        dims={"low": 1536, "mid": 1536, "high": 1536},
+        precision="fp16",
+        description="Bioptimus H-optimus-0, ViT-g/14 (1.1B), 4 register tokens",
+    ),
+    TeacherSpec(
+        name="h_optimus_1",
+        arch="vit_giant_patch14_reg4_dinov2",
+        kwargs=dict(
+            img_size=224,
+            init_values=1e-5,
+            num_classes=0,
+            global_pool="token",
+            dynamic_img_size=False,
+        ),  # fmt: skip
+        hf_repo="bioptimus/H-optimus-1",
+        mean=HOPTIMUS_MEAN,
+        std=HOPTIMUS_STD,
+        **_vit_levels(40),
+        dims={"low": 1536, "mid": 1536, "high": 1536},
+        precision="fp16",
+        description="Bioptimus H-optimus-1, ViT-g/14 (1.1B), 4 register tokens",
+    ),
+    # Toy teachers: tiny timm architectures of the two families, fixed-seed weights, no
+    # download. They go through the same builder, hooks, loader and writer as the real ones.
+    TeacherSpec(
+        name="toy_vit",
+        arch="vit_tiny_patch16_224",
+        kwargs=dict(
+            img_size=224,
+            embed_dim=96,
+            depth=6,
+            num_heads=3,
+            reg_tokens=2,
+            num_classes=0,
+            global_pool="",
+            dynamic_img_size=True,
+        ),  # fmt: skip
+        gated=False,
+        embedding="cls_mean",  # same path as virchow2, register tokens included
+        **_vit_levels(6),
+        dims={"low": 96, "mid": 96, "high": 192},
+        precision="fp32",
+        seed=1,
+        description="toy ViT (96 wide, 6 blocks, 2 register tokens) for CPU runs and tests",
+    ),
+    TeacherSpec(
+        name="toy_cnn",
+        arch="mobilenetv3_small_050",
+        kwargs=dict(num_classes=0),
+        gated=False,
+        family="cnn",
+        low_block=2,
+        mid_block=4,
+        dims={"low": 24, "mid": 48, "high": 1024},
+        precision="fp32",
+        seed=2,
+        description="toy ConvNet (MobileNetV3-S 0.5) for CPU runs and tests",
+    ),
+]
+
+REGISTRY: dict[str, TeacherSpec] = {r.name: r for r in _RECORDS}
+
+
+def get_spec(name: str) -> TeacherSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownTeacherError(
+            f"unknown teacher '{name}'; registered: {', '.join(REGISTRY)}"
+        ) from None

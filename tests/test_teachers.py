@@ -1,0 +1,159 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from shazam.teachers import REGISTRY, UnknownTeacherError, get_spec
+from shazam.teachers.build import (
+    LevelExtractor,
+    TeacherWeightsError,
+    build_architecture,
+    build_model,
+    check,
+    load_state_dict,
+    resolve_weights,
+)
+
+REAL = ["virchow2", "uni2_h", "uni", "gigapath", "h_optimus_0", "h_optimus_1"]
+DOCUMENTED_HIGH = {
+    "virchow2": 2560,
+    "uni2_h": 1536,
+    "uni": 1024,
+    "gigapath": 1536,
+    "h_optimus_0": 1536,
+    "h_optimus_1": 1536,
+}
+
+
+def test_registry_has_required_teachers():
+    assert set(REAL) | {"toy_vit", "toy_cnn"} <= set(REGISTRY)
+    assert REGISTRY["toy_vit"].family != REGISTRY["toy_cnn"].family
+    assert REGISTRY["h_optimus_0"].mean == (0.707223, 0.578729, 0.703617)
+    assert REGISTRY["virchow2"].embedding == "cls_mean"
+    # low/mid = class token after blocks floor(L/3) and floor(2L/3) (1-based)
+    assert (REGISTRY["virchow2"].low_block, REGISTRY["virchow2"].mid_block) == (9, 20)
+    with pytest.raises(UnknownTeacherError, match="unknown teacher 'nope'; registered: virchow2"):
+        get_spec("nope")
+
+
+@pytest.mark.parametrize("name", ["toy_vit", "toy_cnn"])
+def test_toy_teachers_check(name):
+    shapes = check(get_spec(name))
+    assert {lv: s[-1] for lv, s in shapes.items()} == get_spec(name).dims
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", REAL)
+def test_real_architectures_with_random_weights(name):
+    """The real architectures, built offline with random weights, give the documented dims."""
+    spec = get_spec(name)
+    shapes = check(spec, batch=1)
+    assert shapes["high"] == [1, DOCUMENTED_HIGH[name]]
+    assert {lv: s[-1] for lv, s in shapes.items()} == spec.dims
+
+
+def test_toy_weights_are_fixed_by_seed():
+    a = build_architecture(get_spec("toy_vit")).state_dict()
+    b = build_architecture(get_spec("toy_vit")).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rng_state = torch.random.get_rng_state()
+    build_architecture(get_spec("toy_cnn"))
+    assert torch.equal(rng_state, torch.random.get_rng_state())  # global RNG untouched
+
+
+def _manual_levels(spec, model, x):
+    """Reference: walk the model by hand and take the low/mid outputs directly."""
+    if spec.family == "cnn":
+        h = model.bn1(model.conv_stem(x))
+        outs = []
+        for blk in model.blocks:
+            h = blk(h)
+            outs.append(h.mean(dim=(2, 3)))
+        return outs[spec.low_block], outs[spec.mid_block]
+    h = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+    outs = []
+    for blk in model.blocks:
+        h = blk(h)
+        outs.append(h[:, 0])
+    return outs[spec.low_block], outs[spec.mid_block]
+
+
+@pytest.mark.parametrize("name", ["toy_vit", "toy_cnn"])
+def test_hooks_capture_the_right_blocks(name):
+    spec = get_spec(name)
+    model, _ = build_model(spec)
+    ext = LevelExtractor(spec, model)
+    x = torch.randn(3, 3, 224, 224)
+    with torch.inference_mode():
+        out = ext(x)
+        low, mid = _manual_levels(spec, model, x)
+        ref_high = model(x)
+    torch.testing.assert_close(out["low"], low)
+    torch.testing.assert_close(out["mid"], mid)
+    if spec.embedding == "cls_mean":  # class token ⊕ mean of patch tokens (prefix excluded)
+        n = model.num_prefix_tokens
+        ref_high = torch.cat([ref_high[:, 0], ref_high[:, n:].mean(1)], dim=-1)
+    torch.testing.assert_close(out["high"], ref_high)
+    # the low and mid levels differ from each other and from a neighbouring block
+    assert not torch.allclose(out["low"], out["mid"][:, : out["low"].shape[1]])
+
+
+def test_local_safetensors_and_torch_weights_roundtrip(tmp_path):
+    from safetensors.torch import save_file
+
+    spec = get_spec("toy_cnn")
+    src = build_architecture(spec)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(0.01)
+    sd = {k: v.contiguous() for k, v in src.state_dict().items()}
+    save_file(sd, tmp_path / "model.safetensors")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "w.pth")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        ref = src(x)
+        for path in (tmp_path / "model.safetensors", tmp_path, tmp_path / "w.pth"):
+            model, w = build_model(spec, path)
+            assert w.kind == "local" and "sha256:" in w.identity
+            torch.testing.assert_close(model(x), ref)
+    assert set(load_state_dict(tmp_path / "w.pth")) == set(sd)
+
+
+def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"foo": torch.zeros(2)}, tmp_path / "bad.safetensors")
+    with pytest.raises(TeacherWeightsError, match="does not match the mobilenetv3_small_050"):
+        build_model(get_spec("toy_cnn"), tmp_path / "bad.safetensors")
+    with pytest.raises(TeacherWeightsError, match="teacher_weights.toy_cnn = .*does not exist"):
+        build_model(get_spec("toy_cnn"), tmp_path / "missing.safetensors")
+
+
+def test_gated_weights_offline_error_names_model_and_config_key(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    with pytest.raises(TeacherWeightsError) as e:
+        resolve_weights(get_spec("uni2_h"))
+    msg = str(e.value)
+    assert "MahmoodLab/UNI2-h" in msg and "gated" in msg and "teacher_weights.uni2_h" in msg
+    assert "HF_TOKEN" in msg
+
+
+def test_cli_teachers_list_and_check():
+    p = subprocess.run(
+        [sys.executable, "-m", "shazam", "teachers", "list"], capture_output=True, text=True
+    )
+    assert p.returncode == 0
+    for name in REGISTRY:
+        assert name in p.stdout
+    assert "hf:paige-ai/Virchow2" in p.stdout and "2560" in p.stdout
+    p = subprocess.run(
+        [sys.executable, "-m", "shazam", "teachers", "check", "toy_vit", "--random-weights"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "low       96  ok" in p.stdout and "high     192  ok" in p.stdout
