@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from . import __version__
 from .io import atomic_path
-from .slides import BadSlideError, rgba_to_rgb
+from .slides import BadSlideError, JpegTiledLevel, rgba_to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +120,32 @@ class PatchGeometry:
     size: int  # patch side at `level`
     size0: int  # patch side at level 0
     step0: int  # grid step at level 0 (for grouping)
+    target_size: int = 0  # patch side at target_mpp (0: unknown)
+
+    @property
+    def reduce(self) -> int:
+        """Integer box-reduction applied in the workers: when the read level is at least 2×
+        finer than the target (a 40× scan read at level 0 for 20×), patches are reduced to
+        about the target size right after decoding, so less data is copied and resized."""
+        if self.target_size <= 0:
+            return 1
+        f = self.size // self.target_size
+        return f if f >= 2 and self.size % f == 0 else 1
+
+    @property
+    def out_size(self) -> int:
+        return self.size // self.reduce
 
 
 class PatchBatches(torch.utils.data.Dataset):
     """Item i = batch i of the patch file (rows in file order) as uint8 (B, S, S, 3), the
     row indices, and per-row read errors. Errors are returned, not raised, so a worker never
-    dies on one bad tile and the caller decides (fail with the coordinate, or skip)."""
+    dies on one bad tile and the caller decides (fail with the coordinate, or skip).
+
+    ``resize_to``: when set (CPU runs), workers also resize each patch to this size with
+    Pillow (antialiased bilinear, uint8), in parallel; on a GPU the batch is resized there.
+    ``fast_jpeg``: decode JPEG-tiled TIFF levels directly (verified against OpenSlide).
+    """
 
     def __init__(
         self,
@@ -134,13 +154,18 @@ class PatchBatches(torch.utils.data.Dataset):
         geom: PatchGeometry,
         batch_size: int,
         max_run: int = 16,
+        resize_to: int | None = None,
+        fast_jpeg: bool = True,
     ):
         self.slide_path = slide_path
         self.coords = np.asarray(coords, dtype=np.int64)
         self.geom = geom
         self.batch_size = batch_size
         self.max_run = max_run
+        self.resize_to = resize_to
+        self.fast_jpeg = fast_jpeg
         self._osr = None  # opened lazily, once per worker process
+        self._fast = None  # JpegTiledLevel | False (checked, not usable) | None (not checked)
 
     def __len__(self) -> int:
         return math.ceil(len(self.coords) / self.batch_size)
@@ -157,33 +182,67 @@ class PatchBatches(torch.utils.data.Dataset):
         with contextlib.suppress(Exception):
             self._osr.close()
         self._osr = None
+        self._fast = False  # after an error, read through OpenSlide only
 
     def _read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        region = self._slide().read_region((int(x), int(y)), self.geom.level, (w, h))
-        return rgba_to_rgb(np.asarray(region))
+        """Region at level-0 (x, y), (w, h) pixels of the patch level, reduced by
+        ``geom.reduce``: decoded at reduced scale when the fast path allows, else box-reduced."""
+        osr = self._slide()
+        g = self.geom
+        f = g.reduce
+        if self._fast is None:
+            self._fast = (
+                self.fast_jpeg
+                and JpegTiledLevel.open(
+                    self.slide_path, osr.level_dimensions[g.level], osr, g.level
+                )
+            ) or False
+        if self._fast:
+            lx, ly = int(round(x / g.downsample)), int(round(y / g.downsample))
+            if f > 1 and self._fast.can_scale(lx, ly, w, h, f):
+                return self._fast.read(lx, ly, w, h, scale=f)
+            region = self._fast.read(lx, ly, w, h)
+        else:
+            region = rgba_to_rgb(np.asarray(osr.read_region((int(x), int(y)), g.level, (w, h))))
+        if f == 1:
+            return region
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(region).reduce(f))  # box filter: exact field of view
 
     def __getitem__(self, b: int):
         g = self.geom
         lo = b * self.batch_size
         hi = min(lo + self.batch_size, len(self.coords))
         c = self.coords[lo:hi]
-        s = g.size
-        out = np.empty((hi - lo, s, s, 3), dtype=np.uint8)
+        s, f = g.size, g.reduce
+        rs = s // f  # patch side after reduction
+        side = self.resize_to or rs
+        out = np.empty((hi - lo, side, side, 3), dtype=np.uint8)
         errors: list[tuple[int, str]] = []
+
+        def put(k: int, crop: np.ndarray) -> None:
+            if self.resize_to and crop.shape[0] != side:
+                from PIL import Image
+
+                crop = np.asarray(Image.fromarray(crop).resize((side, side), Image.BILINEAR))
+            out[k] = crop
+
         for i, j in group_runs(c, g.step0, self.max_run):
             x0, y0 = c[i]
             offs = np.rint((c[i:j, 0] - x0) / g.downsample).astype(np.int64)
             width = int(offs[-1]) + s
+            roffs = np.rint(offs / f).astype(np.int64)
             try:
-                strip = self._read(x0, y0, width, s)
-                for k, o in enumerate(offs):
-                    out[i + k] = strip[:, o : o + s]
+                strip = self._read(x0, y0, width - width % f, s)
+                for k, o in enumerate(roffs):
+                    put(i + k, strip[:, o : o + rs])
             except Exception:
                 # fall back to one read per patch to find which patches are bad
                 self._reopen()
                 for k in range(i, j):
                     try:
-                        out[k] = self._read(c[k, 0], c[k, 1], s, s)
+                        put(k, self._read(c[k, 0], c[k, 1], s, s))
                     except Exception as e:
                         errors.append((lo + k, str(e).splitlines()[0] if str(e) else repr(e)))
                         out[k] = 255
@@ -201,7 +260,8 @@ def prepare(
 ) -> torch.Tensor:
     """uint8 (B, S, S, 3) → normalised float (B, 3, input, input) on ``device``: antialiased
     bilinear resize (to ``resize_to`` then centre crop, or straight to ``input_size``)."""
-    x = batch_u8.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    # float before permuting: converting a permuted (strided) uint8 view is several times slower
+    x = batch_u8.to(device, non_blocking=True).float().permute(0, 3, 1, 2)
     target = resize_to or input_size
     if x.shape[-1] != target or x.shape[-2] != target:
         x = F.interpolate(
@@ -210,9 +270,10 @@ def prepare(
     if target != input_size:
         o = (target - input_size) // 2
         x = x[..., o : o + input_size, o : o + input_size]
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    sd = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    return (x - m) / sd
+    # (x/255 - mean)/std in two in-place passes
+    m = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
+    sd = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
+    return x.sub_(m).div_(sd)
 
 
 def make_loader(ds: PatchBatches, num_workers: int, pin_memory: bool):
@@ -260,6 +321,7 @@ def read_geometry(attrs: dict) -> PatchGeometry:
         size=int(attrs["patch_size"]),
         size0=int(attrs.get("patch_size_level0", round(int(attrs["patch_size"]) * ds))),
         step0=int(attrs.get("step_size_level0", attrs.get("patch_size_level0", 0)) or 0),
+        target_size=int(attrs.get("target_patch_size", 0)),
     )
 
 
@@ -305,7 +367,12 @@ def extract_slide(
     bad: list[tuple[int, str]] = []
     if n:
         geom = read_geometry(attrs)
-        ds = PatchBatches(os.fspath(slide_path), coords, geom, params.batch_size)
+        # on the CPU, workers resize in parallel; on a GPU the batch is resized there
+        on_cpu = device.type == "cpu"
+        ds = PatchBatches(
+            os.fspath(slide_path), coords, geom, params.batch_size,
+            resize_to=(spec.resize_to or spec.input_size) if on_cpu else None,
+        )  # fmt: skip
         workers = min(params.num_workers, len(ds))
         loader = make_loader(ds, workers, pin_memory=device.type == "cuda")
         bar = tqdm(

@@ -193,3 +193,23 @@ def test_cli_unknown_teacher(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert p.returncode == 2 and "unknown teacher 'virchow3'" in p.stderr
+
+
+def test_fast_and_openslide_paths_give_the_same_patches(make_slide, tmp_path):
+    from shazam.extraction import PatchBatches
+
+    for mpp, power in ((0.5, 20), (0.25, 40)):
+        path = make_slide(f"s{power}.svs", mpp=mpp, power=power)
+        patches = _tile(path, tmp_path, f"s{power}")
+        coords, attrs = read_patch_file(patches)
+        from shazam.extraction import read_geometry
+
+        geom = read_geometry(attrs)
+        fast = PatchBatches(str(path), coords, geom, 16, fast_jpeg=True)
+        slow = PatchBatches(str(path), coords, geom, 16, fast_jpeg=False)
+        a, _, _ = fast[0]
+        b, _, _ = slow[0]
+        assert fast._fast and not slow._fast
+        assert a.shape == b.shape == (min(16, len(coords)), 256, 256, 3)
+        diff = (a.float() - b.float()).abs().mean().item()
+        assert diff < (0.01 if power == 20 else 2.0)  # 40x: IDCT-scaled vs box-reduced

@@ -194,3 +194,52 @@ def test_atomic_outputs_follow_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_fast_jpeg_reader_matches_openslide(make_slide):
+    import openslide
+
+    from shazam.slides import JpegTiledLevel, rgba_to_rgb
+
+    p = make_slide(mpp=0.25, power=40)
+    osr = openslide.OpenSlide(str(p))
+    for level in (0, 1):
+        r = JpegTiledLevel.open(str(p), osr.level_dimensions[level], osr, level)
+        assert r is not None
+        ds = osr.level_downsamples[level]
+        w, h = osr.level_dimensions[level]
+        for x, y, rw, rh in ((130, 77, 300, 200), (w - 100, h - 50, 256, 256), (0, 0, 64, 64)):
+            ref = rgba_to_rgb(
+                np.asarray(osr.read_region((int(x * ds), int(y * ds)), level, (rw, rh)))
+            )
+            np.testing.assert_array_equal(r.read(x, y, rw, rh), ref)  # white outside too
+        r.close()
+
+
+def test_fast_jpeg_scaled_decode_is_close_to_box_reduction(make_slide):
+    import openslide
+
+    from shazam.slides import JpegTiledLevel
+
+    p = make_slide(mpp=0.25, power=40)
+    osr = openslide.OpenSlide(str(p))
+    r = JpegTiledLevel.open(str(p), osr.level_dimensions[0], osr, 0)
+    assert r.can_scale(512, 256, 512, 512, 2) and not r.can_scale(513, 256, 512, 512, 2)
+    half = r.read(512, 256, 512, 512, scale=2).astype(np.float32)
+    full = r.read(512, 256, 512, 512).astype(np.float32)
+    box = full.reshape(256, 2, 256, 2, 3).mean(axis=(1, 3))
+    assert half.shape == (256, 256, 3)
+    assert np.abs(half - box).mean() < 2.0
+
+
+def test_fast_jpeg_reader_declines_other_compressions(tmp_path):
+    import openslide
+    import tifffile
+
+    from shazam.slides import JpegTiledLevel
+
+    img = np.full((512, 512, 3), 200, np.uint8)
+    p = tmp_path / "deflate.tif"
+    tifffile.imwrite(p, img, tile=(256, 256), compression="zlib", photometric="rgb")
+    osr = openslide.OpenSlide(str(p))
+    assert JpegTiledLevel.open(str(p), osr.level_dimensions[0], osr, 0) is None
