@@ -88,7 +88,9 @@ def test_feature_file_contract(make_slide, tmp_path):
         for k in pattrs:  # every coordinate attr is copied
             assert k in a
         assert a["teacher"] == "toy_vit" and a["weights"] == "builtin:toy_vit:seed1"
-        assert a["precision"] == "float32" and a["dtype"] == "float16"
+        # precision auto: bf16 autocast on CUDA, fp32 on CPU
+        expected = "bfloat16" if torch.cuda.is_available() else "float32"
+        assert a["precision"] == expected and a["dtype"] == "float16"
         assert a["shazam_version"] and a["n_skipped_patches"] == 0
         assert np.isfinite(f["features"][:]).all()
     assert res["n_patches"] == len(coords)
