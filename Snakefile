@@ -22,6 +22,7 @@ wildcard_constraints:
 include: "rules/demo.smk"
 include: "rules/tiling.smk"
 include: "rules/features.smk"
+include: "rules/splits.smk"
 
 
 rule all:

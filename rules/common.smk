@@ -6,6 +6,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from shazam.cohorts import TaskSpec
 from shazam.demo import demo_plan
 from shazam.slides import load_sheet
 from shazam.teachers import REGISTRY
@@ -19,6 +20,11 @@ if _unknown:
         f"registered: {', '.join(REGISTRY)} (see `shazam teachers list`)"
     )
 TEACHERS = list(config["teachers"])
+# task definitions are checked at parse time (labels are checked by make_splits)
+TASK_SPECS = {
+    name: TaskSpec.from_config(name, t) for name, t in config["tasks"].items()
+}
+TASKS = list(TASK_SPECS)
 
 # Passed as a param to every rule so that upgrading the package shows up as a rerun reason.
 SHAZAM_VERSION = version("shazam")
@@ -102,7 +108,25 @@ def demo_outputs():
     }
 
 
+def task_spec_json(task):
+    return TASK_SPECS[task].to_json()
+
+
+def task_split_inputs(task):
+    """Imported split files of a task (a CLAM splits folder or one table), if any."""
+    src = config["tasks"][task].get("splits")
+    if not src:
+        return []
+    if Path(src).is_dir():
+        return sorted(str(p) for p in Path(src).glob("splits_*.csv"))
+    return [src]
+
+
 def final_outputs():
-    return ["results/qc/tiling.tsv"] + expand(
-        "results/features/{teacher}/{slide}.h5", teacher=TEACHERS, slide=SLIDE_IDS
+    return (
+        ["results/qc/tiling.tsv"]
+        + expand(
+            "results/features/{teacher}/{slide}.h5", teacher=TEACHERS, slide=SLIDE_IDS
+        )
+        + [f"results/splits/{task}/summary.tsv" for task in TASKS]
     )

@@ -144,6 +144,24 @@ def cmd_extract(a: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def cmd_splits(a: argparse.Namespace) -> None:
+    from .cohorts import TaskSpec, build_cohort
+    from .slides import load_sheet
+    from .splits import import_splits, make_splits, summarize, write_splits
+
+    spec = TaskSpec.from_json(a.spec)
+    sheet = load_sheet(a.slides, check_files=False)
+    cohort = build_cohort(spec, sheet)
+    log.info("%s", cohort.report())
+    if spec.splits:
+        folds = import_splits(spec.splits, cohort, sheet)
+        log.info("imported %d folds from %s", len(folds), spec.splits)
+    else:
+        folds = make_splits(cohort)
+    write_splits(folds, cohort, a.out_dir)
+    log.info("splits for task %s:\n%s", spec.name, summarize(folds, cohort).to_string(index=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shazam", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"shazam {__version__}")
@@ -208,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     e.set_defaults(func=cmd_extract)
 
+    sp = sub.add_parser("splits", help="validate a task's labels and write its fold splits")
+    sp.add_argument("--spec", required=True, help="the task definition as JSON (from the config)")
+    sp.add_argument("--slides", required=True, help="slide sheet")
+    sp.add_argument("--out-dir", required=True, help="results/splits/{task}")
+    sp.set_defaults(func=cmd_splits)
+
     q = sub.add_parser("tiling-qc", help="collect per-slide tiling QC into one table")
     q.add_argument("--out", required=True, help="cohort QC table (.tsv)")
     q.add_argument("qc", nargs="+", help="per-slide QC JSON files")
@@ -221,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from .cohorts import LabelError
     from .slides import BadSlideError, SheetError
     from .teachers import UnknownTeacherError
 
@@ -234,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"error: {e}{hint}", file=sys.stderr)
         return 2
-    except (SheetError, ValueError, UnknownTeacherError) as e:
+    except (SheetError, LabelError, ValueError, UnknownTeacherError) as e:
         log.debug("details", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         return 2

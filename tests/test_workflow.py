@@ -43,6 +43,7 @@ def test_dry_run_lists_expected_jobs(fresh_workdir):
     assert counts["tile_slide"] == n
     assert counts["tiling_qc"] == 1
     assert counts["extract_features"] == 2 * n  # toy_vit and toy_cnn
+    assert counts["make_splits_subtype"] == counts["make_splits_os"] == 1
     assert counts["all"] == 1
     assert "workflow specific profile" in p.stdout + p.stderr  # profiles/default is picked up
 
@@ -132,6 +133,20 @@ def test_demo_run_produces_every_tiling_output(demo_run):
         assert f["coords"].attrs["patch_size_level0"] in (256, 512)
     rec = json.loads((wd / f"results/qc/tiling/{plan[0].slide_id}.json").read_text())
     assert rec["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_demo_run_makes_splits_for_both_tasks(demo_run):
+    wd, _ = demo_run
+    for task, extra in (("subtype", {"n_A", "n_B"}), ("os", {"events", "censored"})):
+        summary = pd.read_csv(wd / f"results/splits/{task}/summary.tsv", sep="\t")
+        assert extra <= set(summary.columns) and len(summary) == 5 * 3
+        tested = []
+        for k in range(5):
+            fold = pd.read_csv(wd / f"results/splits/{task}/fold_{k}.csv")
+            assert list(fold.columns) == ["case_id", "split"] and len(fold) == 32
+            tested += fold.loc[fold["split"] == "test", "case_id"].tolist()
+        assert sorted(tested) == sorted({s.case_id for s in demo_plan(0, 32)})
 
 
 @pytest.mark.slow

@@ -1,0 +1,265 @@
+"""Tasks, label validation, cohorts and case bags (DESIGN §3.1, §3.4).
+
+A task's cohort is the set of cases present in both its label file and the slide sheet. Labels
+are validated with messages that name the file, the line and the column. Internally survival
+is always ``time`` (float > 0) + ``event`` (bool, True = event observed), whatever the file's
+convention (``censorship``: 1 = censored, TCGA/CLAM; ``event``: 1 = event, Patho-Bench).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .slides import read_table
+
+
+class LabelError(ValueError):
+    """A problem in a task's label file or definition; names file, line and column."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    type: str  # classification | survival
+    labels: str
+    label_col: str = "label"
+    classes: tuple[str, ...] = ()
+    time_col: str | None = None
+    event_col: str | None = None
+    event_convention: str = "censorship"  # censorship (1 = censored) | event (1 = event)
+    time_unit: str = "months"
+    n_bins: int = 4
+    folds: int = 5
+    val_fraction: float = 0.15
+    splits: str | None = None
+    seed: int = 42
+    unmatched: str = "drop"  # cases in only one of labels/sheet: drop (reported) | error
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, name: str, cfg: dict) -> TaskSpec:
+        known = {f for f in cls.__dataclass_fields__ if f not in ("name", "extra")}
+        kw = {k: v for k, v in cfg.items() if k in known}
+        if "classes" in kw and kw["classes"] is not None:
+            kw["classes"] = tuple(str(c) for c in kw["classes"])
+        spec = cls(name=name, **kw)
+        spec.check()
+        return spec
+
+    def check(self) -> None:
+        where = f"task {self.name}"
+        if self.type not in ("classification", "survival"):
+            raise LabelError(f"{where}: type must be classification or survival, got {self.type}")
+        if self.type == "classification" and len(self.classes) < 2:
+            raise LabelError(f"{where}: give `classes` (at least 2, in order)")
+        if self.type == "survival" and not (self.time_col and self.event_col):
+            raise LabelError(f"{where}: survival needs `time_col` and `event_col`")
+        if self.event_convention not in ("censorship", "event"):
+            raise LabelError(f"{where}: event_convention must be censorship or event")
+        if self.folds < 2:
+            raise LabelError(f"{where}: folds must be at least 2")
+        if not 0 < self.val_fraction < 1:
+            raise LabelError(f"{where}: val_fraction must be in (0, 1)")
+        if self.unmatched not in ("drop", "error"):
+            raise LabelError(f"{where}: unmatched must be drop or error")
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d.pop("extra")
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, s: str) -> TaskSpec:
+        d = json.loads(s)
+        d["classes"] = tuple(d.get("classes") or ())
+        spec = cls(**d)
+        spec.check()
+        return spec
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def load_labels(spec: TaskSpec) -> pd.DataFrame:
+    """Validated case-level labels: ``case_id`` + ``label`` (classification, as class index in
+    ``spec.classes`` order in ``y``) or ``time`` + ``event`` (survival). All problems at once."""
+    path = Path(spec.labels)
+    if not path.exists():
+        raise LabelError(f"task {spec.name}: label file {path} not found")
+    df = read_table(path)
+    need = ["case_id"] + (
+        [spec.label_col] if spec.type == "classification" else [spec.time_col, spec.event_col]
+    )
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise LabelError(
+            f"label file {path} (task {spec.name}): missing column(s) {', '.join(missing)}; "
+            f"found {', '.join(df.columns)}"
+        )
+    errors: list[str] = []
+
+    def at(i, col):
+        return f"label file {path}, line {i + 2}, column {col}"
+
+    seen: dict[str, int] = {}
+    for i, cid in enumerate(df["case_id"].str.strip()):
+        if not cid:
+            errors.append(f"{at(i, 'case_id')}: empty case id")
+        elif cid in seen:
+            errors.append(f"{at(i, 'case_id')}: duplicate case '{cid}' (see line {seen[cid] + 2})")
+        else:
+            seen[cid] = i
+    out = pd.DataFrame({"case_id": df["case_id"].str.strip()})
+    if spec.type == "classification":
+        labels = df[spec.label_col].str.strip()
+        for i, v in enumerate(labels):
+            if v not in spec.classes:
+                errors.append(
+                    f"{at(i, spec.label_col)}: label '{v}' is not one of the task's classes "
+                    f"{list(spec.classes)}"
+                )
+        out["label"] = labels
+        out["y"] = [spec.classes.index(v) if v in spec.classes else -1 for v in labels]
+    else:
+        times = pd.to_numeric(df[spec.time_col].str.strip(), errors="coerce").astype(float)
+        for i, (raw, t) in enumerate(zip(df[spec.time_col], times, strict=True)):
+            if not math.isfinite(t):
+                errors.append(f"{at(i, spec.time_col)}: time '{raw}' is not a number")
+            elif t <= 0:
+                errors.append(f"{at(i, spec.time_col)}: time {raw} must be > 0")
+        codes = df[spec.event_col].str.strip()
+        flags = []
+        for i, c in enumerate(codes):
+            if c in ("0", "1", "0.0", "1.0"):
+                flags.append(int(float(c)))
+            else:
+                errors.append(
+                    f"{at(i, spec.event_col)}: '{c}' is not 0 or 1 "
+                    f"({spec.event_col} uses the {spec.event_convention} convention: "
+                    f"{'1 = censored' if spec.event_convention == 'censorship' else '1 = event'})"
+                )
+                flags.append(0)
+        flags = np.asarray(flags, dtype=int)
+        out["time"] = times.to_numpy(dtype=float)
+        out["event"] = to_event(flags, spec.event_convention)
+    if errors:
+        raise LabelError(_join(errors, f"label file {path} (task {spec.name})"))
+    return out
+
+
+def to_event(flags: np.ndarray, convention: str) -> np.ndarray:
+    """Internal event indicator (True = event observed) from a file's 0/1 column."""
+    flags = np.asarray(flags).astype(int)
+    if convention == "censorship":
+        return flags == 0
+    if convention == "event":
+        return flags == 1
+    raise ValueError(f"unknown event convention {convention}")
+
+
+def _join(errors: list[str], what: str) -> str:
+    more = f"\n  … and {len(errors) - 20} more" if len(errors) > 20 else ""
+    return f"{len(errors)} problem(s) in {what}:\n  " + "\n  ".join(errors[:20]) + more
+
+
+# --------------------------------------------------------------------------- cohort
+
+
+@dataclass
+class Cohort:
+    task: TaskSpec
+    cases: pd.DataFrame  # case_id, n_slides, label/y or time/event; sorted by case_id
+    only_labels: list[str]
+    only_slides: list[str]
+
+    def report(self) -> str:
+        lines = [f"task {self.task.name}: {len(self.cases)} cases in the cohort"]
+        for what, ids in (
+            ("in the label file but without slides", self.only_labels),
+            ("with slides but without labels", self.only_slides),
+        ):
+            if ids:
+                lines.append(
+                    f"  {len(ids)} case(s) {what}: {', '.join(ids[:5])}"
+                    + (" …" if len(ids) > 5 else "")
+                )
+        return "\n".join(lines)
+
+
+def build_cohort(spec: TaskSpec, sheet: pd.DataFrame, labels: pd.DataFrame | None = None) -> Cohort:
+    """Cases present in both the label file and the slide sheet, with class/event checks."""
+    labels = load_labels(spec) if labels is None else labels
+    n_slides = sheet.groupby("case_id").size()
+    in_sheet = set(n_slides.index)
+    in_labels = set(labels["case_id"])
+    only_labels = sorted(in_labels - in_sheet)
+    only_slides = sorted(in_sheet - in_labels)
+    cases = labels[labels["case_id"].isin(in_sheet)].copy()
+    cases["n_slides"] = cases["case_id"].map(n_slides).astype(int)
+    cases = cases.sort_values("case_id").reset_index(drop=True)
+    cohort = Cohort(spec, cases, only_labels, only_slides)
+    if spec.unmatched == "error" and (only_labels or only_slides):
+        raise LabelError(cohort.report() + "\n  (set unmatched: drop to leave them out)")
+    if spec.type == "classification":
+        counts = cases["label"].value_counts()
+        small = [
+            f"{c} ({int(counts.get(c, 0))})" for c in spec.classes if counts.get(c, 0) < spec.folds
+        ]
+        if small:
+            raise LabelError(
+                f"task {spec.name}: class(es) with fewer cases than folds ({spec.folds}): "
+                f"{', '.join(small)}; lower `folds` or merge classes"
+            )
+    else:
+        if not cases["event"].any():
+            raise LabelError(
+                f"task {spec.name}: no events among {len(cases)} cases in {spec.labels} — check "
+                f"event_col ({spec.event_col}) and event_convention ({spec.event_convention})"
+            )
+        if cases["event"].sum() < spec.folds:
+            raise LabelError(
+                f"task {spec.name}: {int(cases['event'].sum())} events for {spec.folds} folds; "
+                "every test fold needs at least one event — lower `folds`"
+            )
+    if len(cases) < spec.folds:
+        raise LabelError(f"task {spec.name}: {len(cases)} cases for {spec.folds} folds")
+    return cohort
+
+
+def strata(cases: pd.DataFrame, spec: TaskSpec) -> np.ndarray:
+    """Stratum label per case: the class (classification), or event × time quantile
+    (survival; as many time bins per event group as keep every stratum at least ``folds``
+    cases, at most 4)."""
+    if spec.type == "classification":
+        return cases["y"].to_numpy().astype(int)
+    ev = cases["event"].to_numpy().astype(bool)
+    t = cases["time"].to_numpy()
+    out = np.zeros(len(cases), dtype=int)
+    for g, mask in ((0, ~ev), (1, ev)):
+        n = int(mask.sum())
+        q = max(1, min(4, n // max(spec.folds, 1)))
+        if n:
+            ranks = t[mask].argsort(kind="stable").argsort(kind="stable")
+            out[mask] = g * 10 + (ranks * q // n)
+    return out
+
+
+# --------------------------------------------------------------------------- case bags
+
+
+def case_bags(
+    sheet: pd.DataFrame, teacher: str, cases=None, root: str | os.PathLike = "results"
+) -> dict[str, list[str]]:
+    """Per case, its slides' feature files for ``teacher`` (the case's bag is their union)."""
+    df = sheet if cases is None else sheet[sheet["case_id"].isin(set(cases))]
+    bags: dict[str, list[str]] = {}
+    for cid, sid in zip(df["case_id"], df["slide_id"], strict=True):
+        bags.setdefault(cid, []).append(os.path.join(root, "features", teacher, f"{sid}.h5"))
+    return {c: sorted(v) for c, v in sorted(bags.items())}

@@ -1,0 +1,222 @@
+"""Patient-level, stratified, seeded k-fold splits with a validation part (DESIGN §3.4).
+
+Generation deals cases to test folds in one round-robin pass over the cohort sorted by
+stratum (class; or event × time quantile), after a seeded shuffle within strata. Because
+every stratum is a contiguous block of that order and the dealing never restarts, each
+stratum's count per fold is within one case of ideal, and so is any union of neighbouring
+strata (all events, all censored) and the fold size. ``StratifiedKFold`` guarantees the first
+only. The validation part of a fold is a systematic sample of the same strata-sorted order
+of its training cases, so it is stratified too, and it is disjoint from test by construction.
+
+Imported splits (CLAM ``splits_{k}.csv`` or one table with ``fold_k`` columns, ids as case or
+slide ids) are checked by :func:`check_splits`: the seed's val/test overlap is an error naming
+the case.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .cohorts import Cohort, LabelError, strata
+from .io import atomic_path
+from .slides import read_table
+
+SPLITS = ("train", "val", "test")
+
+
+def make_splits(cohort: Cohort) -> list[pd.DataFrame]:
+    """k folds, each a frame (case_id, split) over every cohort case, sorted by case_id."""
+    spec = cohort.task
+    cases = cohort.cases
+    k = spec.folds
+    rng = np.random.default_rng(spec.seed)
+    s = strata(cases, spec)
+    # strata-sorted order with a seeded shuffle inside each stratum
+    order = np.lexsort((rng.permutation(len(cases)), s))
+    offset = int(rng.integers(k))
+    test_fold = np.empty(len(cases), dtype=int)
+    test_fold[order] = (offset + np.arange(len(cases))) % k
+    folds = []
+    for f in range(k):
+        split = np.full(len(cases), "train", dtype=object)
+        split[test_fold == f] = "test"
+        train_idx = [i for i in order if test_fold[i] != f]  # strata-sorted
+        n_val = max(1, int(round(spec.val_fraction * len(train_idx))))
+        u = rng.random()
+        pick = np.floor((np.arange(n_val) + u) * len(train_idx) / n_val).astype(int)
+        split[np.asarray(train_idx)[pick]] = "val"
+        folds.append(pd.DataFrame({"case_id": cases["case_id"].to_numpy(), "split": split}))
+    check_splits(folds, cohort, source="generated splits")
+    return folds
+
+
+def check_splits(folds: list[pd.DataFrame], cohort: Cohort, source: str, partition=True) -> None:
+    """Every fold: exactly the cohort's cases, one split each, non-empty train/val/test;
+    test folds partition the cohort (each case tested exactly once)."""
+    ids = set(cohort.cases["case_id"])
+    errors = []
+    tested: dict[str, int] = {}
+    for f, df in enumerate(folds):
+        dup = df["case_id"][df["case_id"].duplicated()].unique()
+        for cid in dup[:10]:
+            where = sorted(set(df.loc[df["case_id"] == cid, "split"]))
+            errors.append(
+                f"fold {f}: case '{cid}' is in {' and '.join(where)}"
+                + (" (validation and test overlap)" if {"val", "test"} <= set(where) else "")
+            )
+        unknown = sorted(set(df["case_id"]) - ids)
+        if unknown:
+            errors.append(
+                f"fold {f}: {len(unknown)} case(s) not in the cohort: {', '.join(unknown[:5])}"
+            )
+        absent = sorted(ids - set(df["case_id"]))
+        if absent:
+            errors.append(
+                f"fold {f}: {len(absent)} cohort case(s) missing: {', '.join(absent[:5])}"
+            )
+        bad = sorted(set(df["split"]) - set(SPLITS))
+        if bad:
+            errors.append(f"fold {f}: unknown split name(s) {bad} (expected train, val, test)")
+        for sp in SPLITS:
+            if not (df["split"] == sp).any():
+                errors.append(f"fold {f}: no {sp} cases")
+        for cid in df.loc[df["split"] == "test", "case_id"].unique():
+            tested[cid] = tested.get(cid, 0) + 1
+    if partition and not errors:
+        twice = sorted(c for c, n in tested.items() if n > 1)
+        never = sorted(ids - set(tested))
+        if twice:
+            errors.append(
+                f"{len(twice)} case(s) in more than one test fold: {', '.join(twice[:5])}"
+            )
+        if never:
+            errors.append(f"{len(never)} case(s) never tested: {', '.join(never[:5])}")
+    if errors:
+        raise LabelError(f"{source} for task {cohort.task.name}:\n  " + "\n  ".join(errors))
+
+
+# --------------------------------------------------------------------------- import
+
+
+def import_splits(
+    path: str | os.PathLike, cohort: Cohort, sheet: pd.DataFrame
+) -> list[pd.DataFrame]:
+    """Read existing splits: a folder (or file glob base) of CLAM ``splits_{k}.csv`` files, or
+    one table with a case/slide id column and ``fold_0..fold_{k-1}`` columns of split names.
+    Slide ids are mapped to their cases; a case whose slides land in different splits of a
+    fold is an error."""
+    path = Path(path)
+    slide_to_case = dict(zip(sheet["slide_id"], sheet["case_id"], strict=True))
+    case_ids = set(cohort.cases["case_id"])
+
+    def to_case(i: str, where: str) -> str:
+        if i in case_ids:
+            return i
+        if i in slide_to_case:
+            return slide_to_case[i]
+        raise LabelError(f"{where}: id '{i}' is neither a cohort case nor a slide in the sheet")
+
+    folds: list[pd.DataFrame] = []
+    if path.is_dir():
+        files = sorted(path.glob("splits_*.csv"), key=lambda p: int(p.stem.split("_")[-1]))
+        if not files:
+            raise LabelError(f"task {cohort.task.name}: no splits_<k>.csv in {path}")
+        for fp in files:
+            df = pd.read_csv(fp, dtype=str, keep_default_na=True)
+            missing = [c for c in SPLITS if c not in df.columns]
+            if missing:
+                raise LabelError(f"split file {fp}: missing column(s) {', '.join(missing)}")
+            rows = []
+            for sp in SPLITS:
+                for line, v in df[sp].items():
+                    if isinstance(v, str) and v.strip():
+                        rows.append(
+                            (
+                                to_case(
+                                    v.strip(), f"split file {fp}, line {line + 2}, column {sp}"
+                                ),
+                                sp,
+                            )
+                        )
+            folds.append(_collapse(rows, f"split file {fp}"))
+    else:
+        df = read_table(path)
+        id_col = next((c for c in ("case_id", "slide_id") if c in df.columns), None)
+        fold_cols = sorted(
+            (c for c in df.columns if c.startswith("fold_")), key=lambda c: int(c[5:])
+        )
+        if id_col is None or not fold_cols:
+            raise LabelError(
+                f"split table {path}: needs a case_id or slide_id column and fold_0..fold_k "
+                f"columns; found {', '.join(df.columns)}"
+            )
+        for c in fold_cols:
+            rows = [
+                (
+                    to_case(i.strip(), f"split table {path}, line {n + 2}, column {id_col}"),
+                    v.strip(),
+                )
+                for n, (i, v) in enumerate(zip(df[id_col], df[c], strict=True))
+                if v.strip()
+            ]
+            folds.append(_collapse(rows, f"split table {path}, column {c}"))
+    if len(folds) != cohort.task.folds:
+        raise LabelError(
+            f"task {cohort.task.name}: {path} has {len(folds)} folds but the task says "
+            f"folds: {cohort.task.folds}"
+        )
+    check_splits(folds, cohort, source=f"imported splits {path}")
+    return folds
+
+
+def _collapse(rows: list[tuple[str, str]], where: str) -> pd.DataFrame:
+    """Case-level rows; several slides of one case in the same split collapse to one row, in
+    different splits they stay duplicated so :func:`check_splits` names the case."""
+    df = pd.DataFrame(rows, columns=["case_id", "split"]).drop_duplicates()
+    return df.sort_values(["case_id", "split"]).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def summarize(folds: list[pd.DataFrame], cohort: Cohort) -> pd.DataFrame:
+    spec = cohort.task
+    cases = cohort.cases.set_index("case_id")
+    rows = []
+    for f, df in enumerate(folds):
+        for sp in SPLITS:
+            ids = df.loc[df["split"] == sp, "case_id"]
+            sub = cases.loc[ids]
+            row = {"fold": f, "split": sp, "cases": len(sub), "slides": int(sub["n_slides"].sum())}
+            if spec.type == "classification":
+                for c in spec.classes:
+                    row[f"n_{c}"] = int((sub["label"] == c).sum())
+            else:
+                row["events"] = int(sub["event"].sum())
+                row["censored"] = int((~sub["event"]).sum())
+                row[f"median_time_{spec.time_unit}"] = round(float(sub["time"].median()), 3)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_splits(
+    folds: list[pd.DataFrame], cohort: Cohort, out_dir: str | os.PathLike
+) -> list[Path]:
+    out = Path(out_dir)
+    paths = []
+    for f, df in enumerate(folds):
+        p = out / f"fold_{f}.csv"
+        with atomic_path(p) as tmp:
+            df.sort_values("case_id").to_csv(tmp, index=False)
+        paths.append(p)
+    with atomic_path(out / "summary.tsv") as tmp:
+        summarize(folds, cohort).to_csv(tmp, sep="\t", index=False)
+    return paths
+
+
+def read_fold(path: str | os.PathLike) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str)
