@@ -11,7 +11,7 @@ Facts are from the models' public cards (DESIGN §4). Block indices are 0-based 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 LEVELS = ("low", "mid", "high")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -153,24 +153,6 @@ _RECORDS = [
         precision="fp16",
         description="Bioptimus H-optimus-0, ViT-g/14 (1.1B), 4 register tokens",
     ),
-    TeacherSpec(
-        name="h_optimus_1",
-        arch="vit_giant_patch14_reg4_dinov2",
-        kwargs=dict(
-            img_size=224,
-            init_values=1e-5,
-            num_classes=0,
-            global_pool="token",
-            dynamic_img_size=False,
-        ),  # fmt: skip
-        hf_repo="bioptimus/H-optimus-1",
-        mean=HOPTIMUS_MEAN,
-        std=HOPTIMUS_STD,
-        **_vit_levels(40),
-        dims={"low": 1536, "mid": 1536, "high": 1536},
-        precision="fp16",
-        description="Bioptimus H-optimus-1, ViT-g/14 (1.1B), 4 register tokens",
-    ),
     # Toy teachers: tiny timm architectures of the two families, fixed-seed weights, no
     # download. They go through the same builder, hooks, loader and writer as the real ones.
     TeacherSpec(
@@ -208,6 +190,16 @@ _RECORDS = [
         description="toy ConvNet (MobileNetV3-S 0.5) for CPU runs and tests",
     ),
 ]
+
+# H-optimus-1 shares H-optimus-0's architecture and preprocessing; only the weights differ
+_RECORDS.append(
+    replace(
+        next(r for r in _RECORDS if r.name == "h_optimus_0"),
+        name="h_optimus_1",
+        hf_repo="bioptimus/H-optimus-1",
+        description="Bioptimus H-optimus-1, ViT-g/14 (1.1B), 4 register tokens",
+    )
+)
 
 REGISTRY: dict[str, TeacherSpec] = {r.name: r for r in _RECORDS}
 
