@@ -192,13 +192,15 @@ _RECORDS = [
 ]
 
 # H-optimus-1 shares H-optimus-0's architecture and preprocessing; only the weights differ
-_RECORDS.append(
+_i = next(i for i, r in enumerate(_RECORDS) if r.name == "h_optimus_0")
+_RECORDS.insert(
+    _i + 1,
     replace(
-        next(r for r in _RECORDS if r.name == "h_optimus_0"),
+        _RECORDS[_i],
         name="h_optimus_1",
         hf_repo="bioptimus/H-optimus-1",
         description="Bioptimus H-optimus-1, ViT-g/14 (1.1B), 4 register tokens",
-    )
+    ),
 )
 
 REGISTRY: dict[str, TeacherSpec] = {r.name: r for r in _RECORDS}
