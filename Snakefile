@@ -17,12 +17,15 @@ include: "rules/common.smk"
 wildcard_constraints:
     slide=SLIDE_ID_PATTERN,
     teacher="|".join(TEACHERS) or "NO_TEACHER",
+    task="|".join(TASKS) or "NO_TASK",
+    fold=r"\d+",
 
 
 include: "rules/demo.smk"
 include: "rules/tiling.smk"
 include: "rules/features.smk"
 include: "rules/splits.smk"
+include: "rules/train.smk"
 
 
 rule all:

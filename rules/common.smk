@@ -1,5 +1,6 @@
 # Helpers for all stage files: config and sheet validation, slide lookups and
 # input functions. Validation logic itself lives in the shazam package (unit-tested there).
+import json
 import math
 from importlib.metadata import version
 from pathlib import Path
@@ -25,6 +26,8 @@ TASK_SPECS = {
     name: TaskSpec.from_config(name, t) for name, t in config["tasks"].items()
 }
 TASKS = list(TASK_SPECS)
+
+TRAIN_JSON = json.dumps(config["training"], sort_keys=True)
 
 # Passed as a param to every rule so that upgrading the package shows up as a rerun reason.
 SHAZAM_VERSION = version("shazam")
@@ -122,11 +125,41 @@ def task_split_inputs(task):
     return [src]
 
 
+def task_labels(wildcards):
+    return config["tasks"][wildcards.task]["labels"]
+
+
+MODEL_FILES = (
+    "model.safetensors",
+    "config.json",
+    "history.csv",
+    "predictions.csv",
+    "metrics.json",
+)
+
+
+def model_outputs(model):
+    base = f"results/models/{{task}}/{model}/fold_{{fold}}"
+    return {f.split(".")[0]: f"{base}/{f}" for f in MODEL_FILES}
+
+
+def model_names():
+    """Models trained per task and fold: one ABMIL per teacher, plus concat with 2+ teachers."""
+    return [f"abmil-{t}" for t in TEACHERS] + (["concat"] if len(TEACHERS) > 1 else [])
+
+
 def final_outputs():
+    models = [
+        f"results/models/{task}/{m}/fold_{k}/metrics.json"
+        for task in TASKS
+        for m in model_names()
+        for k in range(config["tasks"][task]["folds"])
+    ]
     return (
         ["results/qc/tiling.tsv"]
         + expand(
             "results/features/{teacher}/{slide}.h5", teacher=TEACHERS, slide=SLIDE_IDS
         )
         + [f"results/splits/{task}/summary.tsv" for task in TASKS]
+        + models
     )

@@ -162,6 +162,32 @@ def cmd_splits(a: argparse.Namespace) -> None:
     log.info("splits for task %s:\n%s", spec.name, summarize(folds, cohort).to_string(index=False))
 
 
+def cmd_train(a: argparse.Namespace) -> None:
+    import json
+
+    import torch
+
+    from .cohorts import TaskSpec
+    from .slides import load_sheet
+    from .training import TrainConfig, train_fold
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    spec = TaskSpec.from_json(a.spec)
+    cfg = TrainConfig.from_dict(json.loads(a.train))
+    sheet = load_sheet(a.slides, check_files=False)
+    m = train_fold(
+        a.model, spec, a.fold_csv, sheet, a.teachers.split(","), a.out_dir, cfg,
+        features_root=a.features_root, log=log.info,
+    )  # fmt: skip
+    key = "balanced_accuracy" if spec.type == "classification" else "c_index"
+    log.info(
+        "%s on %s (%s): selected epoch %s, val %s %s, test %s %s",
+        a.model, spec.name, a.fold_csv, m["selected_epoch"],
+        key, m["val"].get(key), key, m.get(key),
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shazam", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"shazam {__version__}")
@@ -231,6 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--slides", required=True, help="slide sheet")
     sp.add_argument("--out-dir", required=True, help="results/splits/{task}")
     sp.set_defaults(func=cmd_splits)
+
+    tr = sub.add_parser("train", help="train one slide-level model on one fold")
+    tr.add_argument("--model", required=True, help="abmil-<teacher> or concat")
+    tr.add_argument("--spec", required=True, help="the task definition as JSON")
+    tr.add_argument("--train", required=True, help="the training config as JSON")
+    tr.add_argument("--fold-csv", required=True)
+    tr.add_argument("--slides", required=True)
+    tr.add_argument("--teachers", required=True, help="comma-separated teachers of the run")
+    tr.add_argument("--features-root", default="results")
+    tr.add_argument("--out-dir", required=True)
+    tr.add_argument("--threads", type=int, default=0)
+    tr.set_defaults(func=cmd_train)
 
     q = sub.add_parser("tiling-qc", help="collect per-slide tiling QC into one table")
     q.add_argument("--out", required=True, help="cohort QC table (.tsv)")

@@ -65,10 +65,10 @@ def test_toy_weights_are_fixed_by_seed():
 def _manual_levels(spec, model, x):
     """Reference: walk the model by hand and take the low/mid outputs directly."""
     if spec.family == "cnn":
-        h = model.bn1(model.conv_stem(x))
+        h = model.maxpool(model.act1(model.bn1(model.conv1(x))))
         outs = []
-        for blk in model.blocks:
-            h = blk(h)
+        for name in spec.stages:
+            h = model.get_submodule(name)(h)
             outs.append(h.mean(dim=(2, 3)))
         return outs[spec.low_block], outs[spec.mid_block]
     h = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
@@ -124,7 +124,7 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"foo": torch.zeros(2)}, tmp_path / "bad.safetensors")
-    with pytest.raises(TeacherWeightsError, match="does not match the mobilenetv3_small_050"):
+    with pytest.raises(TeacherWeightsError, match="does not match the resnet10t"):
         build_model(get_spec("toy_cnn"), tmp_path / "bad.safetensors")
     with pytest.raises(TeacherWeightsError, match="teacher_weights.toy_cnn = .*does not exist"):
         build_model(get_spec("toy_cnn"), tmp_path / "missing.safetensors")

@@ -211,9 +211,12 @@ class LevelExtractor(nn.Module):
         self.levels = tuple(lv for lv in levels if lv in spec.dims)
         self._captured: dict[str, torch.Tensor] = {}
         self._handles = []
+        blocks = (
+            [model.get_submodule(name) for name in spec.stages] if spec.stages else model.blocks
+        )
         for lv, idx in (("low", spec.low_block), ("mid", spec.mid_block)):
             if lv in self.levels and idx is not None:
-                self._handles.append(model.blocks[idx].register_forward_hook(self._hook(lv)))
+                self._handles.append(blocks[idx].register_forward_hook(self._hook(lv)))
 
     def _hook(self, level: str):
         def fn(_module, _inputs, output):

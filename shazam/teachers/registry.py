@@ -38,6 +38,7 @@ class TeacherSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     embedding: str = "pooled"  # pooled: timm's pooled pre-logits | cls_mean: class ⊕ mean(patch)
     family: str = "vit"  # vit: levels are class tokens | cnn: levels are pooled stage maps
+    stages: tuple[str, ...] = ()  # module names of the blocks/stages (default: model.blocks)
     low_block: int | None = None
     mid_block: int | None = None
     dims: dict = field(default_factory=dict)  # level -> dim, verified by `teachers check`
@@ -178,16 +179,19 @@ _RECORDS = [
     ),
     TeacherSpec(
         name="toy_cnn",
-        arch="mobilenetv3_small_050",
-        kwargs=dict(num_classes=0),
+        arch="resnet10t",
+        # timm zero-initialises each block's last BN; with random weights that leaves almost
+        # no input dependence in the output, so the toy keeps a normal init there
+        kwargs=dict(num_classes=0, zero_init_last=False),
         gated=False,
         family="cnn",
-        low_block=2,
-        mid_block=4,
-        dims={"low": 24, "mid": 48, "high": 1024},
+        stages=("layer1", "layer2", "layer3", "layer4"),
+        low_block=1,
+        mid_block=2,
+        dims={"low": 128, "mid": 256, "high": 512},
         precision="fp32",
         seed=2,
-        description="toy ConvNet (MobileNetV3-S 0.5) for CPU runs and tests",
+        description="toy ConvNet (ResNet-10-T) for CPU runs and tests",
     ),
 ]
 

@@ -1,0 +1,68 @@
+"""Gated attention-MIL (Ilse et al. 2018) and the early-fusion (concat) baseline."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class GatedAttentionPool(nn.Module):
+    """score = w · (tanh(V h) ⊙ sigmoid(U h)); softmax over the bag's real patches; Σ a h."""
+
+    def __init__(self, d: int, d_att: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        d_att = d_att or d
+        self.V = nn.Linear(d, d_att)
+        self.U = nn.Linear(d, d_att)
+        self.w = nn.Linear(d_att, 1)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.w(self.drop(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h)))).squeeze(-1)
+        a = a.float().masked_fill(~mask, float("-inf"))
+        a = torch.softmax(a, dim=1)
+        a = torch.nan_to_num(a)  # an empty bag (all masked) pools to zeros
+        return torch.einsum("bn,bnd->bd", a.to(h.dtype), h), a
+
+
+class ABMIL(nn.Module):
+    """projection Linear(C → d) + ReLU + dropout → gated attention pooling → head."""
+
+    def __init__(self, in_dim: int, n_out: int, d: int = 128, dropout: float = 0.25):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(in_dim, d), nn.ReLU(), nn.Dropout(dropout))
+        self.pool = GatedAttentionPool(d, d, dropout)
+        self.head = nn.Linear(d, n_out)
+
+    def embed(self, x: torch.Tensor, mask: torch.Tensor):
+        return self.pool(self.proj(x), mask)
+
+    def forward(self, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> dict:
+        (x,) = feats.values()
+        v, a = self.embed(x, mask)
+        return {"logits": self.head(v), "attention": a, "slide": v}
+
+
+class ConcatABMIL(ABMIL):
+    """Early fusion: each teacher's patch features normalised (LayerNorm), concatenated per
+    patch, then one ABMIL."""
+
+    def __init__(self, dims: dict[str, int], n_out: int, d: int = 128, dropout: float = 0.25):
+        super().__init__(sum(dims.values()), n_out, d, dropout)
+        self.teachers = list(dims)
+        self.norms = nn.ModuleDict({t: nn.LayerNorm(c) for t, c in dims.items()})
+
+    def forward(self, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> dict:
+        x = torch.cat([self.norms[t](feats[t]) for t in self.teachers], dim=-1)
+        v, a = self.embed(x, mask)
+        return {"logits": self.head(v), "attention": a, "slide": v}
+
+
+def build_model(name: str, dims: dict[str, int], n_out: int, d: int = 128, dropout: float = 0.25):
+    """``abmil-{teacher}`` or ``concat`` from the teachers' high-level dims."""
+    if name.startswith("abmil-"):
+        teacher = name[len("abmil-") :]
+        return ABMIL(dims[teacher], n_out, d, dropout)
+    if name == "concat":
+        return ConcatABMIL(dims, n_out, d, dropout)
+    raise ValueError(f"unknown model '{name}' (abmil-<teacher> or concat)")
