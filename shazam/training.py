@@ -128,7 +128,7 @@ class Engine:
                     ids = group[m : m + cfg.batch_bags]
                     loss = self._loss(self._forward(ids, True, rng), ids)
                     (loss * len(ids) / len(group)).backward()
-                    total += float(loss) * len(ids)
+                    total += float(loss.detach()) * len(ids)
                     n_seen += len(ids)
                 opt.step()
                 sched.step()

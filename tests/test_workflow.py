@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import BIN, REPO, run_snakemake
@@ -44,6 +45,8 @@ def test_dry_run_lists_expected_jobs(fresh_workdir):
     assert counts["tiling_qc"] == 1
     assert counts["extract_features"] == 2 * n  # toy_vit and toy_cnn
     assert counts["make_splits_subtype"] == counts["make_splits_os"] == 1
+    assert counts["train_baseline"] == 2 * 2 * 5  # tasks x teachers x folds
+    assert counts["train_fusion"] == 2 * 5
     assert counts["all"] == 1
     assert "workflow specific profile" in p.stdout + p.stderr  # profiles/default is picked up
 
@@ -147,6 +150,38 @@ def test_demo_run_makes_splits_for_both_tasks(demo_run):
             assert list(fold.columns) == ["case_id", "split"] and len(fold) == 32
             tested += fold.loc[fold["split"] == "test", "case_id"].tolist()
         assert sorted(tested) == sorted({s.case_id for s in demo_plan(0, 32)})
+
+
+MODEL_FILES = ["model.safetensors", "config.json", "history.csv", "predictions.csv", "metrics.json"]
+
+
+@pytest.mark.slow
+def test_demo_run_trains_every_baseline_and_learns_the_phenotype(demo_run):
+    wd, _ = demo_run
+    models = ["abmil-toy_vit", "abmil-toy_cnn", "concat"]
+    for task in ("subtype", "os"):
+        for m in models:
+            for k in range(5):
+                d = wd / f"results/models/{task}/{m}/fold_{k}"
+                assert sorted(p.name for p in d.iterdir()) == sorted(MODEL_FILES)
+                rule = "train_fusion" if m == "concat" else "train_baseline"
+                assert (wd / f"logs/{rule}/{task}/{m}/fold_{k}.log").exists()
+    bacc = {
+        m: np.mean(
+            [
+                json.loads((wd / f"results/models/subtype/{m}/fold_{k}/metrics.json").read_text())[
+                    "balanced_accuracy"
+                ]
+                for k in range(5)
+            ]
+        )
+        for m in models
+    }
+    # the phenotype is visible in colour and texture: every baseline is well above chance
+    assert all(v >= 0.75 for v in bacc.values()), bacc
+    os_m = json.loads((wd / "results/models/os/abmil-toy_vit/fold_0/metrics.json").read_text())
+    for key in ("c_index", "c_index_ipcw", "ibs", "td_auc_mean", "logrank_p", "n_events", "val"):
+        assert key in os_m
 
 
 @pytest.mark.slow
