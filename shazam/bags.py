@@ -1,4 +1,4 @@
-"""Case-level feature bags held in memory as float16, batched with padding masks.
+"""Case-level feature bags held in memory as float16, batched as packed rows + a mask.
 
 A case's bag is the union of its slides' patches. When several teachers are used together the
 bag keeps the patches every teacher has (normally all of them: the teachers read the same
@@ -70,27 +70,25 @@ class BagStore:
         rng: np.random.Generator | None = None,
         device: torch.device | str = "cpu",
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Padded float32 features {teacher: (B, N, C)} and mask (B, N). With ``max_patches``
-        and ``rng``, bags larger than that are randomly subsampled (training); else full."""
-        idx = []
+        """Packed float32 features {teacher: (M, C)} — the real patches of all bags, bag after
+        bag, no padding — and the mask (B, N) that places them (row-major) in a padded batch.
+        With ``max_patches`` and ``rng``, larger bags are randomly subsampled (training)."""
+        rows = []
         for c in cases:
             n = self.size(c)
             if max_patches and n > max_patches and rng is not None:
-                idx.append(torch.from_numpy(np.sort(rng.choice(n, max_patches, replace=False))))
+                rows.append(torch.from_numpy(np.sort(rng.choice(n, max_patches, replace=False))))
             else:
-                idx.append(None)
-        lens = [len(i) if i is not None else self.size(c) for c, i in zip(cases, idx, strict=True)]
-        nmax = max(max(lens), 1)
-        mask = torch.zeros(len(cases), nmax, dtype=torch.bool)
-        for b, n in enumerate(lens):
-            mask[b, :n] = True
+                rows.append(None)
+        lens = [len(r) if r is not None else self.size(c) for c, r in zip(cases, rows, strict=True)]
+        mask = torch.arange(max(max(lens), 1))[None, :] < torch.tensor(lens)[:, None]
         feats = {}
         for t in self.teachers:
-            x = torch.zeros(len(cases), nmax, self.dims[t], dtype=torch.float32)
-            for b, (c, i) in enumerate(zip(cases, idx, strict=True)):
-                rows = self.bags[c][t] if i is None else self.bags[c][t][i]
-                x[b, : len(rows)] = rows.float()
-            feats[t] = x.to(device, non_blocking=True)
+            parts = [
+                self.bags[c][t] if r is None else self.bags[c][t][r]
+                for c, r in zip(cases, rows, strict=True)
+            ]
+            feats[t] = torch.cat(parts).to(device, non_blocking=True).float()
         return feats, mask.to(device)
 
 

@@ -25,6 +25,13 @@ class GatedAttentionPool(nn.Module):
         return torch.einsum("bn,bnd->bd", a.to(h.dtype), h), a
 
 
+def unpack(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Packed per-patch rows (M, d) → padded (B, N, d) with zeros where ``mask`` is False."""
+    out = rows.new_zeros(*mask.shape, rows.shape[-1])
+    out[mask] = rows
+    return out
+
+
 class ABMIL(nn.Module):
     """projection Linear(C → d) + ReLU + dropout → gated attention pooling → head."""
 
@@ -35,7 +42,8 @@ class ABMIL(nn.Module):
         self.head = nn.Linear(d, n_out)
 
     def embed(self, x: torch.Tensor, mask: torch.Tensor):
-        return self.pool(self.proj(x), mask)
+        # project the packed rows, then pad the d-wide result (cheap) for pooling
+        return self.pool(unpack(self.proj(x), mask), mask)
 
     def forward(self, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> dict:
         (x,) = feats.values()
