@@ -19,6 +19,7 @@ wildcard_constraints:
     teacher="|".join(TEACHERS) or "NO_TEACHER",
     task="|".join(TASKS) or "NO_TASK",
     fold=r"\d+",
+    shazam_model="shazam(-nogate|-nodistill|-high|-agreement)?",
 
 
 include: "rules/demo.smk"

@@ -28,6 +28,8 @@ TASK_SPECS = {
 TASKS = list(TASK_SPECS)
 
 TRAIN_JSON = json.dumps(config["training"], sort_keys=True)
+SHAZAM_JSON = json.dumps(config["shazam"], sort_keys=True)
+SHAZAM_MODELS = ["shazam"] + [m for m in config["shazam"]["ablations"] if m != "shazam"]
 
 # Passed as a param to every rule so that upgrading the package shows up as a rerun reason.
 SHAZAM_VERSION = version("shazam")
@@ -144,8 +146,10 @@ def model_outputs(model):
 
 
 def model_names():
-    """Models trained per task and fold: one ABMIL per teacher, plus concat with 2+ teachers."""
-    return [f"abmil-{t}" for t in TEACHERS] + (["concat"] if len(TEACHERS) > 1 else [])
+    """Models per task and fold: one ABMIL per teacher, concat and the Shazam student with its
+    configured ablations when there are 2+ teachers."""
+    fused = ["concat"] + SHAZAM_MODELS if len(TEACHERS) > 1 else []
+    return [f"abmil-{t}" for t in TEACHERS] + fused
 
 
 def final_outputs():

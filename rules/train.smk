@@ -65,3 +65,38 @@ rule train_fusion:
         " --train {params.train:q} --fold-csv {input.fold} --slides {input.slides}"
         " --teachers {params.teachers} --out-dir {params.out_dir} --threads {threads}"
         " > {log} 2>&1"
+
+
+rule train_shazam:
+    input:
+        fold="results/splits/{task}/fold_{fold}.csv",
+        slides=config["slides"],
+        labels=task_labels,
+        features=expand(
+            "results/features/{teacher}/{slide}.h5", teacher=TEACHERS, slide=SLIDE_IDS
+        ),
+    output:
+        **model_outputs("{shazam_model}"),
+    log:
+        "logs/train_shazam/{task}/{shazam_model}/fold_{fold}.log",
+    benchmark:
+        "results/benchmarks/train_shazam/{task}/{shazam_model}/fold_{fold}.tsv"
+    conda:
+        "../envs/shazam.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=lambda wc, attempt: 16000 * attempt,
+        runtime=lambda wc, attempt: 60 * attempt,
+    params:
+        version=SHAZAM_VERSION,
+        spec=lambda wc: task_spec_json(wc.task),
+        train=TRAIN_JSON,
+        shazam=SHAZAM_JSON,
+        teachers=",".join(TEACHERS),
+        out_dir=lambda wc, output: os.path.dirname(output.metrics),
+    shell:
+        "shazam train --model {wildcards.shazam_model} --spec {params.spec:q}"
+        " --train {params.train:q} --shazam {params.shazam:q} --fold-csv {input.fold}"
+        " --slides {input.slides} --teachers {params.teachers} --out-dir {params.out_dir}"
+        " --threads {threads} > {log} 2>&1"

@@ -16,20 +16,26 @@ import torch
 from .extraction import LEVEL_DATASET
 
 
+def key(teacher: str, level: str) -> str:
+    """Name of one teacher's level in batches and dims: ``teacher:level``."""
+    return f"{teacher}:{level}"
+
+
 class BagStore:
-    """``bags[case][teacher]`` = float16 tensor (N, C) of one level, rows aligned across
-    teachers."""
+    """``bags[case]["teacher:level"]`` = float16 tensor (N, C), rows aligned across teachers
+    (and levels, which share their teacher's rows)."""
 
     def __init__(
         self,
         sheet,
         teachers: list[str],
         cases,
-        level: str = "high",
+        levels=("high",),
         root: str | os.PathLike = "results",
     ):
         self.teachers = list(teachers)
-        self.level = level
+        self.levels = tuple(levels)
+        self.keys = [key(t, lv) for t in self.teachers for lv in self.levels]
         self.bags: dict[str, dict[str, torch.Tensor]] = {}
         self.dims: dict[str, int] = {}
         wanted = set(cases)
@@ -41,23 +47,32 @@ class BagStore:
         if missing:
             raise ValueError(f"cases without slides in the sheet: {', '.join(missing[:5])}")
         for cid in sorted(by_case):
-            parts: dict[str, list[np.ndarray]] = {t: [] for t in self.teachers}
+            parts: dict[str, list[np.ndarray]] = {k: [] for k in self.keys}
             for sid in sorted(by_case[cid]):
                 per_t = {}
                 for t in self.teachers:
                     path = os.path.join(root, "features", t, f"{sid}.h5")
                     with h5py.File(path, "r") as f:
-                        per_t[t] = (f[LEVEL_DATASET[level]][:], f["coords"][:])
-                        self.dims.setdefault(t, f[LEVEL_DATASET[level]].shape[1])
+                        missing = [lv for lv in self.levels if LEVEL_DATASET[lv] not in f]
+                        if missing:
+                            raise ValueError(
+                                f"{path} has no {', '.join(missing)} level(s); extract with "
+                                f"extraction.levels including them"
+                            )
+                        feats = {lv: f[LEVEL_DATASET[lv]][:] for lv in self.levels}
+                        per_t[t] = (feats, f["coords"][:])
+                        for lv in self.levels:
+                            self.dims.setdefault(key(t, lv), feats[lv].shape[1])
                 for t, rows in _align(per_t).items():
-                    parts[t].append(rows)
+                    for lv in self.levels:
+                        parts[key(t, lv)].append(rows[lv])
             self.bags[cid] = {
-                t: torch.from_numpy(
+                k: torch.from_numpy(
                     np.concatenate(p).astype(np.float16)
                     if p
-                    else np.zeros((0, self.dims.get(t, 1)), np.float16)
+                    else np.zeros((0, self.dims.get(k, 1)), np.float16)
                 )
-                for t, p in parts.items()
+                for k, p in parts.items()
             }
 
     def size(self, case: str) -> int:
@@ -83,21 +98,26 @@ class BagStore:
         lens = [len(r) if r is not None else self.size(c) for c, r in zip(cases, rows, strict=True)]
         mask = torch.arange(max(max(lens), 1))[None, :] < torch.tensor(lens)[:, None]
         feats = {}
-        for t in self.teachers:
+        for k in self.keys:
             parts = [
-                self.bags[c][t] if r is None else self.bags[c][t][r]
+                self.bags[c][k] if r is None else self.bags[c][k][r]
                 for c, r in zip(cases, rows, strict=True)
             ]
-            feats[t] = torch.cat(parts).to(device, non_blocking=True).float()
+            feats[k] = torch.cat(parts).to(device, non_blocking=True).float()
         return feats, mask.to(device)
 
 
-def _align(per_teacher: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Rows of each teacher for the patches all teachers have, in the first teacher's order."""
+def _align(per_teacher: dict[str, tuple[dict, np.ndarray]]) -> dict[str, dict]:
+    """Each teacher's level arrays restricted to the patches all teachers have, in the first
+    teacher's order."""
     teachers = list(per_teacher)
     first = per_teacher[teachers[0]][1]
     if all(np.array_equal(per_teacher[t][1], first) for t in teachers[1:]):
         return {t: per_teacher[t][0] for t in teachers}
-    keys = {t: {tuple(xy): i for i, xy in enumerate(per_teacher[t][1].tolist())} for t in teachers}
-    common = [tuple(xy) for xy in first.tolist() if all(tuple(xy) in keys[t] for t in teachers)]
-    return {t: per_teacher[t][0][[keys[t][k] for k in common]] for t in teachers}
+    index = {t: {tuple(xy): i for i, xy in enumerate(per_teacher[t][1].tolist())} for t in teachers}
+    common = [tuple(xy) for xy in first.tolist() if all(tuple(xy) in index[t] for t in teachers)]
+    out = {}
+    for t in teachers:
+        rows = [index[t][k] for k in common]
+        out[t] = {lv: a[rows] for lv, a in per_teacher[t][0].items()}
+    return out

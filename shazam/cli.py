@@ -179,6 +179,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     m = train_fold(
         a.model, spec, a.fold_csv, sheet, a.teachers.split(","), a.out_dir, cfg,
         features_root=a.features_root, log=log.info,
+        shazam_cfg=json.loads(a.shazam) if a.shazam else None,
     )  # fmt: skip
     key = "balanced_accuracy" if spec.type == "classification" else "c_index"
     log.info(
@@ -259,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_splits)
 
     tr = sub.add_parser("train", help="train one slide-level model on one fold")
-    tr.add_argument("--model", required=True, help="abmil-<teacher> or concat")
+    tr.add_argument("--model", required=True, help="abmil-<teacher>, concat, shazam[-ablation]")
+    tr.add_argument("--shazam", default=None, help="the config's shazam section as JSON")
     tr.add_argument("--spec", required=True, help="the task definition as JSON")
     tr.add_argument("--train", required=True, help="the training config as JSON")
     tr.add_argument("--fold-csv", required=True)

@@ -232,9 +232,13 @@ def train_fold(
     make_model=None,
     labels: pd.DataFrame | None = None,
     log=print,
+    shazam_cfg: dict | None = None,
 ) -> dict:
-    """Train one model on one fold and write DESIGN §3.5 outputs atomically."""
-    from .models import build_model
+    """Train one model on one fold and write DESIGN §3.5 outputs atomically.
+
+    ``model_name``: ``abmil-{teacher}``, ``concat``, or ``shazam`` / an ablation
+    (``shazam_cfg`` = the config's ``shazam`` section)."""
+    from .models import Shazam, build_model, shazam_settings
 
     t0 = time.perf_counter()
     cohort = build_cohort(spec, sheet, labels)
@@ -254,8 +258,20 @@ def train_fold(
         edges = survival_bins(tr["time"], tr["event"], spec.n_bins)
     targets = Targets(spec, cases, edges)
     used = teachers_of(model_name, teachers)
-    store = BagStore(sheet, used, [c for v in ids.values() for c in v], root=features_root)
     n_out = len(spec.classes) if spec.type == "classification" else spec.n_bins
+    settings = None
+    if model_name.startswith("shazam"):
+        settings = shazam_settings(model_name, shazam_cfg or {})
+        d = (shazam_cfg or {}).get("d_model", cfg.d_model)
+        levels = settings["levels"]
+
+        def make_model(name, dims, n_out, _d, dropout):  # noqa: F811 - the student
+            return Shazam(dims, used, levels, n_out, d=d, dropout=dropout, **{
+                k: v for k, v in settings.items() if k != "levels"})  # fmt: skip
+    else:
+        levels = ["high"]
+    all_ids = [c for v in ids.values() for c in v]
+    store = BagStore(sheet, used, all_ids, levels=levels, root=features_root)
     torch.manual_seed(cfg.seed)
     model = (make_model or build_model)(model_name, store.dims, n_out, cfg.d_model, cfg.dropout)
     eng = Engine(model, spec, store, targets, cfg)
@@ -280,6 +296,7 @@ def train_fold(
             "dims": store.dims,
             "n_out": n_out,
             "train": asdict(cfg),
+            "shazam": settings,
             "bins": None if edges is None else [float(e) for e in edges],
             "n_cases": {k: len(v) for k, v in ids.items()},
             "fold_csv": os.fspath(fold_csv),
@@ -295,8 +312,9 @@ def train_fold(
     metrics = {**test["metrics"], "val": val["metrics"], "selected_epoch": best_epoch,
                "reasons": {**test["reasons"], **{f"val.{k}": v for k, v in val["reasons"].items()}},
                "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
-    if test.get("gate"):
-        metrics["gate_mean"] = torch.stack(list(test["gate"].values())).mean(0).tolist()
+    if test.get("gate"):  # the student's mean gate weight per teacher on the test set
+        mean = torch.stack(list(test["gate"].values())).mean(0).tolist()
+        metrics["gate_mean"] = dict(zip(used, mean, strict=True))
     write_json_atomic(out / "metrics.json", metrics)
     return metrics
 

@@ -47,6 +47,7 @@ def test_dry_run_lists_expected_jobs(fresh_workdir):
     assert counts["make_splits_subtype"] == counts["make_splits_os"] == 1
     assert counts["train_baseline"] == 2 * 2 * 5  # tasks x teachers x folds
     assert counts["train_fusion"] == 2 * 5
+    assert counts["train_shazam"] == 2 * 2 * 5  # tasks x (shazam, shazam-nodistill) x folds
     assert counts["all"] == 1
     assert "workflow specific profile" in p.stdout + p.stderr  # profiles/default is picked up
 
@@ -160,11 +161,12 @@ def test_demo_run_trains_every_baseline_and_learns_the_phenotype(demo_run):
     wd, _ = demo_run
     models = ["abmil-toy_vit", "abmil-toy_cnn", "concat"]
     for task in ("subtype", "os"):
-        for m in models:
+        for m in models + ["shazam", "shazam-nodistill"]:
             for k in range(5):
                 d = wd / f"results/models/{task}/{m}/fold_{k}"
                 assert sorted(p.name for p in d.iterdir()) == sorted(MODEL_FILES)
-                rule = "train_fusion" if m == "concat" else "train_baseline"
+                rule = {"concat": "train_fusion", "abmil-toy_vit": "train_baseline",
+                        "abmil-toy_cnn": "train_baseline"}.get(m, "train_shazam")  # fmt: skip
                 assert (wd / f"logs/{rule}/{task}/{m}/fold_{k}.log").exists()
     bacc = {
         m: np.mean(
@@ -179,6 +181,8 @@ def test_demo_run_trains_every_baseline_and_learns_the_phenotype(demo_run):
     }
     # the phenotype is visible in colour and texture: every baseline is well above chance
     assert all(v >= 0.75 for v in bacc.values()), bacc
+    shz = json.loads((wd / "results/models/subtype/shazam/fold_0/metrics.json").read_text())
+    assert set(shz["gate_mean"]) == {"toy_vit", "toy_cnn"}
     os_m = json.loads((wd / "results/models/os/abmil-toy_vit/fold_0/metrics.json").read_text())
     for key in ("c_index", "c_index_ipcw", "ibs", "td_auc_mean", "logrank_p", "n_events", "val"):
         assert key in os_m

@@ -7,5 +7,14 @@ places the M rows in a padded (B, N) layout (``padded[mask] = rows``). Output: d
 """
 
 from .abmil import ABMIL, ConcatABMIL, GatedAttentionPool, build_model
+from .shazam import ABLATIONS, Shazam, shazam_settings
 
-__all__ = ["ABMIL", "ConcatABMIL", "GatedAttentionPool", "build_model"]
+__all__ = [
+    "ABLATIONS",
+    "ABMIL",
+    "ConcatABMIL",
+    "GatedAttentionPool",
+    "Shazam",
+    "build_model",
+    "shazam_settings",
+]

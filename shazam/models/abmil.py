@@ -57,20 +57,21 @@ class ConcatABMIL(ABMIL):
 
     def __init__(self, dims: dict[str, int], n_out: int, d: int = 128, dropout: float = 0.25):
         super().__init__(sum(dims.values()), n_out, d, dropout)
-        self.teachers = list(dims)
-        self.norms = nn.ModuleDict({t: nn.LayerNorm(c) for t, c in dims.items()})
+        self.keys = list(dims)
+        # one LayerNorm per teacher, in the order of `keys` (ModuleDict keys cannot hold '.')
+        self.norms = nn.ModuleList([nn.LayerNorm(c) for c in dims.values()])
 
     def forward(self, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> dict:
-        x = torch.cat([self.norms[t](feats[t]) for t in self.teachers], dim=-1)
+        x = torch.cat([n(feats[k]) for n, k in zip(self.norms, self.keys, strict=True)], dim=-1)
         v, a = self.embed(x, mask)
         return {"logits": self.head(v), "attention": a, "slide": v}
 
 
 def build_model(name: str, dims: dict[str, int], n_out: int, d: int = 128, dropout: float = 0.25):
-    """``abmil-{teacher}`` or ``concat`` from the teachers' high-level dims."""
+    """``abmil-{teacher}`` or ``concat`` from dims keyed ``teacher:high``."""
+    high = {k: v for k, v in dims.items() if k.endswith(":high")}
     if name.startswith("abmil-"):
-        teacher = name[len("abmil-") :]
-        return ABMIL(dims[teacher], n_out, d, dropout)
+        return ABMIL(high[f"{name[len('abmil-') :]}:high"], n_out, d, dropout)
     if name == "concat":
-        return ConcatABMIL(dims, n_out, d, dropout)
+        return ConcatABMIL(high, n_out, d, dropout)
     raise ValueError(f"unknown model '{name}' (abmil-<teacher> or concat)")

@@ -1,0 +1,164 @@
+"""The Shazam student: multi-teacher, multi-level fusion with a gate and feature distillation.
+
+Per teacher t and level l: projection + gated ABMIL → slide vector v[t, l] ∈ R^d. Per level, a
+gate (MLP over the concatenated teacher vectors → softmax over teachers) scales each teacher's
+token by T·w_t (uniform weights = 1), and the scaled tokens go straight into post-norm
+self-attention blocks, so the weights change what attention sees. (The seed multiplied by the
+weight and then applied a LayerNorm, which removes any positive scale: its gate had no
+effect. ``gate_arrangement="seed_layernorm"`` reproduces that for the test that proves it.)
+Mean over tokens gives s[l]; hierarchical residual low → mid → high with learned α, β; the head
+reads the top level.
+
+Distillation, per level and teacher: (1 − cos) + Huber between a learned projection of the
+student's fused vector at that level and a fixed target — the teacher's own mean-pooled patch
+features for the bag, L2-normalised and detached (``distill_target="teacher"``), or the seed's
+agreement term: the per-teacher student vectors v[t, l], not detached (``"agreement"``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .abmil import GatedAttentionPool, unpack
+
+LEVEL_ORDER = ("low", "mid", "high")
+
+
+class Shazam(nn.Module):
+    def __init__(
+        self,
+        dims: dict[str, int],  # "teacher:level" -> C
+        teachers: list[str],
+        levels: list[str],
+        n_out: int,
+        d: int = 128,
+        layers: int = 4,
+        heads: int = 1,
+        feed_forward: bool = True,
+        dropout: float = 0.25,
+        gate: bool = True,
+        distill_weight: float = 0.01,
+        distill_target: str = "teacher",
+        gate_arrangement: str = "pre_attention",
+    ):
+        super().__init__()
+        if distill_target not in ("teacher", "agreement"):
+            raise ValueError(f"distill_target must be teacher or agreement: {distill_target}")
+        self.teachers = list(teachers)
+        self.levels = [lv for lv in LEVEL_ORDER if lv in levels]
+        self.gate_on, self.distill_weight = gate, distill_weight
+        self.distill_target, self.gate_arrangement = distill_target, gate_arrangement
+        T = len(self.teachers)
+        self.proj = nn.ModuleList()
+        self.pool = nn.ModuleList()
+        for lv in self.levels:
+            for t in self.teachers:
+                c = dims[f"{t}:{lv}"]
+                self.proj.append(nn.Sequential(nn.Linear(c, d), nn.ReLU(), nn.Dropout(dropout)))
+                self.pool.append(GatedAttentionPool(d, d, dropout))
+        self.gates = nn.ModuleList(
+            nn.Sequential(nn.Linear(T * d, d), nn.ReLU(), nn.Linear(d, T)) for _ in self.levels
+        )
+        self.seed_norm = nn.LayerNorm(d)  # only used by the seed's arrangement
+        ff = 2 * d if feed_forward else d
+        self.attn = nn.ModuleList(
+            nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(
+                    d, heads, ff, dropout, batch_first=True, norm_first=False
+                ),
+                layers,
+                enable_nested_tensor=False,
+            )
+            for _ in self.levels
+        )
+        self.res_norm = nn.ModuleList(nn.LayerNorm(d) for _ in self.levels[1:])
+        self.res_coef = nn.Parameter(torch.full((max(len(self.levels) - 1, 1),), 0.5))
+        self.head = nn.Linear(d, n_out)
+        # distillation heads: student fused vector at level l -> target space of teacher t
+        self.distill = nn.ModuleList()
+        for lv in self.levels:
+            for t in self.teachers:
+                out = dims[f"{t}:{lv}"] if distill_target == "teacher" else d
+                self.distill.append(nn.Linear(d, out))
+        self._dims = dims
+
+    def _idx(self, li: int, ti: int) -> int:
+        return li * len(self.teachers) + ti
+
+    def forward(self, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> dict:
+        T = len(self.teachers)
+        fused, gates, attn_maps, vecs = [], [], [], []
+        for li, lv in enumerate(self.levels):
+            v = []
+            for ti, t in enumerate(self.teachers):
+                i = self._idx(li, ti)
+                h = unpack(self.proj[i](feats[f"{t}:{lv}"]), mask)
+                vt, a = self.pool[i](h, mask)
+                v.append(vt)
+                if lv == self.levels[-1] and ti == 0:
+                    attn_maps.append(a)
+            v = torch.stack(v, dim=1)  # (B, T, d)
+            vecs.append(v)
+            if self.gate_on:
+                w = torch.softmax(self.gates[li](v.flatten(1)).float(), dim=-1).to(v.dtype)
+            else:
+                w = torch.full(v.shape[:2], 1.0 / T, dtype=v.dtype, device=v.device)
+            gates.append(w)
+            tokens = v * (w * T).unsqueeze(-1)
+            if self.gate_arrangement == "seed_layernorm":
+                tokens = self.seed_norm(tokens)  # the seed's defect: cancels the gate's scale
+            s = self.attn[li](tokens).mean(dim=1)
+            if fused:
+                s = self.res_norm[li - 1](s + self.res_coef[li - 1] * fused[-1])
+            fused.append(s)
+        out = {"logits": self.head(fused[-1]), "attention": attn_maps[0], "gate": gates[-1]}
+        if self.distill_weight > 0:
+            out["aux_loss"] = self.distill_weight * self.distillation(feats, mask, fused, vecs)
+        return out
+
+    def distillation_targets(self, feats, mask, vecs, li: int, ti: int) -> torch.Tensor:
+        if self.distill_target == "agreement":
+            return vecs[li][:, ti]  # the seed's: the student's own trainable vector
+        x = unpack(feats[f"{self.teachers[ti]}:{self.levels[li]}"], mask)
+        m = mask.unsqueeze(-1).to(x.dtype)
+        mean = (x * m).sum(1) / m.sum(1).clamp_min(1)
+        return F.normalize(mean, dim=-1).detach()
+
+    def distillation(self, feats, mask, fused, vecs) -> torch.Tensor:
+        losses = []
+        for li in range(len(self.levels)):
+            for ti in range(len(self.teachers)):
+                p = F.normalize(self.distill[self._idx(li, ti)](fused[li]).float(), dim=-1)
+                tgt = self.distillation_targets(feats, mask, vecs, li, ti).float()
+                if self.distill_target == "agreement":
+                    tgt = F.normalize(tgt, dim=-1)
+                cos = F.cosine_similarity(p, tgt, dim=-1)
+                losses.append((1 - cos).mean() + F.huber_loss(p, tgt))
+        return torch.stack(losses).mean()
+
+
+ABLATIONS = {
+    "shazam": {},
+    "shazam-nogate": {"gate": False},
+    "shazam-nodistill": {"distill_weight": 0.0},
+    "shazam-high": {"levels": ["high"]},
+    "shazam-agreement": {"distill_target": "agreement"},
+}
+
+
+def shazam_settings(name: str, cfg: dict) -> dict:
+    """Model settings for ``shazam`` or one of its ablations, from the config's ``shazam``."""
+    if name not in ABLATIONS:
+        raise ValueError(f"unknown Shazam variant '{name}'; known: {', '.join(ABLATIONS)}")
+    base = {
+        "levels": list(cfg.get("levels", LEVEL_ORDER)),
+        "layers": cfg.get("layers", 4),
+        "heads": cfg.get("heads", 1),
+        "feed_forward": cfg.get("feed_forward", True),
+        "gate": cfg.get("gate", True),
+        "distill_weight": cfg.get("distill_weight", 0.01),
+        "distill_target": cfg.get("distill_target", "teacher"),
+    }
+    return {**base, **ABLATIONS[name]}
