@@ -35,8 +35,11 @@ def unpack(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class ABMIL(nn.Module):
     """projection Linear(C → d) + ReLU + dropout → gated attention pooling → head."""
 
-    def __init__(self, in_dim: int, n_out: int, d: int = 128, dropout: float = 0.25):
+    def __init__(
+        self, in_dim: int, n_out: int, d: int = 128, dropout: float = 0.25, key: str | None = None
+    ):
         super().__init__()
+        self.key = key  # which "teacher:level" of a batch to read (None: the only one)
         self.proj = nn.Sequential(nn.Linear(in_dim, d), nn.ReLU(), nn.Dropout(dropout))
         self.pool = GatedAttentionPool(d, d, dropout)
         self.head = nn.Linear(d, n_out)
@@ -46,7 +49,10 @@ class ABMIL(nn.Module):
         return self.pool(unpack(self.proj(x), mask), mask)
 
     def forward(self, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> dict:
-        (x,) = feats.values()
+        if self.key is not None:
+            x = feats[self.key]
+        else:
+            (x,) = feats.values()
         v, a = self.embed(x, mask)
         return {"logits": self.head(v), "attention": a, "slide": v}
 
@@ -71,7 +77,8 @@ def build_model(name: str, dims: dict[str, int], n_out: int, d: int = 128, dropo
     """``abmil-{teacher}`` or ``concat`` from dims keyed ``teacher:high``."""
     high = {k: v for k, v in dims.items() if k.endswith(":high")}
     if name.startswith("abmil-"):
-        return ABMIL(high[f"{name[len('abmil-') :]}:high"], n_out, d, dropout)
+        k = f"{name[len('abmil-') :]}:high"
+        return ABMIL(high[k], n_out, d, dropout, key=k)
     if name == "concat":
         return ConcatABMIL(high, n_out, d, dropout)
     raise ValueError(f"unknown model '{name}' (abmil-<teacher> or concat)")

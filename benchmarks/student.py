@@ -4,7 +4,7 @@ Synthetic bags for two teachers with real teachers' dims (virchow2-like: 1280/12
 low/mid/high; uni2_h-like: 1536 at every level), float16 in memory. Reports parameter counts and
 the median epoch time of ``shazam`` (all three levels), ``shazam-high``, ``concat`` and
 ``abmil-<teacher>`` trained by the same engine with the same settings. Last line:
-``RESULT shazam_epoch_ratio <shazam epoch / abmil-uni2_h epoch> x``.
+``RESULT student_epoch_ratio <shazam epoch / abmil-uni2_h epoch> x``.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     for n in names:
         print(f"| {n} | {params[n]:,} | {statistics.median(times[n]):.2f} |")
     ratio = statistics.median(times["shazam"]) / statistics.median(times["abmil-uni2_h"])
-    print(f"RESULT shazam_epoch_ratio {ratio:.2f} x")
+    print(f"RESULT student_epoch_ratio {ratio:.2f} x")
     return 0
 
 
