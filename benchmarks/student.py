@@ -31,18 +31,15 @@ DIMS = {
 
 def synthetic_store(n_bags: int, n_patches: int, seed: int = 0) -> BagStore:
     rng = np.random.default_rng(seed)
-    store = BagStore.__new__(BagStore)
-    store.teachers, store.levels = list(DIMS), ("low", "mid", "high")
-    store.keys = [key(t, lv) for t in store.teachers for lv in store.levels]
-    store.dims = {key(t, lv): c for t, d in DIMS.items() for lv, c in d.items()}
-    store.bags = {}
+    dims = {key(t, lv): c for t, d in DIMS.items() for lv, c in d.items()}
+    bags = {}
     for i in range(n_bags):
         n = int(n_patches * rng.uniform(0.75, 1.0))
-        store.bags[f"c{i:04d}"] = {
+        bags[f"c{i:04d}"] = {
             k: torch.from_numpy(rng.standard_normal((n, c), dtype=np.float32).astype(np.float16))
-            for k, c in store.dims.items()
+            for k, c in dims.items()
         }
-    return store
+    return BagStore.from_arrays(bags)
 
 
 def main(argv=None) -> int:

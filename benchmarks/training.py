@@ -29,15 +29,12 @@ from shazam.training import Engine, Targets, TrainConfig
 
 def synthetic_store(n_bags: int, n_patches: int, dim: int, seed: int = 0) -> BagStore:
     rng = np.random.default_rng(seed)
-    store = BagStore.__new__(BagStore)  # filled in memory: no feature files needed
-    store.teachers, store.levels, store.keys = ["t"], ("high",), ["t:high"]
-    store.dims = {"t:high": dim}
-    store.bags = {}
+    bags = {}
     for i in range(n_bags):
         n = int(n_patches * rng.uniform(0.75, 1.0))  # unequal bags, as in real cohorts
         x = rng.standard_normal((n, dim), dtype=np.float32).astype(np.float16)
-        store.bags[f"c{i:04d}"] = {"t:high": torch.from_numpy(x)}
-    return store
+        bags[f"c{i:04d}"] = {"t:high": torch.from_numpy(x)}
+    return BagStore.from_arrays(bags)
 
 
 def main(argv=None) -> int:

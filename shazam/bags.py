@@ -75,6 +75,19 @@ class BagStore:
                 for k, p in parts.items()
             }
 
+    @classmethod
+    def from_arrays(cls, bags: dict[str, dict[str, torch.Tensor]]) -> BagStore:
+        """A store over bags already in memory: ``bags[case]["teacher:level"]`` = (N, C)
+        float16 tensors (synthetic cohorts, benchmarks); keys must be the same for every case."""
+        store = cls.__new__(cls)
+        first = next(iter(bags.values()))
+        store.keys = list(first)
+        store.teachers = list(dict.fromkeys(k.split(":")[0] for k in store.keys))
+        store.levels = tuple(dict.fromkeys(k.split(":")[1] for k in store.keys))
+        store.dims = {k: int(v.shape[1]) for k, v in first.items()}
+        store.bags = bags
+        return store
+
     def size(self, case: str) -> int:
         return int(next(iter(self.bags[case].values())).shape[0])
 

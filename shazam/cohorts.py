@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +41,10 @@ class TaskSpec:
     splits: str | None = None
     seed: int = 42
     unmatched: str = "drop"  # cases in only one of labels/sheet: drop (reported) | error
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, name: str, cfg: dict) -> TaskSpec:
-        known = {f for f in cls.__dataclass_fields__ if f not in ("name", "extra")}
+        known = {f for f in cls.__dataclass_fields__ if f != "name"}
         kw = {k: v for k, v in cfg.items() if k in known}
         if "classes" in kw and kw["classes"] is not None:
             kw["classes"] = tuple(str(c) for c in kw["classes"])
@@ -71,9 +70,7 @@ class TaskSpec:
             raise LabelError(f"{where}: unmatched must be drop or error")
 
     def to_json(self) -> str:
-        d = asdict(self)
-        d.pop("extra")
-        return json.dumps(d, sort_keys=True)
+        return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, s: str) -> TaskSpec:

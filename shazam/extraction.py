@@ -132,10 +132,6 @@ class PatchGeometry:
         f = self.size // self.target_size
         return f if f >= 2 and self.size % f == 0 else 1
 
-    @property
-    def out_size(self) -> int:
-        return self.size // self.reduce
-
 
 class PatchBatches(torch.utils.data.Dataset):
     """Item i = batch i of the patch file (rows in file order) as uint8 (B, S, S, 3), the

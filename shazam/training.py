@@ -31,6 +31,7 @@ from .cohorts import TaskSpec, build_cohort
 from .io import atomic_path, write_json_atomic
 from .losses import bin_index, cross_entropy, nll_survival, survival_bins, survival_from_logits
 from .metrics import classification_metrics, survival_metrics
+from .splits import read_fold
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Engine:
         self.amp = autocast_dtype(cfg.precision, self.device)
         self.model = model.to(self.device)
         self.class_weight = None
+        self._train_risk: tuple[tuple, np.ndarray] | None = None  # (train ids, risks) cache
 
     # -- one batch
     def _forward(self, ids, train: bool, rng=None):
@@ -148,6 +150,7 @@ class Engine:
                 best = (key, epoch)
                 best_state = copy.deepcopy(self.model.state_dict())
         self.model.load_state_dict(best_state)
+        self._train_risk = None
         return history, best[1]
 
     @property
@@ -159,11 +162,20 @@ class Engine:
         return (-math.inf if m is None else m, -val["loss"])
 
     # -- evaluation
+    def train_risk(self, train_ids: list[str]) -> np.ndarray:
+        """Risks of the training cases under the current weights (the log-rank cut-off),
+        computed once per fitted model and shared by the val and test evaluations."""
+        key = tuple(train_ids)
+        if self._train_risk is None or self._train_risk[0] != key:
+            _, _, risk = survival_from_logits(self.predict(train_ids)["logits"])
+            self._train_risk = (key, risk.numpy())
+        return self._train_risk[1]
+
     @torch.no_grad()
     def predict(self, ids: list[str]) -> dict:
         self.model.eval()
         order = sorted(ids, key=self.store.size)  # similar sizes together: less padding
-        logits, losses, attn = {}, [], {}
+        logits, losses, gates = {}, [], {}
         for s in range(0, len(order), self.cfg.batch_bags):
             chunk = order[s : s + self.cfg.batch_bags]
             out = self._forward(chunk, False)
@@ -171,9 +183,9 @@ class Engine:
             for i, c in enumerate(chunk):
                 logits[c] = out["logits"][i].float().cpu()
                 if "gate" in out:
-                    attn[c] = out["gate"][i].float().cpu()
+                    gates[c] = out["gate"][i].float().cpu()
         lg = torch.stack([logits[c] for c in ids]) if ids else torch.zeros(0)
-        return {"logits": lg, "loss": sum(losses) / max(len(ids), 1), "gate": attn}
+        return {"logits": lg, "loss": sum(losses) / max(len(ids), 1), "gate": gates}
 
     def evaluate(self, ids: list[str], train_ids: list[str] | None = None) -> dict:
         p = self.predict(ids)
@@ -184,10 +196,7 @@ class Engine:
             return {"loss": p["loss"], "metrics": m, "reasons": r, "prob": prob, "gate": p["gate"]}
         h, s, risk = (x.numpy() for x in survival_from_logits(p["logits"]))
         tr = self.targets.cases.loc[train_ids] if train_ids else None
-        train_risk = None
-        if train_ids:
-            _, _, trisk = survival_from_logits(self.predict(train_ids)["logits"])
-            train_risk = trisk.numpy()
+        train_risk = self.train_risk(train_ids) if train_ids else None
         edges = self.targets.edges
 
         def surv_fn(times):
@@ -242,7 +251,7 @@ def train_fold(
 
     t0 = time.perf_counter()
     cohort = build_cohort(spec, sheet, labels)
-    fold = pd.read_csv(fold_csv, dtype=str)
+    fold = read_fold(fold_csv)
     split = dict(zip(fold["case_id"], fold["split"], strict=True))
     ids = {
         sp: sorted(c for c in cohort.cases["case_id"] if split.get(c) == sp)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -256,15 +255,3 @@ def check(spec: TeacherSpec, batch: int = 2) -> dict[str, list[int]]:
     with torch.inference_mode():
         out = ext(x)
     return {lv: list(t.shape) for lv, t in out.items()}
-
-
-def describe(spec: TeacherSpec) -> str:
-    return json.dumps(
-        {
-            "name": spec.name,
-            "arch": spec.arch,
-            "dims": spec.dims,
-            "input": spec.input_size,
-            "weights": spec.weight_source,
-        }
-    )
