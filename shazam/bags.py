@@ -97,10 +97,12 @@ class BagStore:
         max_patches: int | None = None,
         rng: np.random.Generator | None = None,
         device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Packed float32 features {teacher: (M, C)} — the real patches of all bags, bag after
-        bag, no padding — and the mask (B, N) that places them (row-major) in a padded batch.
-        With ``max_patches`` and ``rng``, larger bags are randomly subsampled (training)."""
+        """Packed features {teacher: (M, C)} in ``dtype`` — the real patches of all bags, bag
+        after bag, no padding — and the mask (B, N) that places them (row-major) in a padded
+        batch. With ``max_patches`` and ``rng``, larger bags are randomly subsampled (training).
+        Rows are gathered straight into one float16 buffer and converted once, on ``device``."""
         rows = []
         for c in cases:
             n = self.size(c)
@@ -110,13 +112,17 @@ class BagStore:
                 rows.append(None)
         lens = [len(r) if r is not None else self.size(c) for c, r in zip(cases, rows, strict=True)]
         mask = torch.arange(max(max(lens), 1))[None, :] < torch.tensor(lens)[:, None]
+        ends = np.cumsum(lens).tolist()
         feats = {}
         for k in self.keys:
-            parts = [
-                self.bags[c][k] if r is None else self.bags[c][k][r]
-                for c, r in zip(cases, rows, strict=True)
-            ]
-            feats[k] = torch.cat(parts).to(device, non_blocking=True).float()
+            first = self.bags[cases[0]][k]
+            packed = torch.empty((ends[-1], first.shape[1]), dtype=first.dtype)
+            for c, r, e, n in zip(cases, rows, ends, lens, strict=True):
+                if r is None:
+                    packed[e - n : e] = self.bags[c][k]
+                else:
+                    torch.index_select(self.bags[c][k], 0, r, out=packed[e - n : e])
+            feats[k] = packed.to(device, non_blocking=True).to(dtype)
         return feats, mask.to(device)
 
 

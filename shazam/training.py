@@ -48,7 +48,7 @@ class TrainConfig:
     alpha: float = 0.4  # survival NLL weight of the uncensored term
     class_weights: str = "none"  # none | balanced
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -80,7 +80,7 @@ class Engine:
 
         self.spec, self.store, self.targets, self.cfg = spec, store, targets, cfg
         self.device, self._lock = select_device(cfg.device)
-        self.amp = autocast_dtype(cfg.precision, self.device)
+        self.amp = autocast_dtype(cfg.precision, self.device, cpu_bf16=True)
         self.model = model.to(self.device)
         self.class_weight = None
         self._train_risk: tuple[tuple, np.ndarray] | None = None  # (train ids, risks) cache
@@ -88,8 +88,9 @@ class Engine:
     # -- one batch
     def _forward(self, ids, train: bool, rng=None):
         feats, mask = self.store.batch(
-            ids, self.cfg.max_patches if train else None, rng, self.device
-        )
+            ids, self.cfg.max_patches if train else None, rng, self.device,
+            dtype=self.amp or torch.float32,
+        )  # fmt: skip
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             out = self.model(feats, mask)
         return out

@@ -83,9 +83,11 @@ def test_training_learns_and_writes_every_output(tmp_path, model):
     net.load_state_dict(load_file(out / "model.safetensors"))
 
 
-def test_engine_overfits_a_tiny_separable_set(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_engine_overfits_a_tiny_separable_set(tmp_path, precision):
     sheet, spec = make_cohort(tmp_path, n=24, signal=1.5)
-    cfg = TrainConfig(epochs=40, lr=5e-3, accumulate=2, batch_bags=2, d_model=32, dropout=0.0)
+    cfg = TrainConfig(epochs=40, lr=5e-3, accumulate=2, batch_bags=2, d_model=32, dropout=0.0,
+                      precision=precision)  # fmt: skip
     from shazam.bags import BagStore
     from shazam.cohorts import build_cohort
     from shazam.training import Engine, Targets
@@ -98,8 +100,50 @@ def test_engine_overfits_a_tiny_separable_set(tmp_path):
     eng = Engine(
         build_model("abmil-ta", store.dims, 2, 32, 0.0), spec, store, Targets(spec, cases), cfg
     )
+    assert eng.amp == (torch.bfloat16 if precision == "bf16" else None)
     eng.fit(ids, ids, log=lambda s: None)
     assert eng.evaluate(ids)["metrics"]["accuracy"] == 1.0
+
+
+def test_batches_pack_bags_in_the_autocast_dtype(tmp_path):
+    from shazam.bags import BagStore
+
+    sheet, _ = make_cohort(tmp_path, n=4)
+    ids = ["c000", "c001", "c002"]
+    store = BagStore(sheet, ["ta", "tb"], ids, root=tmp_path / "results")
+    for dtype in (torch.float32, torch.bfloat16):
+        feats, mask = store.batch(ids, dtype=dtype)  # full bags, packed bag after bag
+        assert mask.sum(1).tolist() == [store.size(c) for c in ids]
+        for k in ("ta:high", "tb:high"):
+            assert feats[k].dtype == dtype
+            want = torch.cat([store.bags[c][k] for c in ids]).to(dtype)
+            assert torch.equal(feats[k], want)
+    rng = np.random.default_rng(0)
+    feats, mask = store.batch(ids, max_patches=10, rng=rng, dtype=torch.bfloat16)
+    assert mask.sum(1).tolist() == [10, 10, 10]
+    # each subsampled bag is a subset of its own rows (same rows for both teachers)
+    for i, c in enumerate(ids):
+        got = feats["ta:high"][i * 10 : (i + 1) * 10].float()
+        full = store.bags[c]["ta:high"].to(torch.bfloat16).float()
+        hits = (got[:, None, :] == full[None]).all(-1)
+        assert hits.any(1).all()
+        rows_a = hits.float().argmax(1)
+        got_b = feats["tb:high"][i * 10 : (i + 1) * 10]
+        assert torch.equal(got_b, store.bags[c]["tb:high"][rows_a].to(torch.bfloat16))
+
+
+def test_training_precision_policy(monkeypatch):
+    from shazam import extraction
+    from shazam.extraction import autocast_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype("auto", cuda) == torch.bfloat16
+    assert autocast_dtype("auto", cpu) is None  # extraction: fp32 on CPU
+    assert autocast_dtype("fp32", cpu, cpu_bf16=True) is None
+    for native in (True, False):
+        monkeypatch.setattr(extraction, "cpu_has_native_bf16", lambda n=native: n)
+        want = torch.bfloat16 if native else None
+        assert autocast_dtype("auto", cpu, cpu_bf16=True) == want  # training
 
 
 def test_selection_never_reads_test(tmp_path):

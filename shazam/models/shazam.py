@@ -102,11 +102,11 @@ class Shazam(nn.Module):
             v = torch.stack(v, dim=1)  # (B, T, d)
             vecs.append(v)
             if self.gate_on:
-                w = torch.softmax(self.gates[li](v.flatten(1)).float(), dim=-1).to(v.dtype)
+                w = torch.softmax(self.gates[li](v.flatten(1)).float(), dim=-1)
             else:
-                w = torch.full(v.shape[:2], 1.0 / T, dtype=v.dtype, device=v.device)
-            gates.append(w)
-            tokens = v * (w * T).unsqueeze(-1)
+                w = torch.full(v.shape[:2], 1.0 / T, device=v.device)
+            gates.append(w)  # reported in float32, whatever the autocast dtype
+            tokens = v * (w * T).unsqueeze(-1).to(v.dtype)
             if self.gate_arrangement == "seed_layernorm":
                 tokens = self.seed_norm(tokens)  # the seed's defect: cancels the gate's scale
             s = self.attn[li](tokens).mean(dim=1)
@@ -121,7 +121,7 @@ class Shazam(nn.Module):
     def distillation_targets(self, feats, mask, vecs, li: int, ti: int) -> torch.Tensor:
         if self.distill_target == "agreement":
             return vecs[li][:, ti]  # the seed's: the student's own trainable vector
-        x = unpack(feats[f"{self.teachers[ti]}:{self.levels[li]}"], mask)
+        x = unpack(feats[f"{self.teachers[ti]}:{self.levels[li]}"].float(), mask)
         m = mask.unsqueeze(-1).to(x.dtype)
         mean = (x * m).sum(1) / m.sum(1).clamp_min(1)
         return F.normalize(mean, dim=-1).detach()
