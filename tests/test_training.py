@@ -187,3 +187,19 @@ def test_survival_training_outputs_and_bins_from_train(tmp_path):
     train_fold("abmil-ta", spec, tmp_path / "fold.csv", sheet, ["ta"], tmp_path / "m2", CFG,
                features_root=tmp_path / "results", log=lambda s: None)  # fmt: skip
     assert json.loads((tmp_path / "m2" / "config.json").read_text())["bins"] == bins
+
+
+def test_unpack_places_packed_rows_with_and_without_padding():
+    from shazam.models.abmil import unpack
+
+    rows = torch.arange(7 * 3, dtype=torch.float32).view(7, 3)
+    mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    out = unpack(rows, mask)
+    assert torch.equal(out[0], rows[:4]) and torch.equal(out[1, :3], rows[4:])
+    assert torch.equal(out[1, 3], torch.zeros(3))
+    full = torch.ones(2, 4, dtype=torch.bool)  # equal bags: a view, same layout
+    rows8 = torch.cat([rows, rows[:1]])
+    out = unpack(rows8, full)
+    assert (
+        out.shape == (2, 4, 3) and torch.equal(out[0], rows8[:4]) and torch.equal(out[1], rows8[4:])
+    )

@@ -27,6 +27,8 @@ class GatedAttentionPool(nn.Module):
 
 def unpack(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Packed per-patch rows (M, d) → padded (B, N, d) with zeros where ``mask`` is False."""
+    if rows.shape[0] == mask.numel():  # no padding (e.g. equal subsampled bags): a view
+        return rows.view(*mask.shape, rows.shape[-1])
     out = rows.new_zeros(*mask.shape, rows.shape[-1])
     out[mask] = rows
     return out
