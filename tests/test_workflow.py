@@ -48,8 +48,16 @@ def test_dry_run_lists_expected_jobs(fresh_workdir):
     assert counts["train_baseline"] == 2 * 2 * 5  # tasks x teachers x folds
     assert counts["train_fusion"] == 2 * 5
     assert counts["train_shazam"] == 2 * 2 * 5  # tasks x (shazam, shazam-nodistill) x folds
+    assert counts["evaluate"] == 2  # one report per task
     assert counts["all"] == 1
     assert "workflow specific profile" in p.stdout + p.stderr  # profiles/default is picked up
+
+
+def test_one_teacher_dry_run_still_reports_every_task(fresh_workdir):
+    p = run_snakemake(fresh_workdir, "-n", "--cores", "2", "--config", "teachers=['toy_vit']")
+    counts = _job_counts(p.stdout)
+    assert counts["train_baseline"] == 2 * 5 and counts["evaluate"] == 2
+    assert "train_shazam" not in counts and "train_fusion" not in counts
 
 
 def test_snakemake_lint_is_clean(fresh_workdir):
