@@ -802,7 +802,12 @@ def fig_delta(pairs: list[Paired], path: Path):
                 capsize=4,
             )
     ax.axhline(0, color="grey", lw=0.8, ls="--")
-    ax.set_xticks(range(len(pairs)), [f"{p.a} − {p.b}\n({p.label})" for p in pairs], fontsize=7)
+    short = ["chosen on validation" if "validation" in p.label else "oracle" for p in pairs]
+    ax.set_xticks(
+        range(len(pairs)),
+        [f"{p.a} − {p.b}\n({s})" for p, s in zip(pairs, short, strict=True)],
+        fontsize=7,
+    )
     ax.set_ylabel(f"Δ {METRIC_LABELS.get(pairs[0].metric, pairs[0].metric)}")
     ax.set_title("student minus baseline, per test fold")
     fig.tight_layout()
@@ -893,7 +898,7 @@ class Doc:
                     )
                 )
             elif b[0] == "img":
-                out.append(f"![{b[3]}]({b[2]})\n\n*{b[3]}*")
+                out.append(f"![{Path(b[2]).stem}]({b[2]})\n\n*{b[3]}*")
         return "\n\n".join(out) + "\n"
 
     def html(self, title: str) -> str:
@@ -915,8 +920,9 @@ class Doc:
                 out.append(b[1].to_html(index=False, border=0, classes="t", escape=True))
             elif b[0] == "img":
                 data = base64.b64encode(Path(b[1]).read_bytes()).decode()
+                alt = html.escape(Path(b[2]).stem)
                 out.append(
-                    f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b[3])}">'
+                    f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
                     f"<figcaption>{inline(b[3])}</figcaption></figure>"
                 )
         style = (
@@ -982,7 +988,7 @@ def evaluate_task(
                 done[b] = compare(runs[STUDENT], runs[b], spec, metric, label, cfg)
                 pairs.append(done[b])
             else:  # the same teacher: one comparison, both labels
-                done[b].label += f"; also the {label}"
+                done[b].label += " (also the best on test)"
     comparison = comparison_table(pairs, k)
     dataset = dataset_table(splits_dir)
     software = software_versions()
@@ -1228,19 +1234,24 @@ def build_document(
         for n, r in runs.items()
         if any(m.get("selected_epoch") is not None for m in r.metrics)
     }
+    budget = ", ".join(
+        f"{what} {train[key]}"
+        for key, what in (
+            ("epochs", "epochs"),
+            ("lr", "AdamW lr"),
+            ("weight_decay", "weight decay"),
+            ("accumulate", "bags per step"),
+            ("seed", "seed"),
+        )
+        if key in train
+    )
     strat = "class" if spec.type == "classification" else "event × time quantile"
     items = [
         f"Splits: patient-level, stratified ({strat}), "
         f"{spec.folds} folds whose test parts partition the cohort; validation is "
         f"{spec.val_fraction:.0%} of each fold's non-test cases (split seed {spec.seed}).",
         "Every model trains on the same splits with the same budget"
-        + (
-            f" ({train.get('epochs')} epochs, AdamW lr {train.get('lr')}, weight decay "
-            f"{train.get('weight_decay')}, {train.get('accumulate')} bags per step, seed "
-            f"{train.get('seed')})"
-            if train
-            else ""
-        )
+        + (f" ({budget})" if budget else "")
         + f". The checkpoint is selected on **validation** {METRIC_LABELS[metric]} (ties: lower "
         "validation loss); test is scored once, after selection.",
         "Selected epochs per fold: " + "; ".join(f"{n} {e}" for n, e in epochs.items()) + "."
