@@ -33,6 +33,7 @@ import math
 import os
 import platform
 import re
+import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -191,10 +192,12 @@ def bootstrap_ci(stat, n: int, n_boot: int = 1000, seed: int = 42, level: float 
     ``n_boot`` resamples of ``range(n)``; returns ``{name: (low, high, n_valid)}``."""
     rng = np.random.default_rng(seed)
     draws: dict[str, list] = {}
-    for _ in range(n_boot):
-        (idx,) = _resample(rng, [n])
-        for k, v in stat(idx).items():
-            draws.setdefault(k, []).append(v)
+    with warnings.catch_warnings():  # degenerate resamples: the metric is None, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(n_boot):
+            (idx,) = _resample(rng, [n])
+            for k, v in stat(idx).items():
+                draws.setdefault(k, []).append(v)
     return {k: percentile_ci(v, level) for k, v in draws.items()}
 
 
@@ -264,9 +267,11 @@ def paired_bootstrap(
     mean = float(np.mean(defined)) if defined else None
     rng = np.random.default_rng(seed)
     draws = []
-    for _ in range(n_boot):
-        d = deltas(_resample(rng, sizes))
-        draws.append(None if any(x is None for x in d) else float(np.mean(d)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(n_boot):
+            d = deltas(_resample(rng, sizes))
+            draws.append(None if any(x is None for x in d) else float(np.mean(d)))
     return per_fold, mean, percentile_ci(draws, level)
 
 
@@ -1188,6 +1193,12 @@ def build_document(
             rows.append(row)
         doc.table(pd.DataFrame(rows))
         notes = sorted({p.note for p in pairs if p.note})
+        notes += [
+            f"{p.a} − {p.b}: {p.n_valid} of {cfg.n_boot} resamples had the metric defined on "
+            "every fold (the others, e.g. a fold drawn without events, are left out)"
+            for p in pairs
+            if p.n_valid < cfg.n_boot
+        ]
         doc.p(
             f"Δ of {METRIC_LABELS[metric]} on each test fold (same cases for both models). The CI "
             f"resamples cases within each test fold ({cfg.n_boot} times, the same draw for both "
