@@ -454,11 +454,7 @@ def summary_table(
         for metric in SCALARS[spec.type]:
             vals = [m.get(metric) for m in run.metrics]
             ok = [float(v) for v in vals if v is not None]
-            reasons = [
-                f"fold {k}: {m['reasons'][metric]}"
-                for k, m in enumerate(run.metrics)
-                if m.get(metric) is None and metric in (m.get("reasons") or {})
-            ]
+            reasons = _fold_reasons(run.metrics, metric)
             lo, hi, nv = cis.get(metric, (None, None, 0))
             if metric in ci_metrics and pm.get(metric) is None:
                 reasons.append(f"pooled: {pr.get(metric, 'undefined')}")
@@ -478,6 +474,19 @@ def summary_table(
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _fold_reasons(metrics: list[dict], metric: str) -> list[str]:
+    """Why a metric is missing, folds with the same reason together."""
+    by_reason: dict[str, list[int]] = {}
+    for k, m in enumerate(metrics):
+        if m.get(metric) is None:
+            reason = (m.get("reasons") or {}).get(metric, "not computed")
+            by_reason.setdefault(reason, []).append(k)
+    return [
+        f"fold{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))}: {reason}"
+        for reason, ks in by_reason.items()
+    ]
 
 
 def _mean(vals) -> float | None:
@@ -1163,7 +1172,9 @@ def build_document(
         row = {"model": name, "what it is": describe_model(name, teachers, singles)}
         for m in cols:
             r = s.loc[m]
-            cell = f"{_fmt(_none(r['mean']), m)} ± {_fmt(_none(r['sd']), m)}"
+            cell = f"{_fmt(_none(r['mean']), m)}"
+            if _none(r["sd"]) is not None:
+                cell += f" ± {_fmt(r['sd'], m)}"
             if m in CI_METRICS[spec.type]:
                 cell += f" (pooled {_fmt(_none(r['pooled']), m)}, {_ci(r['ci_low'], r['ci_high'])})"
             row[METRIC_LABELS[m]] = cell
@@ -1272,8 +1283,13 @@ def build_document(
         f"validation {METRIC_LABELS[metric]}"
         + (f" ({chosen['val']})" if chosen.get("val") else "")
         + "; the best on test is shown as an oracle, which is optimistic for the baseline.",
-        "Late fusion averages the single teachers' class probabilities (survival: their "
-        "within-fold rank-normalised risks); it is not trained.",
+        "Late fusion averages the single teachers' "
+        + (
+            "class probabilities"
+            if spec.type == "classification"
+            else "within-fold rank-normalised risks"
+        )
+        + "; it is not trained.",
     ]
     if spec.type == "survival":
         bins = next(
