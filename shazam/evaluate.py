@@ -639,7 +639,10 @@ def fig_metrics(summary: pd.DataFrame, per_fold: pd.DataFrame, spec: TaskSpec, p
     x = np.arange(len(models))
     for ax, metric in zip(axes[0], metrics, strict=False):
         s = summary[summary["metric"] == metric].set_index("model").reindex(models)
-        ax.bar(x, s["mean"].fillna(0).to_numpy(), color="#9ecae1", edgecolor="#3182bd")
+        means = s["mean"].astype(float).to_numpy()
+        ax.bar(x, np.nan_to_num(means), color="#9ecae1", edgecolor="#3182bd")
+        for i in np.flatnonzero(np.isnan(means)):  # undefined: say so instead of a 0 bar
+            ax.text(x[i], 0, "n/a", ha="center", va="bottom", fontsize=7, color="#888888")
         pf = per_fold[(per_fold["metric"] == metric) & per_fold["test"].notna()]
         for i, m in enumerate(models):
             v = pf.loc[pf["model"] == m, "test"].astype(float).to_numpy()
@@ -1206,7 +1209,7 @@ def build_document(
         notes = sorted({p.note for p in pairs if p.note})
         notes += [
             f"{p.a} − {p.b}: {p.n_valid} of {cfg.n_boot} resamples had the metric defined on "
-            "every fold (the others, e.g. a fold drawn without events, are left out)"
+            "every fold (the others, e.g. a fold drawn with one class or no events, are left out)"
             for p in pairs
             if p.n_valid < cfg.n_boot
         ]
