@@ -87,7 +87,8 @@ SOFTWARE = (
 )
 FIGURE_CAPTIONS = {
     "metrics": "Every model's test metrics. Bars: mean over folds; dots: single folds; black "
-    "whisker: pooled out-of-fold estimate with its case-level bootstrap 95% CI (where defined).",
+    "diamond and whiskers: pooled out-of-fold estimate with its case-level bootstrap 95% CI "
+    "(where defined).",
     "roc": "ROC curves of the pooled out-of-fold predictions (several classes: micro-average "
     "of the one-vs-rest curves); the legend gives the pooled AUC with its 95% CI.",
     "km": "Kaplan–Meier curves of the cases each model calls high risk vs low risk (above vs "
@@ -98,7 +99,7 @@ FIGURE_CAPTIONS = {
     "gate": "The student's gate: mean weight per teacher on each test fold (dots) and over "
     "folds (bars). Equal weights would be 1 / number of teachers.",
     "delta": "Paired comparison per fold: the student's test metric minus the baseline's on "
-    "the same test cases; the line is the mean Δ with its paired bootstrap 95% CI.",
+    "the same test cases; the diamond is the mean Δ with its paired bootstrap 95% CI.",
 }
 
 
@@ -557,7 +558,10 @@ def comparison_table(pairs: list[Paired], n_folds: int) -> pd.DataFrame:
             }
         )
         rows.append(row)
-    return pd.DataFrame(rows)
+    cols = ["comparison", "student", "baseline", "metric"]
+    cols += [f"delta_fold_{k}" for k in range(n_folds)]
+    cols += ["mean_delta", "ci_low", "ci_high", "n_boot", "wilcoxon_p", "note"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 # --------------------------------------------------------------------------- provenance
@@ -772,14 +776,13 @@ def fig_km(pooled: dict[str, pd.DataFrame], models: list[str], spec: TaskSpec, p
     return _save(fig, path)
 
 
-def fig_gate(runs: dict[str, ModelRun], path: Path):
+def fig_gate(runs: dict[str, ModelRun], path: Path, order=()):
     gated = {n: r for n, r in runs.items() if any("gate_mean" in m for m in r.metrics)}
     if not gated:
         return None
     plt = _plt()
-    teachers = list(
-        dict.fromkeys(t for r in gated.values() for m in r.metrics for t in m.get("gate_mean", {}))
-    )
+    seen = {t for r in gated.values() for m in r.metrics for t in m.get("gate_mean", {})}
+    teachers = [t for t in order if t in seen] + sorted(seen - set(order))  # config order
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(teachers) * len(gated), 3.4))
     w = 0.8 / len(gated)
     for j, (name, r) in enumerate(gated.items()):
@@ -1020,7 +1023,7 @@ def evaluate_task(
         )
     else:
         figures["km"] = fig_km(pooled, list(dict.fromkeys(focus)), spec, fig_dir / "km.png")
-    figures["gate"] = fig_gate(runs, fig_dir / "gate.png")
+    figures["gate"] = fig_gate(runs, fig_dir / "gate.png", teachers)
     figures["delta"] = fig_delta(pairs, fig_dir / "delta.png")
     figures = {n: p for n, p in figures.items() if p is not None}
 
