@@ -365,6 +365,7 @@ def test_one_teacher_config_reports_without_a_student(tmp_path):
     md = (out / "report.md").read_text()
     assert "need two or more" in md and "abmil-a" in md
     assert set(pd.read_csv(out / "summary.tsv", sep="\t")["model"]) == {"abmil-a"}
+    assert pd.read_csv(out / "comparison.tsv", sep="\t").empty
 
 
 def test_missing_model_output_names_the_file(tmp_path):
