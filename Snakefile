@@ -11,6 +11,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "rules/common.smk"
 
 
@@ -27,6 +30,7 @@ include: "rules/tiling.smk"
 include: "rules/features.smk"
 include: "rules/splits.smk"
 include: "rules/train.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

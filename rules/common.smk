@@ -152,18 +152,30 @@ def model_names():
     return [f"abmil-{t}" for t in TEACHERS] + fused
 
 
-def final_outputs():
-    models = [
-        f"results/models/{task}/{m}/fold_{k}/metrics.json"
-        for task in TASKS
+def model_files(task, name):
+    """One output file of every model and fold of a task."""
+    return [
+        f"results/models/{task}/{m}/fold_{k}/{name}"
         for m in model_names()
         for k in range(config["tasks"][task]["folds"])
     ]
+
+
+def teacher_feature_samples():
+    """One feature file per teacher: the report reads the teacher's identity from it."""
+    return (
+        [f"results/features/{t}/{SLIDE_IDS[0]}.h5" for t in TEACHERS]
+        if SLIDE_IDS
+        else []
+    )
+
+
+def final_outputs():
+    """Every task's report, plus the QC table and features (useful without any task)."""
     return (
         ["results/qc/tiling.tsv"]
         + expand(
             "results/features/{teacher}/{slide}.h5", teacher=TEACHERS, slide=SLIDE_IDS
         )
-        + [f"results/splits/{task}/summary.tsv" for task in TASKS]
-        + models
+        + [f"results/report/{task}/report.html" for task in TASKS]
     )

@@ -4,7 +4,13 @@ rule tile_slide:
     output:
         h5="results/patches/{slide}.h5",
         qc="results/qc/tiling/{slide}.json",
-        thumbnail="results/qc/tiling/{slide}.png",
+        thumbnail=report(
+            "results/qc/tiling/{slide}.png",
+            caption="../workflow/report/tiling_thumbnail.rst",
+            category="Tiling QC",
+            subcategory="Thumbnails",
+            labels={"slide": "{slide}"},
+        ),
     log:
         "logs/tile_slide/{slide}.log",
     benchmark:
@@ -31,7 +37,13 @@ rule tiling_qc:
     input:
         expand("results/qc/tiling/{slide}.json", slide=SLIDE_IDS),
     output:
-        "results/qc/tiling.tsv",
+        report(
+            "results/qc/tiling.tsv",
+            caption="../workflow/report/tiling_qc.rst",
+            category="Tiling QC",
+            subcategory="Table",
+            labels={"table": "tiling QC per slide"},
+        ),
     log:
         "logs/tiling_qc/tiling_qc.log",
     benchmark:

@@ -189,6 +189,23 @@ def cmd_train(a: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    import json
+
+    from .cohorts import TaskSpec
+    from .evaluate import EvalConfig, evaluate_task
+    from .slides import load_sheet
+
+    spec = TaskSpec.from_json(a.spec)
+    head = evaluate_task(
+        spec, a.models.split(","), a.teachers.split(",") if a.teachers else [],
+        load_sheet(a.slides, check_files=False), a.models_dir, a.splits_dir, a.out_dir,
+        feature_files=a.feature_files, cfg=EvalConfig(a.n_boot, a.seed, a.level),
+        settings=json.loads(a.shazam) if a.shazam else None,
+    )  # fmt: skip
+    log.info("report for task %s in %s: %s", spec.name, a.out_dir, json.dumps(head))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shazam", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"shazam {__version__}")
@@ -271,6 +288,25 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out-dir", required=True)
     tr.add_argument("--threads", type=int, default=0)
     tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser(
+        "evaluate", help="compare a task's models (CIs, paired test, figures, report)"
+    )
+    ev.add_argument("--spec", required=True, help="the task definition as JSON")
+    ev.add_argument("--slides", required=True, help="slide sheet")
+    ev.add_argument("--models", required=True, help="comma-separated model names of the task")
+    ev.add_argument("--teachers", default="", help="comma-separated teachers of the run")
+    ev.add_argument("--models-dir", required=True, help="results/models/{task}")
+    ev.add_argument("--splits-dir", required=True, help="results/splits/{task}")
+    ev.add_argument("--out-dir", required=True, help="results/report/{task}")
+    ev.add_argument(
+        "--feature-files", nargs="*", default=[], help="one feature file per teacher (versions)"
+    )
+    ev.add_argument("--shazam", default=None, help="the config's shazam section as JSON")
+    ev.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    ev.add_argument("--seed", type=int, default=42, help="bootstrap seed")
+    ev.add_argument("--level", type=float, default=0.95, help="confidence level")
+    ev.set_defaults(func=cmd_evaluate)
 
     q = sub.add_parser("tiling-qc", help="collect per-slide tiling QC into one table")
     q.add_argument("--out", required=True, help="cohort QC table (.tsv)")

@@ -20,7 +20,9 @@ CLASSIFICATION_METRICS = (
 SURVIVAL_METRICS = ("c_index", "c_index_ipcw", "ibs", "td_auc_mean", "logrank_p")
 
 
-def _safe(name, fn, metrics, reasons):
+def _safe(name, fn, metrics, reasons, only=None):
+    if only is not None and name not in only:  # not requested (bootstrap resamples)
+        return
     try:
         v = fn()
     except Exception as e:  # undefined on this data: record why
@@ -34,8 +36,12 @@ def _safe(name, fn, metrics, reasons):
         metrics[name] = v
 
 
-def classification_metrics(y_true, prob, n_classes: int) -> tuple[dict, dict]:
-    """``y_true``: class indices; ``prob``: (n, n_classes) probabilities."""
+def classification_metrics(
+    y_true, prob, n_classes: int, only: tuple[str, ...] | None = None
+) -> tuple[dict, dict]:
+    """``y_true``: class indices; ``prob``: (n, n_classes) probabilities. ``only``: compute
+    just these metrics (the bootstrap resamples thousands of times; sklearn's per-call
+    overhead dominates)."""
     from sklearn.metrics import (
         accuracy_score,
         balanced_accuracy_score,
@@ -66,22 +72,24 @@ def classification_metrics(y_true, prob, n_classes: int) -> tuple[dict, dict]:
             raise ValueError("only one class present")
         return float(balanced_accuracy_score(y, pred))
 
-    _safe("balanced_accuracy", bacc, m, r)
-    _safe("auc_macro", auc, m, r)
+    _safe("balanced_accuracy", bacc, m, r, only)
+    _safe("auc_macro", auc, m, r, only)
     _safe(
         "f1_weighted",
         lambda: float(f1_score(y, pred, average="weighted", labels=labels, zero_division=0)),
         m,
         r,
-    )  # noqa: E501
+        only,
+    )
     _safe(
         "f1_macro",
         lambda: float(f1_score(y, pred, average="macro", labels=labels, zero_division=0)),
         m,
         r,
-    )  # noqa: E501
-    _safe("accuracy", lambda: float(accuracy_score(y, pred)), m, r)
-    _safe("confusion", lambda: confusion_matrix(y, pred, labels=labels).tolist(), m, r)
+        only,
+    )
+    _safe("accuracy", lambda: float(accuracy_score(y, pred)), m, r, only)
+    _safe("confusion", lambda: confusion_matrix(y, pred, labels=labels).tolist(), m, r, only)
     return m, r
 
 
@@ -99,12 +107,14 @@ def survival_metrics(
     train_event=None,
     train_time=None,
     train_risk=None,
+    only: tuple[str, ...] | None = None,
 ) -> tuple[dict, dict]:
     """Harrell's C, IPCW C (τ = 90th percentile of training times, censoring from training),
     integrated Brier score and mean cumulative/dynamic AUC on a grid inside the test follow-up,
     and the log-rank p of high vs low risk split at the training median risk.
 
     ``survival_fn(times) -> (n, len(times))`` gives each case's survival probabilities.
+    ``only``: compute just these metrics.
     """
     from sksurv.metrics import (
         concordance_index_censored,
@@ -124,7 +134,7 @@ def survival_metrics(
             raise ValueError("no events")
         return float(concordance_index_censored(e, t, risk)[0])
 
-    _safe("c_index", harrell, m, r)
+    _safe("c_index", harrell, m, r, only)
     have_train = train_event is not None and train_time is not None
     tr_e = np.asarray(train_event, dtype=bool) if have_train else None
     tr_t = np.asarray(train_time, dtype=float) if have_train else None
@@ -137,7 +147,7 @@ def survival_metrics(
             concordance_index_ipcw(_structured(tr_e, tr_t), _structured(e, t), risk, tau=tau)[0]
         )
 
-    _safe("c_index_ipcw", ipcw, m, r)
+    _safe("c_index_ipcw", ipcw, m, r, only)
 
     def grid():
         # inside the test follow-up and the training range (needed by the censoring model)
@@ -163,8 +173,8 @@ def survival_metrics(
         g = grid()
         return float(cumulative_dynamic_auc(_structured(tr_e, tr_t), _structured(e, t), risk, g)[1])
 
-    _safe("ibs", ibs, m, r)
-    _safe("td_auc_mean", td_auc, m, r)
+    _safe("ibs", ibs, m, r, only)
+    _safe("td_auc_mean", td_auc, m, r, only)
 
     def logrank():
         from lifelines.statistics import logrank_test
@@ -178,5 +188,5 @@ def survival_metrics(
         res = logrank_test(t[high], t[~high], event_observed_A=e[high], event_observed_B=e[~high])
         return float(res.p_value)
 
-    _safe("logrank_p", logrank, m, r)
+    _safe("logrank_p", logrank, m, r, only)
     return m, r

@@ -48,8 +48,16 @@ def test_dry_run_lists_expected_jobs(fresh_workdir):
     assert counts["train_baseline"] == 2 * 2 * 5  # tasks x teachers x folds
     assert counts["train_fusion"] == 2 * 5
     assert counts["train_shazam"] == 2 * 2 * 5  # tasks x (shazam, shazam-nodistill) x folds
+    assert counts["evaluate"] == 2  # one report per task
     assert counts["all"] == 1
     assert "workflow specific profile" in p.stdout + p.stderr  # profiles/default is picked up
+
+
+def test_one_teacher_dry_run_still_reports_every_task(fresh_workdir):
+    p = run_snakemake(fresh_workdir, "-n", "--cores", "2", "--config", "teachers=['toy_vit']")
+    counts = _job_counts(p.stdout)
+    assert counts["train_baseline"] == 2 * 5 and counts["evaluate"] == 2
+    assert "train_shazam" not in counts and "train_fusion" not in counts
 
 
 def test_snakemake_lint_is_clean(fresh_workdir):
@@ -245,7 +253,79 @@ def test_bad_slide_skip_is_recorded_in_cohort_table(demo_run, tmp_path):
     assert qc.loc["G1", "status"] == "ok"
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_png(path):
+    from PIL import Image
+
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 1000, path
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert min(im.size) > 50, (path, im.size)
+
+
+def _demo_config(wd):
+    import yaml
+
+    return yaml.safe_load((wd / "config/config.yaml").read_text())
+
+
+@pytest.mark.slow
+def test_demo_run_reports_every_task(demo_run):
+    wd, _ = demo_run
+    cfg = _demo_config(wd)
+    assert cfg["tasks"] and len(cfg["teachers"]) >= 2  # the demo: two tasks, two teachers
+    for task, t in cfg["tasks"].items():
+        d = wd / "results/report" / task
+        for f in ("report.md", "report.html", "summary.tsv", "per_fold.tsv", "comparison.tsv",
+                  "dataset.tsv"):  # fmt: skip
+            assert (d / f).stat().st_size > 0, d / f
+        assert (wd / f"logs/evaluate/{task}.log").exists()
+        figures = {p.stem: p for p in (d / "figures").glob("*.png")}
+        per_type = {"roc", "confusion"} if t["type"] == "classification" else {"km"}
+        assert set(figures) == {"metrics", "gate", "delta"} | per_type
+        for png in figures.values():
+            _assert_png(png)
+        summary = pd.read_csv(d / "summary.tsv", sep="\t")
+        singles = {f"abmil-{x}" for x in cfg["teachers"]}
+        assert singles | {"late-fusion", "concat", "shazam"} <= set(summary["model"])
+        primary = summary[summary["metric"].isin(["balanced_accuracy", "c_index"])]
+        assert primary["pooled"].notna().all() and (primary["ci_low"] <= primary["ci_high"]).all()
+        comparison = pd.read_csv(d / "comparison.tsv", sep="\t")
+        assert set(comparison["student"]) == {"shazam"}
+        assert set(comparison["baseline"]) <= singles
+        assert "validation" in comparison.iloc[0]["comparison"]
+        md = (d / "report.md").read_text()
+        heads = ["## Answer", "## Results per model", "## Paired comparison", "## Figures",
+                 "## Dataset", "## Protocol", "## Software and teachers"]  # fmt: skip
+        assert [md.index(h) for h in heads] == sorted(md.index(h) for h in heads)
+        assert "95% CI" in md and all(f"figures/{n}.png" in md for n in figures)
+        html = (d / "report.html").read_text()
+        assert html.count("data:image/png;base64,") == len(figures)
+
+
+@pytest.mark.slow
+def test_snakemake_report_contains_figures_tables_and_thumbnails(demo_run):
+    import base64
+
+    wd, _ = demo_run
+    out = wd / "workflow-report.html"
+    run_snakemake(wd, "--report", str(out))
+    html = out.read_text()
+    pngs = sorted(wd.glob("results/report/*/figures/*.png"))
+    assert len(pngs) >= 8
+    thumbs = sorted(wd.glob("results/qc/tiling/*.png"))
+    for png in pngs + thumbs[:3]:
+        assert base64.b64encode(png.read_bytes()).decode() in html, png
+    for task in _demo_config(wd)["tasks"]:
+        summary = (wd / f"results/report/{task}/summary.tsv").read_bytes()
+        assert base64.b64encode(summary).decode() in html
+
+
 def test_cli_help_lists_subcommands():
     p = subprocess.run([sys.executable, "-m", "shazam", "--help"], capture_output=True, text=True)
-    for sub in ("demo", "tile", "tiling-qc"):
+    for sub in ("demo", "tile", "tiling-qc", "evaluate"):
         assert sub in p.stdout
