@@ -5,9 +5,12 @@ metadata into tmp_path; none of them starts a second full demo run.
 """
 
 import os
+import re
 import shutil
 import stat
+import subprocess
 
+import pytest
 from conftest import REPO, run_snakemake
 
 SLURM_PROFILE = REPO / "workflow/profiles/slurm"
@@ -75,3 +78,252 @@ def test_slurm_sbatch_for_extract_features_requests_a_gpu(tmp_path, monkeypatch)
         assert "--gres" not in head
         assert "logs/slurm/rule_extract_features" in head
         assert f"--attempt {attempt}" in call
+
+
+def test_missing_local_weights_stop_the_dry_run_naming_the_file(tmp_path):
+    """A gated teacher pointed at a local checkpoint that is not there: the run stops before
+    any job starts and names the file (the hub fallback's error is tested in test_teachers)."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    missing = tmp_path / "models/UNI2-h/pytorch_model.bin"
+    (tmp_path / "w.yaml").write_text(f"teacher_weights: {{toy_cnn: {missing}}}\n")
+    p = run_snakemake(
+        tmp_path, "-n", "--configfile", str(tmp_path / "config/config.yaml"),
+        str(tmp_path / "w.yaml"), check=False,
+    )  # fmt: skip
+    assert p.returncode != 0
+    out = p.stdout + p.stderr
+    assert "Missing input files for rule extract_features" in out and str(missing) in out
+
+
+def test_truncated_feature_file_names_the_file_and_how_to_regenerate_it(tmp_path):
+    import h5py
+    import numpy as np
+    import pandas as pd
+
+    from shazam.bags import BagStore, FeatureFileError
+
+    sheet = pd.DataFrame({"slide_id": ["S1", "S2"], "case_id": ["C1", "C2"]})
+    for sid in ("S1", "S2"):
+        path = tmp_path / f"features/toy_vit/{sid}.h5"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(path, "w") as f:
+            f["features"] = np.ones((400, 192), np.float16)
+            f["coords"] = np.zeros((400, 2), np.int64)
+    BagStore(sheet, ["toy_vit"], ["C1", "C2"], root=tmp_path)  # both readable
+    bad = tmp_path / "features/toy_vit/S2.h5"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])  # a copy that stopped half-way
+    with pytest.raises(FeatureFileError) as e:
+        BagStore(sheet, ["toy_vit"], ["C1", "C2"], root=tmp_path)
+    msg = str(e.value)
+    assert str(bad) in msg and "truncated" in msg and f"snakemake --forcerun {bad}" in msg
+    bad.unlink()
+    with pytest.raises(FeatureFileError, match="S2.h5: not found"):
+        BagStore(sheet, ["toy_vit"], ["C1", "C2"], root=tmp_path)
+
+
+# --------------------------------------------------------------------------- on a finished run
+
+
+def planned(wd, *args):
+    """{rule: [first output of each planned job]} of a dry run in wd."""
+    p = run_snakemake(wd, "-n", "--cores", "2", *args)
+    jobs: dict[str, list[str]] = {}
+    rule = None
+    for line in p.stdout.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line)
+        if m:
+            rule = m[1]
+            jobs.setdefault(rule, [])
+        elif rule and line.startswith("    output: "):
+            jobs[rule].append(line.split(": ", 1)[1].split(", ")[0])
+            rule = None
+    return jobs
+
+
+def sheet_ids(wd):
+    import pandas as pd
+
+    return list(pd.read_csv(wd / "resources/demo/slides.tsv", sep="\t")["slide_id"])
+
+
+def copy_run(src, dst):
+    """A finished run with its .snakemake metadata and file times (copy2 keeps mtimes)."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+@pytest.fixture
+def run_copy(demo_run, tmp_path):
+    wd, _ = demo_run
+    return copy_run(wd, tmp_path / "run")
+
+
+TRAIN_RULES = ("train_baseline", "train_fusion", "train_shazam")
+
+
+def check_replacing_one_slide(wd):
+    ids = sheet_ids(wd)
+    sid = ids[3]
+    slide = next((wd / "resources/demo/slides").glob(f"{sid}.*"))
+    slide.write_bytes(slide.read_bytes())  # the fixed slide: a new file at the same path
+    jobs = planned(wd, "--until", "extract_features")
+    assert jobs.pop("tile_slide") == [f"results/patches/{sid}.h5"]
+    assert sorted(jobs.pop("extract_features")) == [
+        f"results/features/toy_cnn/{sid}.h5",
+        f"results/features/toy_vit/{sid}.h5",
+    ]
+    assert set(jobs) <= {"all"}, jobs  # nothing downstream with --until
+    jobs = planned(wd)
+    assert jobs["tile_slide"] == [f"results/patches/{sid}.h5"]
+    assert len(jobs["extract_features"]) == 2 and "tiling_qc" in jobs
+    assert not any(r.startswith(("make_splits", "make_demo_data")) for r in jobs)
+    # every model consumes every slide's features: all of them are retrained
+    models = {o.split("/fold_")[0].split("models/")[1] for r in TRAIN_RULES for o in jobs[r]}
+    assert {"subtype/abmil-toy_vit", "subtype/concat", "os/shazam"} <= models
+
+
+def check_changing_one_teachers_weights(wd):
+    from conftest import BIN
+
+    # the run already used a local checkpoint for toy_cnn: the config names it, it is older
+    # than every output, and the feature files carry no record of the former setting
+    weights = wd / "toy_cnn.safetensors"
+    weights.write_bytes(b"weights")
+    os.utime(weights, (1e9, 1e9))
+    conf = (wd / "config/config.yaml").read_text()
+    (wd / "config/config.yaml").write_text(conf + f"teacher_weights: {{toy_cnn: {weights}}}\n")
+    cnn = [f"results/features/toy_cnn/{s}.h5" for s in sheet_ids(wd)]
+    p = subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(wd),
+         "--cleanup-metadata", *cnn], capture_output=True, text=True,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert planned(wd) == {}, "the adopted setting alone must not rerun anything"
+    weights.write_bytes(b"new weights")  # a new checkpoint at the same path
+    jobs = planned(wd)
+    assert sorted(jobs.pop("extract_features")) == sorted(cnn)
+    assert "tile_slide" not in jobs and not any(r.startswith("make_splits") for r in jobs)
+    baselines = {o.split("/")[3] for o in jobs["train_baseline"]}
+    assert baselines == {"abmil-toy_cnn"}  # toy_vit's models keep their inputs
+    assert jobs["train_fusion"] and jobs["train_shazam"]
+
+
+def check_changing_a_training_parameter(wd):
+    (wd / "more_epochs.yaml").write_text("training: {epochs: 3}\n")
+    jobs = planned(wd, "--configfile", str(wd / "config/config.yaml"), str(wd / "more_epochs.yaml"))
+    assert all(r in jobs for r in TRAIN_RULES)
+    for stage in ("make_demo_data", "tile_slide", "tiling_qc", "extract_features"):
+        assert stage not in jobs, jobs.get(stage)
+    assert not any(r.startswith("make_splits") for r in jobs)
+
+
+@pytest.mark.slow
+def test_rerun_after_replacing_one_slide_redoes_only_that_slide(run_copy):
+    check_replacing_one_slide(run_copy)
+
+
+@pytest.mark.slow
+def test_rerun_after_changing_one_teachers_weights_redoes_only_that_teacher(run_copy):
+    check_changing_one_teachers_weights(run_copy)
+
+
+@pytest.mark.slow
+def test_rerun_after_changing_a_training_parameter_skips_tiling_and_extraction(run_copy):
+    check_changing_a_training_parameter(run_copy)
+
+
+def check_interrupted_job_is_redone(wd):
+    """Kill a running extraction (SIGTERM to Snakemake, then SIGKILL of everything, as when a
+    node dies); no complete-looking output is left and `--rerun-incomplete` redoes it."""
+    import signal
+    import time
+
+    import h5py
+    import numpy as np
+    from conftest import BIN
+
+    sid = sheet_ids(wd)[0]
+    target = wd / f"results/features/toy_vit/{sid}.h5"
+    log = wd / f"logs/extract_features/toy_vit/{sid}.log"
+    with h5py.File(target) as f:
+        before = {k: f[k][:] for k in f}
+    target.unlink()
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(wd),
+           "--cores", "1", str(target.relative_to(wd))]  # fmt: skip
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        log.unlink(missing_ok=True)
+        p = subprocess.Popen(
+            cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 300
+        while not log.exists():  # the job's shell command has started
+            assert p.poll() is None and time.monotonic() < deadline, "the job never started"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        if sig == signal.SIGTERM:
+            os.kill(p.pid, sig)  # Snakemake stops its jobs and cleans up
+        else:
+            os.killpg(p.pid, sig)  # Snakemake and the job die at once
+        p.wait(timeout=120)
+        assert not target.exists(), f"{sig!r} left a complete-looking {target}"
+    # after a SIGKILL the lock stays: unlock, then the interrupted job is planned again
+    run_snakemake(wd, "--unlock")
+    assert planned(wd)["extract_features"] == [str(target.relative_to(wd))]
+    run_snakemake(wd, "--cores", "1", "--rerun-incomplete", str(target.relative_to(wd)))
+    with h5py.File(target) as f:
+        after = {k: f[k][:] for k in f}
+    assert sorted(after) == sorted(before)
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+    assert planned(wd) == {}  # the finished run is whole again
+
+
+@pytest.mark.slow
+def test_killed_job_leaves_nothing_complete_and_rerun_incomplete_finishes(run_copy):
+    check_interrupted_job_is_redone(run_copy)
+
+
+def check_keep_going_with_bad_slides(demo_wd, tmp_path):
+    """An unreadable slide and a slide whose tiles fail to decode, beside a good one."""
+    import pandas as pd
+    import tifffile
+
+    slides = sorted((demo_wd / "resources/demo/slides").glob("*_s1.svs"))
+    shutil.copy(slides[0], tmp_path / "good.svs")
+    (tmp_path / "broken.svs").write_bytes(b"II*\x00" + b"\x00" * 4096)
+    data = bytearray(slides[1].read_bytes())
+    with tifffile.TiffFile(slides[1]) as t:  # zero every level-0 JPEG tile
+        for o, c in zip(t.pages[0].dataoffsets, t.pages[0].databytecounts, strict=True):
+            data[o : o + c] = b"\x00" * c
+    (tmp_path / "tiles.svs").write_bytes(bytes(data))
+    (tmp_path / "slides.tsv").write_text(
+        "slide_id\tpath\tcase_id\nG1\tgood.svs\tC1\nB1\tbroken.svs\tC2\nT1\ttiles.svs\tC3\n"
+    )
+    (tmp_path / "own.yaml").write_text(
+        f"slides: {tmp_path / 'slides.tsv'}\ndemo: {{enabled: false}}\n"
+        "tiling: {on_bad_slide: skip}\nteachers: [toy_cnn]\n"
+    )
+    features = [f"results/features/toy_cnn/{s}.h5" for s in ("G1", "B1", "T1")]
+    p = run_snakemake(
+        tmp_path, "--cores", "2", "--keep-going", "--configfile",
+        str(REPO / "config/config.yaml"), str(tmp_path / "own.yaml"),
+        "results/qc/tiling.tsv", *features, check=False,
+    )  # fmt: skip
+    assert p.returncode != 0  # T1's extraction failed ...
+    log = (tmp_path / "logs/extract_features/toy_cnn/T1.log").read_text()
+    assert "slide T1" in log and "cannot read patch" in log and "on_bad_patch" in log
+    assert not (tmp_path / "results/features/toy_cnn/T1.h5").exists()
+    # ... and every other job finished: the good slide, the skipped one, the QC table
+    assert (tmp_path / "results/features/toy_cnn/G1.h5").exists()
+    assert (tmp_path / "results/features/toy_cnn/B1.h5").exists()  # empty, valid
+    qc = pd.read_csv(tmp_path / "results/qc/tiling.tsv", sep="\t").set_index("slide_id")
+    assert qc.loc["B1", "status"] == "skipped" and "cannot open" in qc.loc["B1", "reason"]
+    assert qc.loc["G1", "status"] == "ok" and qc.loc["T1", "status"] == "ok"
+
+
+@pytest.mark.slow
+def test_keep_going_finishes_every_other_slide(demo_run, tmp_path):
+    check_keep_going_with_bad_slides(demo_run[0], tmp_path)
