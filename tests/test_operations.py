@@ -37,9 +37,14 @@ def _stand_in_slurm(bindir):
 def test_slurm_profile_parses_in_a_dry_run(tmp_path):
     shutil.copytree(REPO / "config", tmp_path / "config")
     p = run_snakemake(tmp_path, "-n", "--workflow-profile", str(SLURM_PROFILE))
-    assert "extract_features" in p.stdout
-    # the plugin's settings in the profile are accepted (an unknown key stops the parse)
-    assert "slurm" in (SLURM_PROFILE / "config.yaml").read_text()
+    # the profile's per-rule resources reach the jobs (the plugin's own keys, such as
+    # slurm-logdir, are accepted: an unknown one stops the parse)
+    blocks = re.split(r"\n(?=(?:local)?rule )", p.stdout)
+    extract = next(b for b in blocks if b.startswith("rule extract_features:"))
+    tile = next(b for b in blocks if b.startswith("rule tile_slide:"))
+    assert "slurm_partition=gpu" in extract and "gpu=1" in extract and "mem_mb=32000" in extract
+    assert "cpus_per_gpu=8" in extract
+    assert "slurm_partition=cpu" in tile and "mem_mb=4000" in tile
 
 
 def test_slurm_sbatch_for_extract_features_requests_a_gpu(tmp_path, monkeypatch):
@@ -235,9 +240,27 @@ def test_rerun_after_changing_a_training_parameter_skips_tiling_and_extraction(r
     check_changing_a_training_parameter(run_copy)
 
 
+def _job_pids(pgid, *words):
+    """Processes of a process group whose command line contains every word."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat_ = open(f"/proc/{d}/stat").read()  # noqa: SIM115
+            cmd = open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode()  # noqa: SIM115
+        except OSError:
+            continue
+        fields = stat_.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and all(w in cmd for w in words):
+            pids.append(int(d))
+    return pids
+
+
 def check_interrupted_job_is_redone(wd):
-    """Kill a running extraction (SIGTERM to Snakemake, then SIGKILL of everything, as when a
-    node dies); no complete-looking output is left and `--rerun-incomplete` redoes it."""
+    """Kill a running extraction: SIGTERM to the job (what SLURM sends at the time limit), then
+    SIGKILL to Snakemake and the job at once (a lost node). Neither leaves a complete-looking
+    output, and `--rerun-incomplete` redoes the job with the same result."""
     import signal
     import time
 
@@ -261,17 +284,19 @@ def check_interrupted_job_is_redone(wd):
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 300
-        while not log.exists():  # the job's shell command has started
+        while not (log.exists() and _job_pids(p.pid, "shazam", "extract")):
             assert p.poll() is None and time.monotonic() < deadline, "the job never started"
             time.sleep(0.1)
-        time.sleep(1.0)
+        time.sleep(1.0)  # mid-way through the job
         if sig == signal.SIGTERM:
-            os.kill(p.pid, sig)  # Snakemake stops its jobs and cleans up
+            for pid in _job_pids(p.pid, "shazam", "extract"):
+                os.kill(pid, sig)
         else:
-            os.killpg(p.pid, sig)  # Snakemake and the job die at once
-        p.wait(timeout=120)
+            os.killpg(p.pid, sig)
+        assert p.wait(timeout=300) != 0
         assert not target.exists(), f"{sig!r} left a complete-looking {target}"
-    # after a SIGKILL the lock stays: unlock, then the interrupted job is planned again
+        assert not list(target.parent.glob(f"{sid}.h5*")), "a partial file with its name"
+    # after the SIGKILL the lock stays: unlock, then the interrupted job is planned again
     run_snakemake(wd, "--unlock")
     assert planned(wd)["extract_features"] == [str(target.relative_to(wd))]
     run_snakemake(wd, "--cores", "1", "--rerun-incomplete", str(target.relative_to(wd)))
@@ -367,3 +392,24 @@ def test_gpu_choice_honours_cuda_visible_devices_else_locks_a_free_device(monkey
     assert d0 == torch.device("cuda:0")  # freed by the killed job
     h0.close()
     h1.close()
+
+
+def check_truncated_feature_file_fails_training_clearly(wd):
+    sid = sheet_ids(wd)[1]
+    feat = wd / f"results/features/toy_vit/{sid}.h5"
+    st = feat.stat()
+    data = feat.read_bytes()
+    feat.write_bytes(data[: len(data) // 3])  # a disk that filled up during a copy
+    os.utime(feat, ns=(st.st_atime_ns, st.st_mtime_ns))  # Snakemake cannot tell
+    model = "results/models/subtype/abmil-toy_vit/fold_0"
+    p = run_snakemake(wd, f"{model}/metrics.json", "-f", "--cores", "1", check=False)
+    assert p.returncode != 0
+    log = (wd / "logs/train_baseline/subtype/abmil-toy_vit/fold_0.log").read_text()
+    assert f"feature file results/features/toy_vit/{sid}.h5" in log and "truncated" in log
+    assert f"snakemake --forcerun results/features/toy_vit/{sid}.h5" in log
+    assert not (wd / model).exists() or not (wd / model / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_truncated_feature_file_fails_training_naming_it(run_copy):
+    check_truncated_feature_file_fails_training_clearly(run_copy)
