@@ -305,11 +305,11 @@ def check_interrupted_job_is_redone(wd):
     assert sorted(after) == sorted(before)
     for k in before:
         np.testing.assert_array_equal(after[k], before[k], err_msg=k)
-    # what is left is what consumes the redone file (it is newer than the models)
+    # at most the consumers of the redone file are left (Snakemake skips even those when it
+    # recorded the checksum of the identical, small file), never tiling or extraction
     left = planned(wd)
     upstream = ("make_demo_data", "tile_slide", "tiling_qc", "extract_features", "make_splits")
     assert not [r for r in left if r.startswith(upstream)], left
-    assert left["train_baseline"]
 
 
 @pytest.mark.slow
