@@ -120,8 +120,8 @@ class FeatureFileError(ValueError):
         self.path = path
         super().__init__(
             f"feature file {path}: {reason} — regenerate it with "
-            f"`snakemake --forcerun {path}` (or delete it and run snakemake again), "
-            "then rerun the training jobs"
+            f"`snakemake --forcerun {path}` (which also redoes the jobs that use it), "
+            "or delete it and run snakemake again"
         )
 
 
