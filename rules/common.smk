@@ -2,6 +2,7 @@
 # input functions. Validation logic itself lives in the shazam package (unit-tested there).
 import json
 import math
+import shlex
 from importlib.metadata import version
 from pathlib import Path
 
@@ -67,21 +68,29 @@ def _load_slides():
 
 SLIDES = _load_slides()
 validate(SLIDES, "../workflow/schemas/slides.schema.yaml")
-SLIDES = SLIDES.set_index("slide_id", drop=False)
 SLIDE_IDS = list(SLIDES["slide_id"])
+# Plain dictionaries for the per-job look-ups below: input functions run once per job
+# (30,000 jobs for 10,000 slides and 2 teachers), so they never touch pandas or the disk.
+_SLIDE_PATH = dict(zip(SLIDES["slide_id"], SLIDES["path"]))
+_SLIDE_ARGS = {
+    sid: f"--case-id {shlex.quote(case)} --mpp {'none' if math.isnan(mpp) else f'{mpp:g}'}"
+    for sid, case, mpp in zip(SLIDES["slide_id"], SLIDES["case_id"], SLIDES["mpp"])
+}
+
+
+TEACHER_FEATURES = {
+    t: [f"results/features/{t}/{sid}.h5" for sid in SLIDE_IDS] for t in TEACHERS
+}
+ALL_FEATURES = [f for t in TEACHERS for f in TEACHER_FEATURES[t]]
 
 
 def slide_path(wildcards):
-    return SLIDES.loc[wildcards.slide, "path"]
+    return _SLIDE_PATH[wildcards.slide]
 
 
-def slide_case(wildcards):
-    return SLIDES.loc[wildcards.slide, "case_id"]
-
-
-def slide_mpp(wildcards):
-    mpp = SLIDES.loc[wildcards.slide, "mpp"]
-    return "none" if math.isnan(mpp) else f"{mpp:g}"
+def slide_args(wildcards):
+    """`--case-id C --mpp M` of a slide for `shazam tile` (one look-up instead of two)."""
+    return _SLIDE_ARGS[wildcards.slide]
 
 
 def cli_args(section):
@@ -95,14 +104,19 @@ def cli_args(section):
     return " ".join(args)
 
 
-def teacher_weights_input(wildcards):
-    """A local weight file is an input of its teacher's jobs: replacing it reruns them."""
+def _teacher_weights_input(wildcards):
     path = config["teacher_weights"].get(wildcards.teacher)
     return [path] if path else []
 
 
-def teacher_weights_param(wildcards):
+def _teacher_weights_param(wildcards):
     return config["teacher_weights"].get(wildcards.teacher) or "none"
+
+
+# A local weight file is an input of its teacher's jobs: replacing it reruns only them.
+# Without local weights these are constants, which spares two function calls per job.
+teacher_weights_input = _teacher_weights_input if config["teacher_weights"] else []
+teacher_weights_param = _teacher_weights_param if config["teacher_weights"] else "none"
 
 
 def demo_outputs():
@@ -174,8 +188,6 @@ def final_outputs():
     """Every task's report, plus the QC table and features (useful without any task)."""
     return (
         ["results/qc/tiling.tsv"]
-        + expand(
-            "results/features/{teacher}/{slide}.h5", teacher=TEACHERS, slide=SLIDE_IDS
-        )
+        + ALL_FEATURES
         + [f"results/report/{task}/report.html" for task in TASKS]
     )

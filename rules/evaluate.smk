@@ -59,8 +59,8 @@ rule evaluate:
         "../envs/shazam.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 4000 * attempt,
-        runtime=lambda wc, attempt: 30 * attempt,
+        mem_mb=4000,
+        runtime=30,
     params:
         version=SHAZAM_VERSION,
         spec=lambda wc: task_spec_json(wc.task),

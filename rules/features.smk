@@ -14,8 +14,8 @@ rule extract_features:
     threads: config["extraction"]["num_workers"] + 1
     resources:
         gpu=1,
-        mem_mb=lambda wc, attempt: 16000 * attempt,
-        runtime=lambda wc, attempt: 60 * attempt,
+        mem_mb=16000,
+        runtime=60,
     params:
         version=SHAZAM_VERSION,
         weights=teacher_weights_param,

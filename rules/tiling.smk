@@ -19,16 +19,15 @@ rule tile_slide:
         "../envs/shazam.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 2000 * attempt,
-        runtime=lambda wc, attempt: 20 * attempt,
+        mem_mb=2000,
+        runtime=20,
     params:
         version=SHAZAM_VERSION,
-        case_id=slide_case,
-        mpp=slide_mpp,
+        slide=slide_args,
         tiling=cli_args("tiling"),
     shell:
         "shazam tile --slide {input.slide:q} --slide-id {wildcards.slide}"
-        " --case-id {params.case_id:q} --mpp {params.mpp} {params.tiling}"
+        " {params.slide} {params.tiling}"
         " --out-h5 {output.h5} --out-qc {output.qc} --out-thumbnail {output.thumbnail}"
         " > {log} 2>&1"
 

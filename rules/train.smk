@@ -3,11 +3,7 @@ rule train_baseline:
         fold="results/splits/{task}/fold_{fold}.csv",
         slides=config["slides"],
         labels=task_labels,
-        features=lambda wc: expand(
-            "results/features/{teacher}/{slide}.h5",
-            teacher=wc.teacher,
-            slide=SLIDE_IDS,
-        ),
+        features=lambda wc: TEACHER_FEATURES[wc.teacher],
     output:
         **model_outputs("abmil-{teacher}"),
     log:
@@ -19,8 +15,8 @@ rule train_baseline:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=lambda wc, attempt: 16000 * attempt,
-        runtime=lambda wc, attempt: 60 * attempt,
+        mem_mb=16000,
+        runtime=60,
     params:
         version=SHAZAM_VERSION,
         spec=lambda wc: task_spec_json(wc.task),
@@ -38,9 +34,7 @@ rule train_fusion:
         fold="results/splits/{task}/fold_{fold}.csv",
         slides=config["slides"],
         labels=task_labels,
-        features=expand(
-            "results/features/{teacher}/{slide}.h5", teacher=TEACHERS, slide=SLIDE_IDS
-        ),
+        features=ALL_FEATURES,
     output:
         **model_outputs("concat"),
     log:
@@ -52,8 +46,8 @@ rule train_fusion:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=lambda wc, attempt: 16000 * attempt,
-        runtime=lambda wc, attempt: 60 * attempt,
+        mem_mb=16000,
+        runtime=60,
     params:
         version=SHAZAM_VERSION,
         spec=lambda wc: task_spec_json(wc.task),
@@ -72,9 +66,7 @@ rule train_shazam:
         fold="results/splits/{task}/fold_{fold}.csv",
         slides=config["slides"],
         labels=task_labels,
-        features=expand(
-            "results/features/{teacher}/{slide}.h5", teacher=TEACHERS, slide=SLIDE_IDS
-        ),
+        features=ALL_FEATURES,
     output:
         **model_outputs("{shazam_model}"),
     log:
@@ -86,8 +78,8 @@ rule train_shazam:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=lambda wc, attempt: 16000 * attempt,
-        runtime=lambda wc, attempt: 60 * attempt,
+        mem_mb=16000,
+        runtime=60,
     params:
         version=SHAZAM_VERSION,
         spec=lambda wc: task_spec_json(wc.task),

@@ -202,6 +202,14 @@ def build_cohort(spec: TaskSpec, sheet: pd.DataFrame, labels: pd.DataFrame | Non
     cases["n_slides"] = cases["case_id"].map(n_slides).astype(int)
     cases = cases.sort_values("case_id").reset_index(drop=True)
     cohort = Cohort(spec, cases, only_labels, only_slides)
+    if cases.empty:
+        raise LabelError(
+            f"task {spec.name}: empty cohort — none of the {len(in_labels)} case(s) of label "
+            f"file {spec.labels} has a slide in the slide sheet ({len(in_sheet)} case(s)); "
+            f"label case ids look like {', '.join(sorted(in_labels)[:3]) or 'nothing'}, sheet "
+            f"case ids like {', '.join(sorted(in_sheet)[:3]) or 'nothing'} — check the case_id "
+            "columns, or remove the task from `tasks`"
+        )
     if spec.unmatched == "error" and (only_labels or only_slides):
         raise LabelError(cohort.report() + "\n  (set unmatched: drop to leave them out)")
     if spec.type == "classification":

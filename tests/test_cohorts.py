@@ -112,3 +112,13 @@ def test_case_bags_union_of_slides():
     s = sheet(["C1", "C2"], slides_per_case=2)
     bags = case_bags(s, "uni2_h", cases=["C2"])
     assert bags == {"C2": ["results/features/uni2_h/C2_s0.h5", "results/features/uni2_h/C2_s1.h5"]}
+
+
+def test_empty_cohort_is_a_clear_error(tmp_path):
+    """A task whose cases have no slides left in the sheet (renamed ids, a sheet cut down)."""
+    t = cls_task(tmp_path, "case_id,label\nP1,A\nP2,B\nP3,A\nP4,B\n")
+    with pytest.raises(LabelError) as e:
+        build_cohort(t, sheet(["TCGA-1", "TCGA-2"]))
+    msg = str(e.value)
+    assert "task subtype: empty cohort" in msg and str(tmp_path / "labels.csv") in msg
+    assert "P1" in msg and "TCGA-1" in msg and "case_id" in msg
