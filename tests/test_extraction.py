@@ -65,7 +65,8 @@ def test_rows_of_features_match_rows_of_coords(make_slide, tmp_path, workers):
     ext = LevelExtractor(spec, model)
     crops = torch.from_numpy(np.stack([img[y : y + 256, x : x + 256] for x, y in coords]))
     with torch.inference_mode():
-        ref = ext(prepare(crops, 224, None, spec.mean, spec.std, torch.device("cpu")))["high"]
+        x = prepare(crops, 224, None, spec.mean, spec.std, torch.device("cpu"), spec.view)
+        ref = ext(x)["high"]
     ref = ref.numpy()
     cos = (feats * ref).sum(1) / np.linalg.norm(feats, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() > 0.99
