@@ -516,19 +516,21 @@ def validate(
     scenarios: list[str] | None = None,
     show: Callable[[str], None] = print,
     threads: int = 1,
+    validator: Validator | None = None,
 ) -> pd.DataFrame:
     """Run the scenarios, print one row per scenario as it finishes, write
     ``{out}/summary.tsv`` and return the table (``status`` is ``pass`` or ``FAIL``).
 
     ``threads``: torch CPU threads. One is fastest here: the models are tiny, and on a busy
-    machine more threads than free cores slow small ops down by an order of magnitude."""
+    machine more threads than free cores slow small ops down by an order of magnitude.
+    ``validator``: reuse one (its cohorts and trained runs), e.g. across tests."""
     if threads:
         torch.set_num_threads(threads)
     names = scenarios or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
-    v = Validator(out, QUICK if quick else FULL, seed)
+    v = validator or Validator(out, QUICK if quick else FULL, seed)
     rows = []
     for n in names:
         row = run_scenario(v, SCENARIOS[n])
