@@ -52,6 +52,14 @@ def test_dry_run_lists_expected_jobs(fresh_workdir):
     assert "workflow specific profile" in p.stdout + p.stderr  # profiles/default is picked up
 
 
+def test_validate_rule_is_separate_from_all(fresh_workdir):
+    p = run_snakemake(fresh_workdir, "-n", "validate", "--printshellcmds")
+    assert _job_counts(p.stdout) == {"validate": 1, "total": 1}
+    assert "shazam validate --out results/validate" in p.stdout
+    p = run_snakemake(fresh_workdir, "-n", "--cores", "2")
+    assert "validate" not in _job_counts(p.stdout)
+
+
 def test_snakemake_lint_is_clean(fresh_workdir):
     p = run_snakemake(fresh_workdir, "--lint", check=False)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -247,5 +255,5 @@ def test_bad_slide_skip_is_recorded_in_cohort_table(demo_run, tmp_path):
 
 def test_cli_help_lists_subcommands():
     p = subprocess.run([sys.executable, "-m", "shazam", "--help"], capture_output=True, text=True)
-    for sub in ("demo", "tile", "tiling-qc"):
+    for sub in ("demo", "tile", "tiling-qc", "validate"):
         assert sub in p.stdout
