@@ -31,6 +31,7 @@ include: "rules/features.smk"
 include: "rules/splits.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/validate.smk"
 
 
 rule all:

@@ -84,7 +84,7 @@ def run_shazam(path, coords, geom, spec, workers, batch):
     t0 = time.perf_counter()
     for u8, _idx, errors in loader:
         assert not errors
-        x = prepare(u8, spec.input_size, spec.resize_to, spec.mean, spec.std, cpu)
+        x = prepare(u8, spec.input_size, spec.resize_to, spec.mean, spec.std, cpu, spec.view)
         n += len(x)
     return n, time.perf_counter() - t0
 

@@ -59,8 +59,8 @@ BAR_RSS_MB = 500.0
 CLAM_SECONDS = 0.9
 
 GLASS = (243.0, 243.0, 241.0)
-STROMA = (232.0, 148.0, 186.0)  # eosin pink (shazam.demo phenotype A)
-NUCLEUS = (62.0, 28.0, 118.0)  # hematoxylin purple (shazam.demo phenotype B)
+STROMA = (232.0, 148.0, 186.0)  # eosin pink (the demo's "pink" stain colour)
+NUCLEUS = (62.0, 28.0, 118.0)  # hematoxylin purple (a dark nucleus colour)
 TEXTURE_PERIOD = 2048  # level-0 px; the tissue texture repeats every 512 µm
 
 

@@ -206,6 +206,21 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     log.info("report for task %s in %s: %s", spec.name, a.out_dir, json.dumps(head))
 
 
+def cmd_validate(a: argparse.Namespace) -> int:
+    from .validate import validate
+
+    df = validate(
+        a.out, quick=a.quick, seed=a.seed, threads=a.threads,
+        scenarios=a.scenarios.split(",") if a.scenarios else None,
+    )  # fmt: skip
+    failed = df.loc[df["status"] != "pass", "scenario"].tolist()
+    log.info("%d/%d scenarios passed -> %s/summary.tsv", len(df) - len(failed), len(df), a.out)
+    if failed:
+        print(f"error: expectation(s) not met: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shazam", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"shazam {__version__}")
@@ -308,6 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--level", type=float, default=0.95, help="confidence level")
     ev.set_defaults(func=cmd_evaluate)
 
+
+    va = sub.add_parser("validate", help="known-answer checks on synthetic cohorts (rule validate)")
+    va.add_argument("--out", default="results/validate", help="summary.tsv and cohorts/ go here")
+    va.add_argument("--quick", action="store_true", help="CI size: a few minutes on 2 cores")
+    va.add_argument("--seed", type=int, default=0)
+    va.add_argument("--scenarios", default=None, help="comma-separated subset (default: all)")
+    va.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: default)")
+    va.set_defaults(func=cmd_validate)
+
     q = sub.add_parser("tiling-qc", help="collect per-slide tiling QC into one table")
     q.add_argument("--out", required=True, help="cohort QC table (.tsv)")
     q.add_argument("qc", nargs="+", help="per-slide QC JSON files")
@@ -326,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     from .teachers import UnknownTeacherError
 
     try:
-        args.func(args)
+        rc = args.func(args)
     except BadSlideError as e:
         hint = (
             ""
@@ -346,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@
 Everything a user meets on real data is here in small: Aperio-style SVS files (JPEG tiles,
 3 pyramid levels) that OpenSlide reads, scans at 40× (0.25 µm/px) and 20× (0.5 µm/px), one slide
 whose only resolution metadata is the objective power, one slide with no tissue at all, cases
-with two slides, and two tissue phenotypes that differ in colour and texture and drive both a
-classification label and a survival outcome (censorship convention, 1 = censored).
+with two slides, and tissue that varies along two independent factors, 2 colours × 2 textures.
+The classification label is their XOR, so no single factor predicts it: the toy teachers, one
+of which sees colour only and the other texture only (``TeacherSpec.view``), are each at chance
+alone and need fusion to learn it — the reason a multi-teacher student exists, visible on a
+laptop. The survival outcome (censorship convention, 1 = censored) follows the label.
 
 Tissue is drawn in physical units (µm), so a 40× and a 20× scan of the same seeded tissue show
 the same structures at the resolution of each scan.
@@ -13,7 +16,7 @@ the same structures at the resolution of each scan.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,23 +29,29 @@ WIDTH_UM = 1536.0  # slide field: 1.536 mm × 1.024 mm
 HEIGHT_UM = 1024.0
 CLASSES = ("A", "B")
 
-# Phenotype A: eosin-rich stroma with sparse small round nuclei.
-# Phenotype B: hematoxylin-rich, dense large nuclei.
-PHENOTYPES = {
-    "A": dict(
-        base=(232, 148, 186), nucleus=(118, 62, 150), radius_um=2.5, per_um2=1 / 700, fibres=True
-    ),
-    "B": dict(
-        base=(196, 134, 204), nucleus=(62, 28, 118), radius_um=4.5, per_um2=1 / 160, fibres=False
-    ),
+# Colour: the stain balance of the tissue (base colour; nuclei are the same colour, darker).
+COLOURS = {"pink": (232, 148, 186), "purple": (178, 126, 206)}
+NUCLEUS_SHADE = 0.45  # nucleus colour = base × this, for both colours
+# Texture: sparse large nuclei on wavy fibres, or dense small nuclei. Both cover the same
+# fraction of the tissue (π r² × density ≈ 0.10) and the fibres modulate the shade
+# symmetrically, so a patch's mean colour does not tell the textures apart.
+TEXTURES = {
+    "sparse": dict(radius_um=4.5, per_um2=1 / 640, fibres=True),
+    "dense": dict(radius_um=2.25, per_um2=1 / 160, fibres=False),
 }
+
+
+def xor_label(colour: str, texture: str) -> str:
+    """The demo's class: A for pink-sparse and purple-dense, B for the other two cells."""
+    return CLASSES[(colour == "pink") != (texture == "sparse")]
 
 
 @dataclass(frozen=True)
 class DemoSlide:
     slide_id: str
     case_id: str
-    phenotype: str
+    colour: str
+    texture: str
     mpp: float  # level-0 µm/px of the scan
     mpp_in_metadata: bool = True  # False: only the objective power is written
     blank: bool = False  # no tissue at all
@@ -51,42 +60,49 @@ class DemoSlide:
     def filename(self) -> str:
         return f"{self.slide_id}.svs"
 
+    @property
+    def label(self) -> str:
+        return xor_label(self.colour, self.texture)
+
 
 def demo_plan(seed: int = 0, n_cases: int = 32, n_two_slide: int = 5) -> list[DemoSlide]:
     """The slides the demo writes, as a pure function of the seed (no I/O)."""
     if n_cases < 4:
         raise ValueError("the demo needs at least 4 cases")
     rng = np.random.default_rng(seed)
-    phen = np.array([CLASSES[i % 2] for i in range(n_cases)])
-    rng.shuffle(phen)
+    # the 2 × 2 cells in equal numbers (as far as n_cases allows), in random order
+    cells = [(c, t) for c in COLOURS for t in TEXTURES]
+    order = rng.permutation([i % len(cells) for i in range(n_cases)])
     slides: list[DemoSlide] = []
     k = 0
     for i in range(n_cases):
         case = f"case{i:03d}"
+        colour, texture = cells[order[i]]
         n = 2 if i < n_two_slide else 1
         for j in range(n):
             mpp = 0.25 if k % 2 == 0 else 0.5
-            slides.append(DemoSlide(f"{case}_s{j + 1}", case, str(phen[i]), mpp))
+            slides.append(DemoSlide(f"{case}_s{j + 1}", case, colour, texture, mpp))
             k += 1
     # one 20x slide that carries only the objective power (AppMag) and no MPP
     i20 = next(i for i, s in enumerate(slides) if s.mpp == 0.5)
-    s = slides[i20]
-    slides[i20] = DemoSlide(s.slide_id, s.case_id, s.phenotype, 0.5, mpp_in_metadata=False)
+    slides[i20] = replace(slides[i20], mpp_in_metadata=False)
     # one empty slide: an extra glass of the last case, so every case still has tissue
     last = slides[-1]
-    slides.append(DemoSlide(f"{last.case_id}_blank", last.case_id, last.phenotype, 0.5, blank=True))
+    slides.append(replace(last, slide_id=f"{last.case_id}_blank", mpp=0.5, blank=True))
     return slides
 
 
 # --------------------------------------------------------------------------- rendering
 
 
-def render_tissue(rng: np.random.Generator, phenotype: str | None, mpp: float) -> np.ndarray:
+def render_tissue(
+    rng: np.random.Generator, colour: str | None, texture: str | None, mpp: float
+) -> np.ndarray:
     """RGB uint8 image of the demo field (``WIDTH_UM`` × ``HEIGHT_UM``) scanned at ``mpp``.
 
     Every structure is drawn from random numbers drawn in physical units (µm), in the same
     order whatever ``mpp`` is, so one seed gives the same tissue at 40× and at 20×; only the
-    pixel noise differs, as between two scans. ``phenotype=None`` renders empty glass.
+    pixel noise differs, as between two scans. ``colour=None`` renders empty glass.
     """
     from PIL import Image, ImageDraw
 
@@ -99,8 +115,9 @@ def render_tissue(rng: np.random.Generator, phenotype: str | None, mpp: float) -
 
     glass = np.float32(243) + smooth((48, 64), 1.0, 2.0)
     planes = [glass, glass, glass]
-    if phenotype is not None:
-        spec = PHENOTYPES[phenotype]
+    if colour is not None:
+        base = COLOURS[colour]
+        spec = TEXTURES[texture]
         # tissue shape: a smooth random field plus a central bump, thresholded
         yy, xx = np.mgrid[0:24, 0:36]
         bump = 1.2 * np.exp(-(((xx - 17.5) / 13) ** 2 + ((yy - 11.5) / 9) ** 2))
@@ -115,11 +132,11 @@ def render_tissue(rng: np.random.Generator, phenotype: str | None, mpp: float) -
             phase = smooth((12, 16), 1.0, 3.0)
             y_um = np.arange(h, dtype=np.float32)[:, None] * mpp
             shade = shade * (1 + 0.06 * np.sin(2 * np.pi * y_um / 9.0 + phase))
-        planes = [np.where(tissue, c * shade, glass) for c in spec["base"]]
+        planes = [np.where(tissue, c * shade, glass) for c in base]
     img = Image.fromarray(
         np.stack([np.clip(p, 0, 255).astype(np.uint8) for p in planes], axis=2), mode="RGB"
     )
-    if phenotype is not None:
+    if colour is not None:
         # nuclei: positions and sizes in µm, drawn as filled ellipses
         area = WIDTH_UM * HEIGHT_UM
         n = rng.poisson(area * spec["per_um2"])
@@ -128,7 +145,7 @@ def render_tissue(rng: np.random.Generator, phenotype: str | None, mpp: float) -
         r = spec["radius_um"] * rng.uniform(0.7, 1.3, n)
         e = rng.uniform(0.75, 1.0, n)
         jitter = rng.integers(-12, 13, size=(n, 3))
-        col = np.clip(np.array(spec["nucleus"])[None, :] + jitter, 0, 255)
+        col = np.clip(NUCLEUS_SHADE * np.array(base)[None, :] + jitter, 0, 255)
         inside = tissue[
             np.minimum((ys / mpp).astype(int), h - 1), np.minimum((xs / mpp).astype(int), w - 1)
         ]
@@ -198,7 +215,7 @@ def write_demo(out_dir: str | os.PathLike, seed: int = 0, n_cases: int = 32) -> 
     plan = demo_plan(seed, n_cases)
     for s in plan:
         srng = np.random.default_rng([seed, _stable_hash(s.slide_id)])
-        rgb = render_tissue(srng, None if s.blank else s.phenotype, s.mpp)
+        rgb = render_tissue(srng, None if s.blank else s.colour, s.texture, s.mpp)
         write_svs(
             out / "slides" / s.filename,
             rgb,
@@ -224,14 +241,15 @@ def write_demo(out_dir: str | os.PathLike, seed: int = 0, n_cases: int = 32) -> 
 
 
 def demo_labels(plan: list[DemoSlide], seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Case-level labels that depend on the phenotype: the classification label is the
-    phenotype; survival is faster for B (about 3x the hazard) with ~25-35% censoring."""
+    """Case-level labels: the classification label is the XOR of colour and texture
+    (:func:`xor_label`); survival is faster for B (about 3x the hazard) with ~25-35%
+    censoring."""
     rng = np.random.default_rng(seed + 1)
     cases = pd.DataFrame(
-        {"case_id": [s.case_id for s in plan], "phenotype": [s.phenotype for s in plan]}
+        {"case_id": [s.case_id for s in plan], "label": [s.label for s in plan]}
     ).drop_duplicates("case_id")
-    subtype = pd.DataFrame({"case_id": cases["case_id"], "label": cases["phenotype"]})
-    scale = np.where(cases["phenotype"].to_numpy() == "B", 18.0, 54.0)
+    subtype = pd.DataFrame({"case_id": cases["case_id"], "label": cases["label"]})
+    scale = np.where(cases["label"].to_numpy() == "B", 18.0, 54.0)
     t_event = rng.exponential(scale)
     t_cens = rng.uniform(12, 120, size=len(scale))
     # administrative censoring at t_cens, plus ~10% lost to follow-up at their event time

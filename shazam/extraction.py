@@ -265,9 +265,11 @@ def prepare(
     mean,
     std,
     device: torch.device,
+    view: str = "full",
 ) -> torch.Tensor:
     """uint8 (B, S, S, 3) → normalised float (B, 3, input, input) on ``device``: antialiased
-    bilinear resize (to ``resize_to`` then centre crop, or straight to ``input_size``)."""
+    bilinear resize (to ``resize_to`` then centre crop, or straight to ``input_size``), the
+    teacher's input view (:func:`~shazam.teachers.build.input_view`), then mean/std."""
     # float before permuting: converting a permuted (strided) uint8 view is several times slower
     x = batch_u8.to(device, non_blocking=True).float().permute(0, 3, 1, 2)
     target = resize_to or input_size
@@ -278,6 +280,10 @@ def prepare(
     if target != input_size:
         o = (target - input_size) // 2
         x = x[..., o : o + input_size, o : o + input_size]
+    if view != "full":
+        from .teachers.build import input_view
+
+        x = input_view(x, view)
     # (x/255 - mean)/std in two in-place passes
     m = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
     sd = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
@@ -401,7 +407,9 @@ def extract_slide(
                         )
                     bad.extend(errors)
                     keep[[r for r, _ in errors]] = False
-                x = prepare(batch, spec.input_size, spec.resize_to, spec.mean, spec.std, device)
+                x = prepare(
+                    batch, spec.input_size, spec.resize_to, spec.mean, spec.std, device, spec.view
+                )
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     out = ext(x)
                 rows = idx.numpy()
@@ -428,6 +436,7 @@ def extract_slide(
         "shazam_version": __version__,
         "slide_id": slide_id,
         "input_size": spec.input_size,
+        "view": spec.view,
     }
     write_feature_file(
         out_h5, kept, attrs, {lv: feats[lv][keep] for lv in levels}, meta, bad, coords

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from shazam.demo import demo_labels, demo_plan, render_tissue, write_demo
+from shazam.demo import COLOURS, TEXTURES, demo_labels, demo_plan, render_tissue, write_demo
 from shazam.slides import Slide, load_sheet
 from shazam.tiling import saturation
 
@@ -18,30 +18,46 @@ def test_demo_plan_meets_the_cohort_spec():
     assert sum(s.blank for s in plan) == 1
     # every case has at least one slide with tissue
     assert {s.case_id for s in plan if not s.blank} == cases
-    assert {s.phenotype for s in plan} == {"A", "B"}
+    assert {s.label for s in plan} == {"A", "B"}
     assert len({s.slide_id for s in plan}) == len(plan)
+    # 2 colours x 2 textures, balanced over cases
+    cells = pd.Series(
+        [(s.colour, s.texture) for s in plan if not s.blank and s.slide_id.endswith("s1")]
+    )
+    assert len(cells.value_counts()) == 4 and cells.value_counts().min() == len(cases) // 4
 
 
 def test_demo_plan_is_seeded():
     assert demo_plan(3) == demo_plan(3)
-    assert [s.phenotype for s in demo_plan(3)] != [s.phenotype for s in demo_plan(4)]
+    assert [s.colour for s in demo_plan(3)] != [s.colour for s in demo_plan(4)]
 
 
-def test_phenotypes_differ_in_colour_and_texture():
-    a = render_tissue(np.random.default_rng(1), "A", 0.5)
-    b = render_tissue(np.random.default_rng(1), "B", 0.5)
-    ta, tb = saturation(a) > 40, saturation(b) > 40
-    ma, mb = a[ta].mean(0), b[tb].mean(0)
-    assert np.abs(ma - mb).max() > 20  # colour
-    # texture: B is crowded with dark nuclei
-    dark_a = (a[ta].mean(1) < 120).mean()
-    dark_b = (b[tb].mean(1) < 120).mean()
-    assert dark_b > 3 * dark_a
+def _tissue_stats(colour, texture, seed=1):
+    img = render_tissue(np.random.default_rng(seed), colour, texture, 0.5)
+    t = saturation(img) > 40
+    grey = img.mean(2)
+    # texture statistic: how much of the tissue is in small dark blobs, via the fraction of
+    # dark pixels whose 5x5 neighbourhood is mostly light (edges of small nuclei)
+    from scipy import ndimage
+
+    dark = grey < 0.7 * np.median(grey[t])
+    near = ndimage.uniform_filter(dark.astype(float), 5)
+    return img[t].mean(0), (dark & (near < 0.6))[t].mean() / max(dark[t].mean(), 1e-9)
+
+
+def test_colour_and_texture_are_independent_factors():
+    stats = {(c, x): _tissue_stats(c, x) for c in COLOURS for x in TEXTURES}
+    for x in TEXTURES:  # colour changes the mean colour, whatever the texture
+        assert np.abs(stats["pink", x][0] - stats["purple", x][0]).max() > 20
+    for c in COLOURS:  # texture leaves the mean colour nearly unchanged ...
+        assert np.abs(stats[c, "sparse"][0] - stats[c, "dense"][0]).max() < 6
+        # ... but small dense nuclei have much more edge per nucleus area than sparse large
+        assert stats[c, "dense"][1] > 1.5 * stats[c, "sparse"][1]
 
 
 def test_same_tissue_at_40x_and_20x():
-    a40 = render_tissue(np.random.default_rng(5), "B", 0.25).astype(np.float32)
-    a20 = render_tissue(np.random.default_rng(5), "B", 0.5).astype(np.float32)
+    a40 = render_tissue(np.random.default_rng(5), "purple", "dense", 0.25).astype(np.float32)
+    a20 = render_tissue(np.random.default_rng(5), "purple", "dense", 0.5).astype(np.float32)
     h, w = a20.shape[:2]
     red = a40[: 2 * h, : 2 * w].reshape(h, 2, w, 2, 3).mean(axis=(1, 3))
     assert np.abs(red - a20).mean() < 10
@@ -65,11 +81,18 @@ def test_write_demo_small(tmp_path):
     assert srcs == {"metadata", "objective_power"}
 
 
-def test_labels_depend_on_phenotype():
+def test_label_is_the_xor_of_colour_and_texture():
     plan = demo_plan(0)
     sub, os_ = demo_labels(plan, 0)
-    phen = {s.case_id: s.phenotype for s in plan}
-    assert (sub["label"] == sub["case_id"].map(phen)).all()
+    cell = {s.case_id: (s.colour, s.texture) for s in plan}
+    want = {("pink", "sparse"): "A", ("purple", "dense"): "A",
+            ("pink", "dense"): "B", ("purple", "sparse"): "B"}  # fmt: skip
+    assert (sub["label"] == sub["case_id"].map(cell).map(want)).all()
+    # neither factor alone predicts the label: each colour (texture) is half A, half B
+    for k in (0, 1):
+        by = sub.assign(f=sub["case_id"].map(lambda c, k=k: cell[c][k]))
+        share = by.groupby("f")["label"].apply(lambda v: (v == "A").mean())
+        assert share.between(0.4, 0.6).all(), share
     m = sub.merge(os_, on="case_id")
     med = m.groupby("label")["survival_months"].median()
     assert med["B"] < med["A"]

@@ -57,15 +57,18 @@ def test_rows_of_features_match_rows_of_coords(make_slide, tmp_path, workers):
     coords, _ = read_patch_file(patches)
     assert len(coords) == 48
     params = ExtractParams(batch_size=7, num_workers=workers)  # batches cut rows mid-way
-    extract_slide("toy_cnn", "pos", path, patches, tmp_path / "f.h5", params, progress=False)
+    # toy_vit: its colour view keeps the flat colours that encode position (toy_cnn's texture
+    # view maps every flat cell to the same grey)
+    extract_slide("toy_vit", "pos", path, patches, tmp_path / "f.h5", params, progress=False)
     feats, fcoords, attrs = read_feature_file(tmp_path / "f.h5")
     np.testing.assert_array_equal(fcoords, coords)
-    spec = get_spec("toy_cnn")
+    spec = get_spec("toy_vit")
     model, _ = build_model(spec)
     ext = LevelExtractor(spec, model)
     crops = torch.from_numpy(np.stack([img[y : y + 256, x : x + 256] for x, y in coords]))
     with torch.inference_mode():
-        ref = ext(prepare(crops, 224, None, spec.mean, spec.std, torch.device("cpu")))["high"]
+        x = prepare(crops, 224, None, spec.mean, spec.std, torch.device("cpu"), spec.view)
+        ref = ext(x)["high"]
     ref = ref.numpy()
     cos = (feats * ref).sum(1) / np.linalg.norm(feats, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() > 0.99
@@ -121,7 +124,7 @@ def test_40x_and_20x_scans_give_the_same_features(tmp_path, teacher):
 
     paths = {}
     for mpp in (0.25, 0.5):
-        img = render_tissue(np.random.default_rng(11), "B", mpp)
+        img = render_tissue(np.random.default_rng(11), "purple", "dense", mpp)
         paths[mpp] = tmp_path / f"s{mpp}.svs"
         write_svs(paths[mpp], img, mpp=mpp, objective_power=round(10 / mpp))
     out = {}

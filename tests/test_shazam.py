@@ -156,3 +156,20 @@ def test_shazam_trains_on_a_tiny_set(tmp_path, survival):
     key = "c_index" if survival else "balanced_accuracy"
     assert m["val"][key] >= 0.75 and m[key] >= 0.75
     assert set(m["gate_mean"]) == {"ta", "tb"} and abs(sum(m["gate_mean"].values()) - 1) < 1e-4
+
+
+def test_distill_cosine_is_what_the_distillation_term_raises():
+    teachers = ["a", "b"]
+    dims = dims_for(teachers, LEVELS)
+    m = Shazam(dims, teachers, LEVELS, 2, d=16, layers=1, dropout=0.0, distill_weight=1.0).eval()
+    feats, mask = batch(dims, [6, 4, 8])
+    cos = m.distill_cosine(feats, mask)
+    assert cos.shape == (3, 2) and (cos.abs() <= 1).all()
+    # distillation loss = mean over (level, teacher) of (1 - cos) + Huber: a step on it alone
+    # raises the mean cosine
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        m(feats, mask)["aux_loss"].backward()
+        opt.step()
+    assert m.distill_cosine(feats, mask).mean() > cos.mean() + 0.2

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from shazam.teachers.build import (
     build_architecture,
     build_model,
     check,
+    input_view,
     load_state_dict,
     resolve_weights,
 )
@@ -157,3 +159,38 @@ def test_cli_teachers_list_and_check():
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "low       96  ok" in p.stdout and "high     192  ok" in p.stdout
+
+
+def _stripes(colour, period, phase=0):
+    """(1, 3, 64, 64) 0..255 image: vertical stripes of one colour on a lighter tint."""
+    x = torch.arange(64, dtype=torch.float32)
+    s = (torch.sin(2 * torch.pi * (x + phase) / period) > 0).float()  # 0/1 stripes
+    c = torch.tensor(colour, dtype=torch.float32).view(1, 3, 1, 1)
+    return (c * (0.55 + 0.45 * s).view(1, 1, 1, 64)).expand(1, 3, 64, 64).contiguous()
+
+
+def test_colour_view_keeps_only_the_mean_colour():
+    a = _stripes((230, 150, 190), period=8)
+    b = a[..., torch.randperm(64)]  # same pixels, different texture
+    assert torch.allclose(input_view(a, "colour"), input_view(b, "colour"), atol=1e-3)
+    other = _stripes((170, 120, 210), period=8)
+    assert (input_view(a, "colour") - input_view(other, "colour")).abs().max() > 10
+    assert input_view(a, "full") is a
+
+
+def test_texture_view_keeps_structure_not_colour():
+    pink, purple = _stripes((230, 150, 190), 8), _stripes((170, 120, 210), 8)
+    tp, tq = input_view(pink, "texture"), input_view(purple, "texture")
+    assert (tp - tq).abs().mean() < 3  # stain colour and brightness are gone
+    assert torch.equal(tp[:, 0], tp[:, 1])  # grey
+    fine = input_view(_stripes((230, 150, 190), 4), "texture")
+    assert (tp - fine).abs().mean() > 30  # a different texture stays different
+
+
+def test_toy_teachers_are_complementary_by_their_views():
+    assert get_spec("toy_vit").view == "colour" and get_spec("toy_cnn").view == "texture"
+    assert all(REGISTRY[n].view == "full" for n in REAL)
+    with pytest.raises(ValueError, match="view"):
+        replace(get_spec("toy_vit"), view="sepia")
+    with pytest.raises(ValueError, match="unknown teacher input view"):
+        input_view(torch.zeros(1, 3, 8, 8), "sepia")

@@ -88,6 +88,15 @@ class Shazam(nn.Module):
         return li * len(self.teachers) + ti
 
     def forward(self, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> dict:
+        fused, gates, attn_maps, vecs = self._fuse(feats, mask)
+        out = {"logits": self.head(fused[-1]), "attention": attn_maps[0], "gate": gates[-1]}
+        if self.distill_weight > 0:
+            out["aux_loss"] = self.distill_weight * self.distillation(feats, mask, fused, vecs)
+        return out
+
+    def _fuse(self, feats, mask):
+        """Per level: the fused vectors s[l] (after the residual), the gate weights, the first
+        teacher's top-level attention map, and the per-teacher slide vectors v[t, l]."""
         T = len(self.teachers)
         fused, gates, attn_maps, vecs = [], [], [], []
         for li, lv in enumerate(self.levels):
@@ -113,10 +122,7 @@ class Shazam(nn.Module):
             if fused:
                 s = self.res_norm[li - 1](s + self.res_coef[li - 1] * fused[-1])
             fused.append(s)
-        out = {"logits": self.head(fused[-1]), "attention": attn_maps[0], "gate": gates[-1]}
-        if self.distill_weight > 0:
-            out["aux_loss"] = self.distill_weight * self.distillation(feats, mask, fused, vecs)
-        return out
+        return fused, gates, attn_maps, vecs
 
     def distillation_targets(self, feats, mask, vecs, li: int, ti: int) -> torch.Tensor:
         if self.distill_target == "agreement":
@@ -126,17 +132,33 @@ class Shazam(nn.Module):
         mean = (x * m).sum(1) / m.sum(1).clamp_min(1)
         return F.normalize(mean, dim=-1).detach()
 
-    def distillation(self, feats, mask, fused, vecs) -> torch.Tensor:
-        losses = []
+    def _distill_pairs(self, feats, mask, fused, vecs):
+        """(level index, teacher index, projected student vector, target), both normalised."""
         for li in range(len(self.levels)):
             for ti in range(len(self.teachers)):
                 p = F.normalize(self.distill[self._idx(li, ti)](fused[li]).float(), dim=-1)
                 tgt = self.distillation_targets(feats, mask, vecs, li, ti).float()
                 if self.distill_target == "agreement":
                     tgt = F.normalize(tgt, dim=-1)
-                cos = F.cosine_similarity(p, tgt, dim=-1)
-                losses.append((1 - cos).mean() + F.huber_loss(p, tgt))
+                yield li, ti, p, tgt
+
+    def distillation(self, feats, mask, fused, vecs) -> torch.Tensor:
+        losses = []
+        for _, _, p, tgt in self._distill_pairs(feats, mask, fused, vecs):
+            cos = F.cosine_similarity(p, tgt, dim=-1)
+            losses.append((1 - cos).mean() + F.huber_loss(p, tgt))
         return torch.stack(losses).mean()
+
+    @torch.no_grad()
+    def distill_cosine(self, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """(levels, teachers): mean over the batch of the cosine between each distillation
+        target and the student's projection of its fused vector — what the distillation term
+        raises (computed whatever ``distill_weight`` is, to show that it does)."""
+        fused, _, _, vecs = self._fuse(feats, mask)
+        out = torch.zeros(len(self.levels), len(self.teachers))
+        for li, ti, p, tgt in self._distill_pairs(feats, mask, fused, vecs):
+            out[li, ti] = F.cosine_similarity(p, tgt, dim=-1).mean()
+        return out
 
 
 ABLATIONS = {

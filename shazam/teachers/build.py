@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .registry import TeacherSpec
@@ -191,6 +192,38 @@ def build_model(
                 f"e.g. {unexpected[:3]}); is it the right checkpoint for this teacher?"
             )
     return model.eval(), w
+
+
+# --------------------------------------------------------------------------- input views
+
+TEXTURE_WINDOW = 15  # px of the local-contrast window (at the teacher's input size)
+TEXTURE_EPS = 4.0  # grey levels added to the local SD: flat glass is not blown up to noise
+
+
+def input_view(x: torch.Tensor, view: str) -> torch.Tensor:
+    """What a teacher sees of a batch of patches: float (B, 3, H, W) in 0..255, same shape out.
+
+    ``full``: the patch itself. ``colour``: the patch's mean colour everywhere (pooling over
+    the whole patch removes every spatial structure). ``texture``: luminance normalised by its
+    local mean and SD (a ``TEXTURE_WINDOW`` box), mapped back to grey 128 ± 48 per SD on all
+    three channels, so stain colour and brightness are gone and only structure is left.
+    """
+    if view == "full":
+        return x
+    if view == "colour":
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x).contiguous()
+    if view == "texture":
+        g = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+        k, pad = TEXTURE_WINDOW, TEXTURE_WINDOW // 2
+
+        def local_mean(t):
+            return F.avg_pool2d(F.pad(t, (pad,) * 4, mode="reflect"), k, stride=1)
+
+        mu = local_mean(g)
+        sd = (local_mean(g * g) - mu * mu).clamp_min(0).sqrt()
+        z = (g - mu) / (sd + TEXTURE_EPS)
+        return (128.0 + 48.0 * z).clamp(0, 255).expand_as(x).contiguous()
+    raise ValueError(f"unknown teacher input view '{view}' (full, colour or texture)")
 
 
 # --------------------------------------------------------------------------- running

@@ -14,6 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 LEVELS = ("low", "mid", "high")
+# What a teacher is shown of each patch (see shazam.teachers.build.input_view). Real teachers
+# see the full patch; the demo's toy teachers are complementary by construction: one sees only
+# the patch's mean colour, the other only its grayscale local-contrast texture.
+VIEWS = ("full", "colour", "texture")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)
@@ -44,7 +48,12 @@ class TeacherSpec:
     dims: dict = field(default_factory=dict)  # level -> dim, verified by `teachers check`
     precision: str = "bf16"  # preferred autocast dtype on CUDA
     seed: int | None = None  # toy teachers: fixed-seed random init, no download
+    view: str = "full"  # input transform before normalisation: full | colour | texture (VIEWS)
     description: str = ""
+
+    def __post_init__(self):
+        if self.view not in VIEWS:
+            raise ValueError(f"teacher {self.name}: view must be one of {VIEWS}: {self.view}")
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -156,6 +165,7 @@ _RECORDS = [
     ),
     # Toy teachers: tiny timm architectures of the two families, fixed-seed weights, no
     # download. They go through the same builder, hooks, loader and writer as the real ones.
+    # Their views make them complementary: the demo's XOR task needs both (shazam.demo).
     TeacherSpec(
         name="toy_vit",
         arch="vit_tiny_patch16_224",
@@ -175,7 +185,8 @@ _RECORDS = [
         dims={"low": 96, "mid": 96, "high": 192},
         precision="fp32",
         seed=1,
-        description="toy ViT (96 wide, 6 blocks, 2 register tokens) for CPU runs and tests",
+        view="colour",
+        description="toy ViT (96 wide, 6 blocks, 2 register tokens); sees colour only",
     ),
     TeacherSpec(
         name="toy_cnn",
@@ -191,7 +202,8 @@ _RECORDS = [
         dims={"low": 128, "mid": 256, "high": 512},
         precision="fp32",
         seed=2,
-        description="toy ConvNet (ResNet-10-T) for CPU runs and tests",
+        view="texture",
+        description="toy ConvNet (ResNet-10-T); sees grayscale texture only",
     ),
 ]
 
