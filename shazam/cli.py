@@ -323,7 +323,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--level", type=float, default=0.95, help="confidence level")
     ev.set_defaults(func=cmd_evaluate)
 
-
     va = sub.add_parser("validate", help="known-answer checks on synthetic cohorts (rule validate)")
     va.add_argument("--out", default="results/validate", help="summary.tsv and cohorts/ go here")
     va.add_argument("--quick", action="store_true", help="CI size: a few minutes on 2 cores")
