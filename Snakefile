@@ -27,6 +27,7 @@ include: "rules/tiling.smk"
 include: "rules/features.smk"
 include: "rules/splits.smk"
 include: "rules/train.smk"
+include: "rules/tiles.smk"
 
 
 rule all:

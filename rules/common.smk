@@ -8,8 +8,9 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from shazam.cohorts import TaskSpec
-from shazam.demo import demo_plan
+from shazam.demo import demo_plan, demo_tiles_plan
 from shazam.slides import load_sheet
+from shazam.models.tile import tile_model_names
 from shazam.teachers import REGISTRY
 
 validate(config, "../workflow/schemas/config.schema.yaml")
@@ -26,6 +27,10 @@ TASK_SPECS = {
     name: TaskSpec.from_config(name, t) for name, t in config["tasks"].items()
 }
 TASKS = list(TASK_SPECS)
+# -- tile-level (ROI) tasks: image datasets with their own rules (rules/tiles.smk)
+SLIDE_TASKS = [t for t in TASKS if not TASK_SPECS[t].is_tile]
+TILE_TASKS = [t for t in TASKS if TASK_SPECS[t].is_tile]
+TILE_TRAIN_JSON = json.dumps(config["tile_training"], sort_keys=True)
 
 TRAIN_JSON = json.dumps(config["training"], sort_keys=True)
 SHAZAM_JSON = json.dumps(config["shazam"], sort_keys=True)
@@ -38,6 +43,7 @@ DEMO = config["demo"]
 DEMO_DIR = DEMO["out"]
 DEMO_SLIDES = demo_plan(DEMO["seed"], DEMO["cases"])
 DEMO_SHEET = f"{DEMO_DIR}/slides.tsv"
+DEMO_TILES = demo_tiles_plan(DEMO["seed"], DEMO["tile_cases"])
 
 
 def _load_slides():
@@ -145,25 +151,64 @@ def model_outputs(model):
     return {f.split(".")[0]: f"{base}/{f}" for f in MODEL_FILES}
 
 
-def model_names():
+def model_names(task=None):
     """Models per task and fold: one ABMIL per teacher, concat and the Shazam student with its
-    configured ablations when there are 2+ teachers."""
+    configured ablations when there are 2+ teachers; a tile task's models are
+    mlp-{teacher}, concat-mlp and shazam-v1[-nodistill]."""
+    if task in TILE_TASKS:
+        return tile_model_names(TEACHERS, config["shazam"]["ablations"])
     fused = ["concat"] + SHAZAM_MODELS if len(TEACHERS) > 1 else []
     return [f"abmil-{t}" for t in TEACHERS] + fused
+
+
+def task_folds(task):
+    """Fold files of a task (1 for a tile dataset that brings its own split)."""
+    return TASK_SPECS[task].n_folds
 
 
 def final_outputs():
     models = [
         f"results/models/{task}/{m}/fold_{k}/metrics.json"
         for task in TASKS
-        for m in model_names()
-        for k in range(config["tasks"][task]["folds"])
+        for m in model_names(task)
+        for k in range(task_folds(task))
     ]
     return (
         ["results/qc/tiling.tsv"]
         + expand(
             "results/features/{teacher}/{slide}.h5", teacher=TEACHERS, slide=SLIDE_IDS
         )
+        + expand(
+            "results/tile_features/{task}/{teacher}.h5",
+            task=TILE_TASKS,
+            teacher=TEACHERS,
+        )
         + [f"results/splits/{task}/summary.tsv" for task in TASKS]
         + models
     )
+
+
+# -- tile-level (ROI) tasks
+
+
+def tile_images(task):
+    """A tile task's listing: its CSV, or its folder (one subfolder per class)."""
+    return TASK_SPECS[task].images
+
+
+def tile_split_inputs(task):
+    src = TASK_SPECS[task].splits
+    return [] if src in (None, "dataset") else task_split_inputs(task)
+
+
+def tile_model_features(wildcards):
+    m = wildcards.tile_model
+    used = [m[len("mlp-") :]] if m.startswith("mlp-") else TEACHERS
+    return [f"results/tile_features/{wildcards.task}/{t}.h5" for t in used]
+
+
+def demo_tile_outputs():
+    return {
+        "table": f"{DEMO_DIR}/tiles.csv",
+        "images": [f"{DEMO_DIR}/tiles/{t.image_id}" for t in DEMO_TILES],
+    }

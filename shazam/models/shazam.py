@@ -130,13 +130,20 @@ class Shazam(nn.Module):
         losses = []
         for li in range(len(self.levels)):
             for ti in range(len(self.teachers)):
-                p = F.normalize(self.distill[self._idx(li, ti)](fused[li]).float(), dim=-1)
+                p = self.distill[self._idx(li, ti)](fused[li])
                 tgt = self.distillation_targets(feats, mask, vecs, li, ti).float()
                 if self.distill_target == "agreement":
                     tgt = F.normalize(tgt, dim=-1)
-                cos = F.cosine_similarity(p, tgt, dim=-1)
-                losses.append((1 - cos).mean() + F.huber_loss(p, tgt))
+                losses.append(cosine_huber(p, tgt))
         return torch.stack(losses).mean()
+
+
+def cosine_huber(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(1 − cos) + Huber between the L2-normalised prediction and an L2-normalised target
+    (fixed, i.e. detached, unless the caller means otherwise); both (B, C)."""
+    p = F.normalize(pred.float(), dim=-1)
+    cos = F.cosine_similarity(p, target, dim=-1)
+    return (1 - cos).mean() + F.huber_loss(p, target)
 
 
 ABLATIONS = {
