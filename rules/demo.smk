@@ -35,7 +35,7 @@ rule make_demo_tiles:
         runtime=10,
     params:
         version=SHAZAM_VERSION,
-        out=f"{DEMO_DIR}/tiles",
+        out=lambda wildcards, output: os.path.splitext(output.table)[0],
         seed=DEMO["seed"],
         cases=DEMO["tile_cases"],
     shell:
