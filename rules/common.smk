@@ -49,6 +49,19 @@ DEMO_TILES = demo_tiles_plan(DEMO["seed"], DEMO["tile_cases"])
 def _load_slides():
     """The slide sheet; in demo mode, the demo's own plan until make_demo_data has run."""
     sheet_path = config["slides"]
+    if not sheet_path:  # tile-level tasks only
+        if SLIDE_TASKS or DEMO["enabled"]:
+            raise ValueError(
+                "config: `slides` (the slide sheet) is needed by slide-level tasks and the demo; "
+                "only a config whose tasks are all tile_classification can leave it out"
+            )
+        # slide rules name the sheet as an input; with no sheet they have none (and no jobs)
+        config["slides"] = []
+        import pandas as pd
+
+        return pd.DataFrame(columns=["slide_id", "path", "case_id", "mpp"]).astype(
+            {"mpp": float}
+        )
     if DEMO["enabled"]:
         if Path(sheet_path) != Path(DEMO_SHEET):
             raise ValueError(
@@ -174,7 +187,7 @@ def final_outputs():
         for k in range(task_folds(task))
     ]
     return (
-        ["results/qc/tiling.tsv"]
+        (["results/qc/tiling.tsv"] if SLIDE_IDS else [])
         + expand(
             "results/features/{teacher}/{slide}.h5", teacher=TEACHERS, slide=SLIDE_IDS
         )

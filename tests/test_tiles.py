@@ -310,3 +310,15 @@ def test_tile_store_rejects_files_of_different_datasets(tmp_path):
     feats, mask = store.batch(["img003", "img001"])
     assert feats["a:high"].shape == (2, 4) and mask.shape == (2, 1) and mask.all()
     assert store.dims == {"a:high": 4} and list(rows["y"]) == [0, 1, 0, 1, 0, 1]
+
+
+def test_tile_task_definition_is_checked():
+    with pytest.raises(LabelError, match="needs `images`"):
+        TaskSpec.from_config("roi", {"type": "tile_classification", "classes": ["a", "b"]})
+    with pytest.raises(LabelError, match="fit must be resize or crop"):
+        tile_spec("x.csv", fit="squash")
+    with pytest.raises(LabelError, match="give `labels`"):
+        TaskSpec.from_config("s", {"type": "classification", "classes": ["a", "b"]})
+    spec = tile_spec("x.csv")
+    assert spec.kind == "classification" and spec.is_tile and spec.n_folds == 5
+    assert TaskSpec.from_json(spec.to_json()) == spec

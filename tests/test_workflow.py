@@ -56,6 +56,28 @@ def test_dry_run_lists_expected_jobs(fresh_workdir):
     assert "workflow specific profile" in p.stdout + p.stderr  # profiles/default is picked up
 
 
+def test_tile_only_config_needs_no_slide_sheet(tmp_path):
+    from PIL import Image
+
+    for c in "XY":
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (40 + 8 * i, 48)).save(tmp_path / "data" / c / f"{i}.png")
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/config.yaml").write_text(
+        "teachers: [toy_vit, toy_cnn]\n"
+        "tasks: {crc: {type: tile_classification, images: data, classes: [X, Y], folds: 3}}\n"
+    )
+    counts = _job_counts(run_snakemake(tmp_path, "-n", "--cores", "2").stdout)
+    assert counts == {"extract_tile_features": 2, "make_splits_crc": 1, "train_tile_model": 15,
+                      "all": 1, "total": 19}  # fmt: skip
+    (tmp_path / "config/config.yaml").write_text(
+        "tasks: {s: {type: classification, labels: l.csv, classes: [a, b]}}\n"
+    )
+    p = run_snakemake(tmp_path, "-n", check=False)
+    assert p.returncode != 0 and "`slides` (the slide sheet) is needed" in p.stdout + p.stderr
+
+
 def test_snakemake_lint_is_clean(fresh_workdir):
     p = run_snakemake(fresh_workdir, "--lint", check=False)
     assert p.returncode == 0, p.stdout + p.stderr
