@@ -448,5 +448,8 @@ class TileStore:
 
     def batch(self, ids: list[str], max_patches=None, rng=None, device="cpu"):
         rows = torch.as_tensor([self.index[i] for i in ids], dtype=torch.long)
-        feats = {k: v[rows].to(device, non_blocking=True).float() for k, v in self.data.items()}
+        feats = {
+            k: v.index_select(0, rows).to(device, non_blocking=True).float()
+            for k, v in self.data.items()
+        }
         return feats, torch.ones(len(ids), 1, dtype=torch.bool, device=device)
