@@ -32,6 +32,7 @@ include: "rules/splits.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/validate.smk"
+include: "rules/tiles.smk"
 
 
 rule all:

@@ -9,8 +9,9 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from shazam.cohorts import TaskSpec
-from shazam.demo import demo_plan
+from shazam.demo import demo_plan, demo_tiles_plan
 from shazam.slides import load_sheet
+from shazam.models.tile import tile_model_names
 from shazam.teachers import REGISTRY
 
 validate(config, "../workflow/schemas/config.schema.yaml")
@@ -27,6 +28,10 @@ TASK_SPECS = {
     name: TaskSpec.from_config(name, t) for name, t in config["tasks"].items()
 }
 TASKS = list(TASK_SPECS)
+# -- tile-level (ROI) tasks: image datasets with their own rules (rules/tiles.smk)
+SLIDE_TASKS = [t for t in TASKS if not TASK_SPECS[t].is_tile]
+TILE_TASKS = [t for t in TASKS if TASK_SPECS[t].is_tile]
+TILE_TRAIN_JSON = json.dumps(config["tile_training"], sort_keys=True)
 
 TRAIN_JSON = json.dumps(config["training"], sort_keys=True)
 SHAZAM_JSON = json.dumps(config["shazam"], sort_keys=True)
@@ -39,11 +44,25 @@ DEMO = config["demo"]
 DEMO_DIR = DEMO["out"]
 DEMO_SLIDES = demo_plan(DEMO["seed"], DEMO["cases"])
 DEMO_SHEET = f"{DEMO_DIR}/slides.tsv"
+DEMO_TILES = demo_tiles_plan(DEMO["seed"], DEMO["tile_cases"])
 
 
 def _load_slides():
     """The slide sheet; in demo mode, the demo's own plan until make_demo_data has run."""
     sheet_path = config["slides"]
+    if not sheet_path:  # tile-level tasks only
+        if SLIDE_TASKS or DEMO["enabled"]:
+            raise ValueError(
+                "config: `slides` (the slide sheet) is needed by slide-level tasks and the demo; "
+                "only a config whose tasks are all tile_classification can leave it out"
+            )
+        # slide rules name the sheet as an input; with no sheet they have none (and no jobs)
+        config["slides"] = []
+        import pandas as pd
+
+        return pd.DataFrame(columns=["slide_id", "path", "case_id", "mpp"]).astype(
+            {"mpp": float}
+        )
     if DEMO["enabled"]:
         if Path(sheet_path) != Path(DEMO_SHEET):
             raise ValueError(
@@ -159,19 +178,27 @@ def model_outputs(model):
     return {f.split(".")[0]: f"{base}/{f}" for f in MODEL_FILES}
 
 
-def model_names():
+def model_names(task=None):
     """Models per task and fold: one ABMIL per teacher, concat and the Shazam student with its
-    configured ablations when there are 2+ teachers."""
+    configured ablations when there are 2+ teachers; a tile task's models are
+    mlp-{teacher}, concat-mlp and shazam-v1[-nodistill]."""
+    if task in TILE_TASKS:
+        return tile_model_names(TEACHERS, config["shazam"]["ablations"])
     fused = ["concat"] + SHAZAM_MODELS if len(TEACHERS) > 1 else []
     return [f"abmil-{t}" for t in TEACHERS] + fused
+
+
+def task_folds(task):
+    """Fold files of a task (1 for a tile dataset that brings its own split)."""
+    return TASK_SPECS[task].n_folds
 
 
 def model_files(task, name):
     """One output file of every model and fold of a task."""
     return [
         f"results/models/{task}/{m}/fold_{k}/{name}"
-        for m in model_names()
-        for k in range(config["tasks"][task]["folds"])
+        for m in model_names(task)
+        for k in range(task_folds(task))
     ]
 
 
@@ -187,7 +214,44 @@ def teacher_feature_samples():
 def final_outputs():
     """Every task's report, plus the QC table and features (useful without any task)."""
     return (
-        ["results/qc/tiling.tsv"]
+        (["results/qc/tiling.tsv"] if SLIDE_IDS else [])
         + ALL_FEATURES
-        + [f"results/report/{task}/report.html" for task in TASKS]
+        + expand(
+            "results/tile_features/{task}/{teacher}.h5",
+            task=TILE_TASKS,
+            teacher=TEACHERS,
+        )
+        + [f"results/report/{task}/report.html" for task in SLIDE_TASKS]
+        + [  # tile tasks: their models (the report covers slide tasks)
+            f"results/models/{task}/{m}/fold_{k}/metrics.json"
+            for task in TILE_TASKS
+            for m in model_names(task)
+            for k in range(task_folds(task))
+        ]
     )
+
+
+# -- tile-level (ROI) tasks
+
+
+def tile_images(task):
+    """A tile task's listing: its CSV, or its folder (one subfolder per class)."""
+    return TASK_SPECS[task].images
+
+
+def tile_split_inputs(task):
+    src = TASK_SPECS[task].splits
+    return [] if src in (None, "dataset") else task_split_inputs(task)
+
+
+def tile_model_features(wildcards):
+    m = wildcards.tile_model
+    used = [m[len("mlp-") :]] if m.startswith("mlp-") else TEACHERS
+    return [f"results/tile_features/{wildcards.task}/{t}.h5" for t in used]
+
+
+def demo_tile_outputs():
+    return {
+        "table": f"{DEMO_DIR}/tiles.csv",
+        "images": [f"{DEMO_DIR}/tiles/{t.image_id}" for t in DEMO_TILES],
+    }

@@ -18,3 +18,26 @@ rule make_demo_data:
         cases=DEMO["cases"],
     shell:
         "shazam demo --out {params.out} --seed {params.seed} --cases {params.cases} > {log} 2>&1"
+
+
+rule make_demo_tiles:
+    output:
+        **demo_tile_outputs(),
+    log:
+        "logs/make_demo_tiles/make_demo_tiles.log",
+    benchmark:
+        "results/benchmarks/make_demo_tiles/make_demo_tiles.tsv"
+    conda:
+        "../envs/shazam.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        version=SHAZAM_VERSION,
+        out=lambda wildcards, output: os.path.splitext(output.table)[0],
+        seed=DEMO["seed"],
+        cases=DEMO["tile_cases"],
+    shell:
+        "shazam demo-tiles --out {params.out} --seed {params.seed} --cases {params.cases}"
+        " > {log} 2>&1"

@@ -1,5 +1,6 @@
 # One make_splits_<task> rule per task: a task's fold count fixes its output files.
-for task in TASKS:
+# (Tile-level tasks get theirs in rules/tiles.smk.)
+for task in SLIDE_TASKS:
 
     rule:
         name:

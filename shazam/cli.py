@@ -30,6 +30,13 @@ def cmd_demo(a: argparse.Namespace) -> None:
     log.info("wrote %d slides for %d cases under %s", len(sheet), sheet["case_id"].nunique(), a.out)
 
 
+def cmd_demo_tiles(a: argparse.Namespace) -> None:
+    from .demo import write_demo_tiles
+
+    table = write_demo_tiles(a.out, seed=a.seed, n_cases=a.cases)
+    log.info("wrote %d ROI images of %d cases under %s", len(table), a.cases, a.out)
+
+
 def cmd_tile(a: argparse.Namespace) -> None:
     from .tiling import TilingParams, tile_slide
 
@@ -120,14 +127,14 @@ def cmd_teachers_check(a: argparse.Namespace) -> None:
         raise ValueError(f"teacher {spec.name}: dims differ from the registry")
 
 
-def cmd_extract(a: argparse.Namespace) -> None:
+def _extract_params(a: argparse.Namespace):
     import torch
 
-    from .extraction import ExtractParams, extract_slide
+    from .extraction import ExtractParams
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    params = ExtractParams(
+    return ExtractParams(
         batch_size=a.batch_size,
         num_workers=a.num_workers,
         precision=a.precision,
@@ -136,11 +143,31 @@ def cmd_extract(a: argparse.Namespace) -> None:
         on_bad_patch=a.on_bad_patch,
         device=a.device,
     )
+
+
+def cmd_extract(a: argparse.Namespace) -> None:
+    from .extraction import extract_slide
+
+    params = _extract_params(a)
     res = extract_slide(a.teacher, a.slide_id, a.slide, a.patches, a.out, params, weights=a.weights)
     log.info(
         "%s/%s: %d patches (%d skipped) in %.1fs, %s patches/s on %s",
         a.teacher, a.slide_id, res["n_patches"], res["n_skipped"], res["seconds"],
         res["patches_per_s"], res["device"],
+    )  # fmt: skip
+
+
+def cmd_extract_tiles(a: argparse.Namespace) -> None:
+    from .cohorts import TaskSpec
+    from .tiles import extract_tiles
+
+    spec = TaskSpec.from_json(a.spec)
+    res = extract_tiles(
+        spec, a.teacher, a.out, _extract_params(a), weights=a.weights, target_mpp=a.target_mpp
+    )
+    log.info(
+        "%s/%s: %d images in %.1fs on %s",
+        a.teacher, spec.name, res["n_images"], res["seconds"], res["device"],
     )  # fmt: skip
 
 
@@ -150,14 +177,22 @@ def cmd_splits(a: argparse.Namespace) -> None:
     from .splits import import_splits, make_splits, summarize, write_splits
 
     spec = TaskSpec.from_json(a.spec)
-    sheet = load_sheet(a.slides, check_files=False)
-    cohort = build_cohort(spec, sheet)
-    log.info("%s", cohort.report())
-    if spec.splits:
-        folds = import_splits(spec.splits, cohort, sheet)
-        log.info("imported %d folds from %s", len(folds), spec.splits)
+    if spec.is_tile:  # image datasets: no slide sheet
+        from .tiles import tile_splits
+
+        cohort, folds = tile_splits(spec)
+        log.info("%s (%s)", cohort.report(), spec.splits or "generated folds")
     else:
-        folds = make_splits(cohort)
+        if not a.slides:
+            raise ValueError(f"task {spec.name}: --slides is needed for slide-level tasks")
+        sheet = load_sheet(a.slides, check_files=False)
+        cohort = build_cohort(spec, sheet)
+        log.info("%s", cohort.report())
+        if spec.splits:
+            folds = import_splits(spec.splits, cohort, sheet)
+            log.info("imported %d folds from %s", len(folds), spec.splits)
+        else:
+            folds = make_splits(cohort)
     write_splits(folds, cohort, a.out_dir)
     log.info("splits for task %s:\n%s", spec.name, summarize(folds, cohort).to_string(index=False))
 
@@ -174,6 +209,23 @@ def cmd_train(a: argparse.Namespace) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     spec = TaskSpec.from_json(a.spec)
+    if spec.is_tile:
+        from .training import train_tile_fold
+
+        cfg = TrainConfig.for_tiles(json.loads(a.train), json.loads(a.tile_train or "{}"))
+        m = train_tile_fold(
+            a.model, spec, a.fold_csv, a.teachers.split(","), a.out_dir, cfg,
+            features_root=a.features_root, log=log.info,
+            shazam_cfg=json.loads(a.shazam) if a.shazam else None,
+        )  # fmt: skip
+        log.info(
+            "%s on %s (%s): selected epoch %s, val balanced_accuracy %s, test %s",
+            a.model, spec.name, a.fold_csv, m["selected_epoch"],
+            m["val"].get("balanced_accuracy"), m.get("balanced_accuracy"),
+        )  # fmt: skip
+        return
+    if not a.slides:
+        raise ValueError(f"task {spec.name}: --slides is needed for slide-level tasks")
     cfg = TrainConfig.from_dict(json.loads(a.train))
     sheet = load_sheet(a.slides, check_files=False)
     m = train_fold(
@@ -181,7 +233,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         features_root=a.features_root, log=log.info,
         shazam_cfg=json.loads(a.shazam) if a.shazam else None,
     )  # fmt: skip
-    key = "balanced_accuracy" if spec.type == "classification" else "c_index"
+    key = "balanced_accuracy" if spec.kind == "classification" else "c_index"
     log.info(
         "%s on %s (%s): selected epoch %s, val %s %s, test %s %s",
         a.model, spec.name, a.fold_csv, m["selected_epoch"],
@@ -235,6 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cases", type=int, default=32)
     d.set_defaults(func=cmd_demo)
 
+    dt = sub.add_parser(
+        "demo-tiles", help="write the demo's ROI image dataset (rule make_demo_tiles)"
+    )
+    dt.add_argument("--out", required=True, help="dataset folder; its table is written beside it")
+    dt.add_argument("--seed", type=int, default=0)
+    dt.add_argument("--cases", type=int, default=16)
+    dt.set_defaults(func=cmd_demo_tiles)
+
     t = sub.add_parser("tile", help="segment tissue and write the patch grid of one slide")
     t.add_argument("--slide", required=True, help="slide file")
     t.add_argument("--slide-id", required=True)
@@ -268,36 +328,53 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--batch", type=int, default=2)
     tk.set_defaults(func=cmd_teachers_check)
 
+    def extraction_args(e):
+        e.add_argument("--teacher", required=True)
+        e.add_argument("--out", required=True)
+        e.add_argument("--weights", type=_optional_str, default=None)
+        e.add_argument("--batch-size", type=int, default=128)
+        e.add_argument("--num-workers", type=int, default=4)
+        e.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+        e.add_argument("--levels", default="low,mid,high")
+        e.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+        e.add_argument("--on-bad-patch", default="fail", choices=("fail", "skip"))
+        e.add_argument("--device", default="auto")
+        e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+
     e = sub.add_parser("extract", help="features of one teacher for one slide")
-    e.add_argument("--teacher", required=True)
+    extraction_args(e)
     e.add_argument("--slide", required=True)
     e.add_argument("--slide-id", required=True)
     e.add_argument("--patches", required=True, help="patch file from `shazam tile`")
-    e.add_argument("--out", required=True)
-    e.add_argument("--weights", type=_optional_str, default=None)
-    e.add_argument("--batch-size", type=int, default=128)
-    e.add_argument("--num-workers", type=int, default=4)
-    e.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    e.add_argument("--levels", default="low,mid,high")
-    e.add_argument("--dtype", default="float16", choices=("float16", "float32"))
-    e.add_argument("--on-bad-patch", default="fail", choices=("fail", "skip"))
-    e.add_argument("--device", default="auto")
-    e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     e.set_defaults(func=cmd_extract)
+
+    et = sub.add_parser(
+        "extract-tiles", help="features of one teacher for every image of a tile task"
+    )
+    extraction_args(et)
+    et.add_argument("--spec", required=True, help="the tile task definition as JSON")
+    et.add_argument("--target-mpp", type=float, default=0.5, help="µm/px the teacher expects")
+    et.set_defaults(func=cmd_extract_tiles)
 
     sp = sub.add_parser("splits", help="validate a task's labels and write its fold splits")
     sp.add_argument("--spec", required=True, help="the task definition as JSON (from the config)")
-    sp.add_argument("--slides", required=True, help="slide sheet")
+    sp.add_argument("--slides", default=None, help="slide sheet (slide-level tasks)")
     sp.add_argument("--out-dir", required=True, help="results/splits/{task}")
     sp.set_defaults(func=cmd_splits)
 
-    tr = sub.add_parser("train", help="train one slide-level model on one fold")
-    tr.add_argument("--model", required=True, help="abmil-<teacher>, concat, shazam[-ablation]")
+    tr = sub.add_parser("train", help="train one slide- or tile-level model on one fold")
+    tr.add_argument(
+        "--model",
+        required=True,
+        help="abmil-<teacher>, concat, shazam[-ablation]; tiles: mlp-<teacher>, concat-mlp, "
+        "shazam-v1[-nodistill]",
+    )
     tr.add_argument("--shazam", default=None, help="the config's shazam section as JSON")
     tr.add_argument("--spec", required=True, help="the task definition as JSON")
     tr.add_argument("--train", required=True, help="the training config as JSON")
     tr.add_argument("--fold-csv", required=True)
-    tr.add_argument("--slides", required=True)
+    tr.add_argument("--slides", default=None, help="slide sheet (slide-level tasks)")
+    tr.add_argument("--tile-train", default=None, help="the config's tile_training as JSON")
     tr.add_argument("--teachers", required=True, help="comma-separated teachers of the run")
     tr.add_argument("--features-root", default="results")
     tr.add_argument("--out-dir", required=True)

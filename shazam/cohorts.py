@@ -24,11 +24,15 @@ class LabelError(ValueError):
     """A problem in a task's label file or definition; names file, line and column."""
 
 
+TASK_TYPES = ("classification", "survival", "tile_classification")
+TILE_FITS = ("resize", "crop")
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    type: str  # classification | survival
-    labels: str
+    type: str  # classification | survival | tile_classification
+    labels: str | None = None  # slide tasks: case-level label file
     label_col: str = "label"
     classes: tuple[str, ...] = ()
     time_col: str | None = None
@@ -41,6 +45,26 @@ class TaskSpec:
     splits: str | None = None
     seed: int = 42
     unmatched: str = "drop"  # cases in only one of labels/sheet: drop (reported) | error
+    # tile_classification: a folder with one subfolder per class, or a CSV path,label[,case_id]
+    # [,split]; images are at `mpp` µm/px (None: assumed to be the target MPP) and reach the
+    # teacher whole (`fit: resize`) or rescaled to the target MPP and centre-cropped (`crop`)
+    images: str | None = None
+    mpp: float | None = None
+    fit: str = "resize"
+
+    @property
+    def kind(self) -> str:
+        """What the engine optimises: ``classification`` (slide or tile) or ``survival``."""
+        return "survival" if self.type == "survival" else "classification"
+
+    @property
+    def is_tile(self) -> bool:
+        return self.type == "tile_classification"
+
+    @property
+    def n_folds(self) -> int:
+        """Fold files the task has: 1 when a tile dataset brings its own split."""
+        return 1 if self.is_tile and self.splits == "dataset" else self.folds
 
     @classmethod
     def from_config(cls, name: str, cfg: dict) -> TaskSpec:
@@ -54,9 +78,23 @@ class TaskSpec:
 
     def check(self) -> None:
         where = f"task {self.name}"
-        if self.type not in ("classification", "survival"):
-            raise LabelError(f"{where}: type must be classification or survival, got {self.type}")
-        if self.type == "classification" and len(self.classes) < 2:
+        if self.type not in TASK_TYPES:
+            raise LabelError(
+                f"{where}: type must be one of {', '.join(TASK_TYPES)}, got {self.type}"
+            )
+        if self.is_tile:
+            if not self.images:
+                raise LabelError(
+                    f"{where}: tile_classification needs `images` (a folder with one subfolder "
+                    "per class, or a CSV with path,label[,case_id][,split])"
+                )
+            if self.fit not in TILE_FITS:
+                raise LabelError(f"{where}: fit must be resize or crop, got {self.fit}")
+            if self.mpp is not None and not self.mpp > 0:
+                raise LabelError(f"{where}: mpp must be > 0 (or null), got {self.mpp}")
+        elif not self.labels:
+            raise LabelError(f"{where}: give `labels` (the case-level label file)")
+        if self.kind == "classification" and len(self.classes) < 2:
             raise LabelError(f"{where}: give `classes` (at least 2, in order)")
         if self.type == "survival" and not (self.time_col and self.event_col):
             raise LabelError(f"{where}: survival needs `time_col` and `event_col`")
@@ -92,7 +130,7 @@ def load_labels(spec: TaskSpec) -> pd.DataFrame:
         raise LabelError(f"task {spec.name}: label file {path} not found")
     df = read_table(path)
     need = ["case_id"] + (
-        [spec.label_col] if spec.type == "classification" else [spec.time_col, spec.event_col]
+        [spec.label_col] if spec.kind == "classification" else [spec.time_col, spec.event_col]
     )
     missing = [c for c in need if c not in df.columns]
     if missing:
@@ -114,7 +152,7 @@ def load_labels(spec: TaskSpec) -> pd.DataFrame:
         else:
             seen[cid] = i
     out = pd.DataFrame({"case_id": df["case_id"].str.strip()})
-    if spec.type == "classification":
+    if spec.kind == "classification":
         labels = df[spec.label_col].str.strip()
         for i, v in enumerate(labels):
             if v not in spec.classes:
@@ -212,7 +250,7 @@ def build_cohort(spec: TaskSpec, sheet: pd.DataFrame, labels: pd.DataFrame | Non
         )
     if spec.unmatched == "error" and (only_labels or only_slides):
         raise LabelError(cohort.report() + "\n  (set unmatched: drop to leave them out)")
-    if spec.type == "classification":
+    if spec.kind == "classification":
         counts = cases["label"].value_counts()
         small = [
             f"{c} ({int(counts.get(c, 0))})" for c in spec.classes if counts.get(c, 0) < spec.folds
@@ -242,7 +280,7 @@ def strata(cases: pd.DataFrame, spec: TaskSpec) -> np.ndarray:
     """Stratum label per case: the class (classification), or event × time quantile
     (survival; as many time bins per event group as keep every stratum at least ``folds``
     cases, at most 4)."""
-    if spec.type == "classification":
+    if spec.kind == "classification":
         return cases["y"].to_numpy().astype(int)
     ev = cases["event"].to_numpy().astype(bool)
     t = cases["time"].to_numpy()

@@ -269,3 +269,74 @@ def _stable_hash(s: str) -> int:
     import zlib
 
     return zlib.crc32(s.encode())
+
+
+# --------------------------------------------------------------------------- tile dataset
+
+TILE_MPP = 0.5  # the demo's ROI images are cut from fields rendered at this resolution
+TILE_SIZES = ((160, 160), (224, 224), (320, 320), (192, 288))  # (height, width), cycled
+
+
+@dataclass(frozen=True)
+class DemoTile:
+    image_id: str  # path relative to the dataset folder: {label}/{case}_r{k}.png
+    case_id: str
+    label: str
+    size: tuple[int, int]
+
+
+def demo_tiles_plan(seed: int = 0, n_cases: int = 16, per_case: int = 3) -> list[DemoTile]:
+    """The ROI images the demo tile dataset holds, as a pure function of the seed (no I/O):
+    ``n_cases`` cases of alternating phenotype (shuffled), ``per_case`` images each, of mixed
+    sizes (square and not)."""
+    rng = np.random.default_rng([seed, 7])
+    phen = np.array([CLASSES[i % 2] for i in range(n_cases)])
+    rng.shuffle(phen)
+    tiles = []
+    for i in range(n_cases):
+        case = f"roi_case{i:03d}"
+        for k in range(per_case):
+            size = TILE_SIZES[(i * per_case + k) % len(TILE_SIZES)]
+            tiles.append(DemoTile(f"{phen[i]}/{case}_r{k}.png", case, str(phen[i]), size))
+    return tiles
+
+
+def write_demo_tiles(
+    out_dir: str | os.PathLike, seed: int = 0, n_cases: int = 16, per_case: int = 3
+) -> pd.DataFrame:
+    """A small ROI dataset of the two phenotypes under ``out_dir``: one subfolder per class
+    (``A/``, ``B/``) of PNG images cut from tissue of a field rendered per case at
+    :data:`TILE_MPP`, and ``out_dir.csv`` beside it listing ``path,label,case_id``."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    plan = demo_tiles_plan(seed, n_cases, per_case)
+    by_case: dict[str, list[DemoTile]] = {}
+    for t in plan:
+        by_case.setdefault(t.case_id, []).append(t)
+    for case, tiles in by_case.items():
+        rng = np.random.default_rng([seed, _stable_hash(case)])
+        rgb = render_tissue(rng, tiles[0].label, TILE_MPP)
+        sat = np.asarray(Image.fromarray(rgb).convert("HSV"))[..., 1] > 40
+        integral = np.pad(sat.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        for t in tiles:
+            h, w = t.size
+            # windows that are at least 90% tissue, read from the integral image
+            frac = (
+                integral[h:, w:] - integral[:-h, w:] - integral[h:, :-w] + integral[:-h, :-w]
+            ) / (h * w)
+            ys, xs = np.nonzero(frac >= 0.9)
+            j = rng.integers(len(ys))
+            y, x = ys[j], xs[j]
+            with atomic_path(out / t.image_id) as tmp:
+                Image.fromarray(rgb[y : y + h, x : x + w]).save(tmp, format="PNG")
+    table = pd.DataFrame(
+        {
+            "path": [f"{out.name}/{t.image_id}" for t in plan],
+            "label": [t.label for t in plan],
+            "case_id": [t.case_id for t in plan],
+        }
+    )
+    with atomic_path(out.parent / f"{out.name}.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    return table

@@ -358,7 +358,6 @@ def extract_slide(
     from tqdm import tqdm
 
     from .teachers import get_spec
-    from .teachers.build import LevelExtractor, build_model
 
     t0 = time.perf_counter()
     spec = get_spec(teacher)
@@ -370,8 +369,7 @@ def extract_slide(
     levels = tuple(lv for lv in params.levels if lv in spec.dims)
     device, lock = select_device(params.device)
     if extractor is None:
-        model, wsrc = build_model(spec, weights)
-        extractor = (LevelExtractor(spec, model, levels).to(device), wsrc.identity)
+        extractor = load_extractor(spec, weights, levels, device)
     ext, identity = extractor
     amp = autocast_dtype(params.precision, device, spec.precision)
     n = len(coords)
@@ -393,29 +391,21 @@ def extract_slide(
             total=n, desc=f"{teacher}/{slide_id}", unit="patch", file=sys.stderr,
             disable=not progress, mininterval=5.0,
         )  # fmt: skip
-        with torch.inference_mode():
-            for batch, idx, errors in loader:
-                if errors:
-                    if params.on_bad_patch == "fail":
-                        row, reason = errors[0]
-                        x, y = coords[row]
-                        raise BadSlideError(
-                            slide_id,
-                            slide_path,
-                            f"cannot read patch {row} at level-0 ({x}, {y}): {reason} — set "
-                            "extraction.on_bad_patch: skip to drop such patches",
-                        )
-                    bad.extend(errors)
-                    keep[[r for r, _ in errors]] = False
-                x = prepare(
-                    batch, spec.input_size, spec.resize_to, spec.mean, spec.std, device, spec.view
+
+        def on_errors(errors):
+            if params.on_bad_patch == "fail":
+                row, reason = errors[0]
+                x, y = coords[row]
+                raise BadSlideError(
+                    slide_id,
+                    slide_path,
+                    f"cannot read patch {row} at level-0 ({x}, {y}): {reason} — set "
+                    "extraction.on_bad_patch: skip to drop such patches",
                 )
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    out = ext(x)
-                rows = idx.numpy()
-                for lv in levels:
-                    feats[lv][rows] = out[lv].float().cpu().numpy().astype(out_dtype)
-                bar.update(len(rows))
+            bad.extend(errors)
+            keep[[r for r, _ in errors]] = False
+
+        embed_batches(loader, ext, device, amp, feats, spec.resize_to, on_errors, bar)
         bar.close()
     if bad:
         log.warning(
@@ -453,6 +443,33 @@ def extract_slide(
         "patches_per_s": round(len(kept) / seconds, 1) if seconds > 0 else None,
         "device": str(device),
     }
+
+
+def load_extractor(spec, weights, levels, device) -> tuple:
+    """(LevelExtractor on ``device``, weights identity) for a registered teacher."""
+    from .teachers.build import LevelExtractor, build_model
+
+    model, wsrc = build_model(spec, weights)
+    return LevelExtractor(spec, model, levels).to(device), wsrc.identity
+
+
+def embed_batches(loader, ext, device, amp, feats: dict, resize_to, on_errors=None, bar=None):
+    """Run a teacher over a loader of ``(uint8 (B, S, S, 3), row indices, errors)`` batches —
+    slide patches or tile images alike — and write every level into ``feats[level][rows]``.
+    ``on_errors(errors)`` sees each batch's read errors first (and may raise)."""
+    spec = ext.spec
+    with torch.inference_mode():
+        for batch, idx, errors in loader:
+            if errors and on_errors is not None:
+                on_errors(errors)
+            x = prepare(batch, spec.input_size, resize_to, spec.mean, spec.std, device, spec.view)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                out = ext(x)
+            rows = idx.numpy()
+            for lv, arr in feats.items():
+                arr[rows] = out[lv].float().cpu().numpy().astype(arr.dtype)
+            if bar is not None:
+                bar.update(len(rows))
 
 
 LEVEL_DATASET = {"high": "features", "low": "features_low", "mid": "features_mid"}

@@ -45,12 +45,37 @@ def make_splits(cohort: Cohort) -> list[pd.DataFrame]:
         split = np.full(len(cases), "train", dtype=object)
         split[test_fold == f] = "test"
         train_idx = [i for i in order if test_fold[i] != f]  # strata-sorted
-        n_val = max(1, int(round(spec.val_fraction * len(train_idx))))
-        u = rng.random()
-        pick = np.floor((np.arange(n_val) + u) * len(train_idx) / n_val).astype(int)
-        split[np.asarray(train_idx)[pick]] = "val"
+        split[carve_val(train_idx, spec.val_fraction, rng)] = "val"
         folds.append(pd.DataFrame({"case_id": cases["case_id"].to_numpy(), "split": split}))
     check_splits(folds, cohort, source="generated splits")
+    return folds
+
+
+def carve_val(train_idx, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Validation rows: a systematic sample (random start) of ``fraction`` of the training
+    rows, which are given in strata-sorted order, so the sample is stratified too."""
+    n_val = max(1, int(round(fraction * len(train_idx))))
+    u = rng.random()
+    pick = np.floor((np.arange(n_val) + u) * len(train_idx) / n_val).astype(int)
+    return np.asarray(train_idx)[pick]
+
+
+def dataset_split(cohort: Cohort, case_split: dict[str, str]) -> list[pd.DataFrame]:
+    """The one fold of a dataset that brings its own split (``split`` column of a tile CSV):
+    train/test as given; when the dataset has no val part, it is carved from train, stratified,
+    seeded, as for generated folds."""
+    spec = cohort.task
+    cases = cohort.cases
+    split = np.array([case_split[c] for c in cases["case_id"]], dtype=object)
+    if not (split == "val").any():
+        rng = np.random.default_rng(spec.seed)
+        s = strata(cases, spec)
+        order = np.lexsort((rng.permutation(len(cases)), s))
+        train_idx = [i for i in order if split[i] == "train"]
+        if train_idx:
+            split[carve_val(train_idx, spec.val_fraction, rng)] = "val"
+    folds = [pd.DataFrame({"case_id": cases["case_id"].to_numpy(), "split": split})]
+    check_splits(folds, cohort, source=f"the split column of {spec.images}", partition=False)
     return folds
 
 
@@ -191,8 +216,9 @@ def summarize(folds: list[pd.DataFrame], cohort: Cohort) -> pd.DataFrame:
         for sp in SPLITS:
             ids = df.loc[df["split"] == sp, "case_id"]
             sub = cases.loc[ids]
-            row = {"fold": f, "split": sp, "cases": len(sub), "slides": int(sub["n_slides"].sum())}
-            if spec.type == "classification":
+            row = {"fold": f, "split": sp, "cases": len(sub)}
+            row["images" if spec.is_tile else "slides"] = int(sub["n_slides"].sum())
+            if spec.kind == "classification":
                 for c in spec.classes:
                     row[f"n_{c}"] = int((sub["label"] == c).sum())
             else:

@@ -47,6 +47,7 @@ class TrainConfig:
     dropout: float = 0.25
     alpha: float = 0.4  # survival NLL weight of the uncensored term
     class_weights: str = "none"  # none | balanced
+    patience: int = 0  # early stopping: epochs without a better val key (0: train all epochs)
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16
 
@@ -54,6 +55,15 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def for_tiles(cls, training: dict, tile_training: dict | None = None) -> TrainConfig:
+        """Tile tasks: the ``training`` section with ``tile_training`` on top; its
+        ``batch_size`` (images per optimiser step) sets both ``accumulate`` and ``batch_bags``."""
+        d = {**training, **(tile_training or {})}
+        if "batch_size" in d:
+            d["accumulate"] = d["batch_bags"] = d.pop("batch_size")
+        return cls.from_dict(d)
 
 
 @dataclass
@@ -66,7 +76,7 @@ class Targets:
 
     def tensors(self, ids: list[str]) -> dict[str, torch.Tensor]:
         sub = self.cases.loc[ids]
-        if self.spec.type == "classification":
+        if self.spec.kind == "classification":
             return {"y": torch.as_tensor(sub["y"].to_numpy(), dtype=torch.long)}
         return {
             "y": torch.as_tensor(bin_index(sub["time"], self.edges), dtype=torch.long),
@@ -97,7 +107,7 @@ class Engine:
 
     def _loss(self, out, ids):
         t = {k: v.to(self.device) for k, v in self.targets.tensors(ids).items()}
-        if self.spec.type == "classification":
+        if self.spec.kind == "classification":
             loss = cross_entropy(out["logits"], t["y"], self.class_weight)
         else:
             loss = nll_survival(out["logits"], t["y"], t["event"], self.cfg.alpha)
@@ -110,7 +120,7 @@ class Engine:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
-        if self.spec.type == "classification" and cfg.class_weights == "balanced":
+        if self.spec.kind == "classification" and cfg.class_weights == "balanced":
             y = self.targets.cases.loc[train_ids, "y"].to_numpy()
             counts = np.bincount(y, minlength=len(self.spec.classes)).astype(float)
             w = len(y) / (len(counts) * np.maximum(counts, 1))
@@ -150,13 +160,16 @@ class Engine:
             if best is None or key > best[0]:
                 best = (key, epoch)
                 best_state = copy.deepcopy(self.model.state_dict())
+            elif cfg.patience and epoch - best[1] >= cfg.patience:
+                log(json.dumps({"early_stop": epoch, "best_epoch": best[1]}))
+                break
         self.model.load_state_dict(best_state)
         self._train_risk = None
         return history, best[1]
 
     @property
     def metric_name(self) -> str:
-        return "balanced_accuracy" if self.spec.type == "classification" else "c_index"
+        return "balanced_accuracy" if self.spec.kind == "classification" else "c_index"
 
     def _selection_key(self, val):
         m = val["metrics"].get(self.metric_name)
@@ -191,7 +204,7 @@ class Engine:
     def evaluate(self, ids: list[str], train_ids: list[str] | None = None) -> dict:
         p = self.predict(ids)
         cases = self.targets.cases.loc[ids]
-        if self.spec.type == "classification":
+        if self.spec.kind == "classification":
             prob = torch.softmax(p["logits"], dim=1).numpy()
             m, r = classification_metrics(cases["y"].to_numpy(), prob, len(self.spec.classes))
             return {"loss": p["loss"], "metrics": m, "reasons": r, "prob": prob, "gate": p["gate"]}
@@ -268,7 +281,7 @@ def train_fold(
         edges = survival_bins(tr["time"], tr["event"], spec.n_bins)
     targets = Targets(spec, cases, edges)
     used = teachers_of(model_name, teachers)
-    n_out = len(spec.classes) if spec.type == "classification" else spec.n_bins
+    n_out = len(spec.classes) if spec.kind == "classification" else spec.n_bins
     settings = None
     if model_name.startswith("shazam"):
         settings = shazam_settings(model_name, shazam_cfg or {})
@@ -284,6 +297,18 @@ def train_fold(
     store = BagStore(sheet, used, all_ids, levels=levels, root=features_root)
     torch.manual_seed(cfg.seed)
     model = (make_model or build_model)(model_name, store.dims, n_out, cfg.d_model, cfg.dropout)
+    meta = {"teachers": used, "shazam": settings,
+            "bins": None if edges is None else [float(e) for e in edges]}  # fmt: skip
+    return fit_and_write(
+        model, model_name, spec, store, targets, ids, cfg, out_dir, fold_csv, meta, log, t0
+    )
+
+
+def fit_and_write(
+    model, model_name, spec, store, targets, ids, cfg, out_dir, fold_csv, meta, log, t0
+) -> dict:
+    """Fit with val-only selection, evaluate val and then test once, and write the DESIGN §3.5
+    outputs atomically. ``ids``: train/val/test item ids (cases, or images of a tile task)."""
     eng = Engine(model, spec, store, targets, cfg)
     history, best_epoch = eng.fit(ids["train"], ids["val"], log=log)
     val = eng.evaluate(ids["val"], ids["train"])
@@ -297,26 +322,27 @@ def train_fold(
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in eng.model.state_dict().items()}, str(tmp)
         )
+    n_out = len(spec.classes) if spec.kind == "classification" else spec.n_bins
     write_json_atomic(
         out / "config.json",
         {
             "model": model_name,
             "task": json.loads(spec.to_json()),
-            "teachers": used,
+            **meta,
             "dims": store.dims,
             "n_out": n_out,
             "train": asdict(cfg),
-            "shazam": settings,
-            "bins": None if edges is None else [float(e) for e in edges],
             "n_cases": {k: len(v) for k, v in ids.items()},
             "fold_csv": os.fspath(fold_csv),
             "selected_epoch": best_epoch,
+            "epochs_run": len(history),
             "device": str(eng.device),
             "shazam_version": __version__,
         },
     )
     with atomic_path(out / "history.csv") as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)
+    cases = targets.cases
     with atomic_path(out / "predictions.csv") as tmp:
         _predictions(spec, cases.loc[ids["test"]], test, ids["test"]).to_csv(tmp, index=False)
     metrics = {**test["metrics"], "val": val["metrics"], "selected_epoch": best_epoch,
@@ -324,14 +350,68 @@ def train_fold(
                "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
     if test.get("gate"):  # the student's mean gate weight per teacher on the test set
         mean = torch.stack(list(test["gate"].values())).mean(0).tolist()
-        metrics["gate_mean"] = dict(zip(used, mean, strict=True))
+        metrics["gate_mean"] = dict(zip(meta["teachers"], mean, strict=True))
     write_json_atomic(out / "metrics.json", metrics)
     return metrics
 
 
+def train_tile_fold(
+    model_name: str,
+    spec: TaskSpec,
+    fold_csv: str | os.PathLike,
+    teachers: list[str],
+    out_dir: str | os.PathLike,
+    cfg: TrainConfig = TrainConfig(),
+    features_root: str | os.PathLike = "results",
+    log=print,
+    shazam_cfg: dict | None = None,
+) -> dict:
+    """Train one tile-level model (``mlp-{teacher}``, ``concat-mlp``, ``shazam-v1[-nodistill]``)
+    on one fold of a tile task, with the same engine and outputs as slide models. Folds are
+    case-level; the engine's items are the cases' images. Features come from
+    ``{features_root}/tile_features/{task}/{teacher}.h5``."""
+    from .models import build_tile_model
+    from .tiles import TileStore
+
+    t0 = time.perf_counter()
+    used = [model_name[len("mlp-") :]] if model_name.startswith("mlp-") else list(teachers)
+    files = {t: os.path.join(features_root, "tile_features", spec.name, f"{t}.h5") for t in used}
+    store, rows = TileStore.from_files(files)
+    fold = read_fold(fold_csv)
+    split = dict(zip(fold["case_id"], fold["split"], strict=True))
+    unknown = sorted(set(rows["case_id"]) - set(split))
+    if unknown:
+        raise ValueError(
+            f"fold file {fold_csv}: {len(unknown)} case(s) of the features are not in it, e.g. "
+            f"{', '.join(unknown[:3])}; rerun the task's splits"
+        )
+    rows["split"] = rows["case_id"].map(split)
+    ids = {sp: list(rows.loc[rows["split"] == sp, "image_id"]) for sp in ("train", "val", "test")}
+    for sp, v in ids.items():
+        if not v:
+            raise ValueError(f"fold file {fold_csv}: no {sp} images of task {spec.name}")
+    rows["label"] = [spec.classes[i] for i in rows["y"]]
+    targets = Targets(spec, rows.set_index("image_id"))
+    torch.manual_seed(cfg.seed)
+    model = build_tile_model(
+        model_name, store.dims, len(spec.classes), cfg.d_model, cfg.dropout, shazam_cfg
+    )
+    meta = {
+        "teachers": used,
+        "shazam": shazam_cfg if model_name.startswith("shazam") else None,
+        "n_case_ids": {sp: int(rows.loc[rows["split"] == sp, "case_id"].nunique()) for sp in ids},
+    }
+    return fit_and_write(
+        model, model_name, spec, store, targets, ids, cfg, out_dir, fold_csv, meta, log, t0
+    )
+
+
 def _predictions(spec: TaskSpec, cases: pd.DataFrame, res: dict, ids: list[str]) -> pd.DataFrame:
-    df = pd.DataFrame({"case_id": ids})
-    if spec.type == "classification":
+    if spec.is_tile:  # one row per test image
+        df = pd.DataFrame({"image_id": ids, "case_id": cases["case_id"].to_numpy()})
+    else:
+        df = pd.DataFrame({"case_id": ids})
+    if spec.kind == "classification":
         df["label"] = cases["label"].to_numpy()
         df["pred"] = [spec.classes[i] for i in res["prob"].argmax(1)]
         for i, c in enumerate(spec.classes):

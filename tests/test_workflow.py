@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from conftest import BIN, REPO, run_snakemake
 
-from shazam.demo import demo_plan
+from shazam.demo import CLASSES, demo_plan, demo_tiles_plan
 
 
 def _job_counts(stdout: str) -> dict[str, int]:
@@ -49,6 +49,10 @@ def test_dry_run_lists_expected_jobs(fresh_workdir):
     assert counts["train_fusion"] == 2 * 5
     assert counts["train_shazam"] == 2 * 2 * 5  # tasks x (shazam, shazam-nodistill) x folds
     assert counts["evaluate"] == 2  # one report per task
+    # the tile task: demo images, one feature file per teacher, folds, 5 models x 2 folds
+    assert counts["make_demo_tiles"] == counts["make_splits_tiles"] == 1
+    assert counts["extract_tile_features"] == 2
+    assert counts["train_tile_model"] == 5 * 2
     assert counts["all"] == 1
     assert "workflow specific profile" in p.stdout + p.stderr  # profiles/default is picked up
 
@@ -66,6 +70,28 @@ def test_validate_rule_is_separate_from_all(fresh_workdir):
     assert "shazam validate --out results/validate" in p.stdout
     p = run_snakemake(fresh_workdir, "-n", "--cores", "2")
     assert "validate" not in _job_counts(p.stdout)
+
+
+def test_tile_only_config_needs_no_slide_sheet(tmp_path):
+    from PIL import Image
+
+    for c in "XY":
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (40 + 8 * i, 48)).save(tmp_path / "data" / c / f"{i}.png")
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/config.yaml").write_text(
+        "teachers: [toy_vit, toy_cnn]\n"
+        "tasks: {crc: {type: tile_classification, images: data, classes: [X, Y], folds: 3}}\n"
+    )
+    counts = _job_counts(run_snakemake(tmp_path, "-n", "--cores", "2").stdout)
+    assert counts == {"extract_tile_features": 2, "make_splits_crc": 1, "train_tile_model": 15,
+                      "all": 1, "total": 19}  # fmt: skip
+    (tmp_path / "config/config.yaml").write_text(
+        "tasks: {s: {type: classification, labels: l.csv, classes: [a, b]}}\n"
+    )
+    p = run_snakemake(tmp_path, "-n", check=False)
+    assert p.returncode != 0 and "`slides` (the slide sheet) is needed" in p.stdout + p.stderr
 
 
 def test_snakemake_lint_is_clean(fresh_workdir):
@@ -202,6 +228,43 @@ def test_demo_run_trains_every_model_and_needs_both_teachers(demo_run):
     os_m = json.loads((wd / "results/models/os/abmil-toy_vit/fold_0/metrics.json").read_text())
     for key in ("c_index", "c_index_ipcw", "ibs", "td_auc_mean", "logrank_p", "n_events", "val"):
         assert key in os_m
+
+
+TILE_MODELS = ["mlp-toy_vit", "mlp-toy_cnn", "concat-mlp", "shazam-v1", "shazam-v1-nodistill"]
+
+
+@pytest.mark.slow
+def test_demo_run_trains_the_tile_task(demo_run):
+    from shazam.teachers import get_spec
+    from shazam.tiles import read_tile_features
+
+    wd, _ = demo_run
+    plan = demo_tiles_plan(0, 16)
+    for teacher in ("toy_vit", "toy_cnn"):
+        path = wd / f"results/tile_features/tiles/{teacher}.h5"
+        feats, rows, attrs = read_tile_features(path, levels=("low", "mid", "high"))
+        # one row per listed image, in the listing's order, labels with them
+        assert list(rows["image_id"]) == [f"tiles/{t.image_id}" for t in plan]
+        assert list(rows["y"]) == [CLASSES.index(t.label) for t in plan]
+        assert feats["high"].shape == (len(plan), get_spec(teacher).dims["high"])
+        with h5py.File(path) as f:  # mixed image sizes went through
+            assert len({tuple(hw) for hw in f["image_size"][:]}) == 4
+        assert attrs["teacher"] == teacher and attrs["mpp_source"] == "declared"
+    for m in TILE_MODELS:
+        bacc = []
+        for k in range(2):
+            d = wd / f"results/models/tiles/{m}/fold_{k}"
+            assert sorted(p.name for p in d.iterdir()) == sorted(MODEL_FILES)
+            assert (wd / f"logs/train_tile_model/tiles/{m}/fold_{k}.log").exists()
+            metrics = json.loads((d / "metrics.json").read_text())
+            bacc.append(metrics["balanced_accuracy"])
+            assert metrics["val"]["balanced_accuracy"] is not None  # both classes in val
+            pred = pd.read_csv(d / "predictions.csv")
+            fold = pd.read_csv(wd / f"results/splits/tiles/fold_{k}.csv")
+            test_cases = set(fold.loc[fold["split"] == "test", "case_id"])
+            assert set(pred["case_id"]) == test_cases and len(pred) == 3 * len(test_cases)
+        # the phenotypes differ in colour and texture: every tile model learns them
+        assert np.mean(bacc) >= 0.75, (m, bacc)
 
 
 @pytest.mark.slow

@@ -133,10 +133,11 @@ class Shazam(nn.Module):
         return F.normalize(mean, dim=-1).detach()
 
     def _distill_pairs(self, feats, mask, fused, vecs):
-        """(level index, teacher index, projected student vector, target), both normalised."""
+        """(level index, teacher index, projected student vector, normalised target); the loss
+        (``cosine_huber``) normalises the projection."""
         for li in range(len(self.levels)):
             for ti in range(len(self.teachers)):
-                p = F.normalize(self.distill[self._idx(li, ti)](fused[li]).float(), dim=-1)
+                p = self.distill[self._idx(li, ti)](fused[li])
                 tgt = self.distillation_targets(feats, mask, vecs, li, ti).float()
                 if self.distill_target == "agreement":
                     tgt = F.normalize(tgt, dim=-1)
@@ -145,8 +146,7 @@ class Shazam(nn.Module):
     def distillation(self, feats, mask, fused, vecs) -> torch.Tensor:
         losses = []
         for _, _, p, tgt in self._distill_pairs(feats, mask, fused, vecs):
-            cos = F.cosine_similarity(p, tgt, dim=-1)
-            losses.append((1 - cos).mean() + F.huber_loss(p, tgt))
+            losses.append(cosine_huber(p, tgt))
         return torch.stack(losses).mean()
 
     @torch.no_grad()
@@ -159,6 +159,14 @@ class Shazam(nn.Module):
         for li, ti, p, tgt in self._distill_pairs(feats, mask, fused, vecs):
             out[li, ti] = F.cosine_similarity(p, tgt, dim=-1).mean()
         return out
+
+
+def cosine_huber(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(1 − cos) + Huber between the L2-normalised prediction and an L2-normalised target
+    (fixed, i.e. detached, unless the caller means otherwise); both (B, C)."""
+    p = F.normalize(pred.float(), dim=-1)
+    cos = F.cosine_similarity(p, target, dim=-1)
+    return (1 - cos).mean() + F.huber_loss(p, target)
 
 
 ABLATIONS = {
