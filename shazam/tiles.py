@@ -446,10 +446,10 @@ class TileStore:
     def size(self, _image: str) -> int:
         return 1
 
-    def batch(self, ids: list[str], max_patches=None, rng=None, device="cpu"):
+    def batch(self, ids: list[str], max_patches=None, rng=None, device="cpu", dtype=torch.float32):
         rows = torch.as_tensor([self.index[i] for i in ids], dtype=torch.long)
         feats = {
-            k: v.index_select(0, rows).to(device, non_blocking=True).float()
+            k: v.index_select(0, rows).to(device, non_blocking=True).to(dtype)
             for k, v in self.data.items()
         }
         return feats, torch.ones(len(ids), 1, dtype=torch.bool, device=device)
