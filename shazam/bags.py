@@ -1,4 +1,7 @@
-"""Case-level feature bags held in memory as float16, batched as packed rows + a mask.
+"""Case-level feature bags held in memory as 16-bit floats, batched as packed rows + a mask.
+
+Bags are read as float16; an engine that computes in bf16 converts its store to bfloat16 once
+(same memory) so that batches need no conversion.
 
 A case's bag is the union of its slides' patches. When several teachers are used together the
 bag keeps the patches every teacher has (normally all of them: the teachers read the same
@@ -22,7 +25,7 @@ def key(teacher: str, level: str) -> str:
 
 
 class BagStore:
-    """``bags[case]["teacher:level"]`` = float16 tensor (N, C), rows aligned across teachers
+    """``bags[case]["teacher:level"]`` = 16-bit tensor (N, C), rows aligned across teachers
     (and levels, which share their teacher's rows)."""
 
     def __init__(
@@ -80,6 +83,15 @@ class BagStore:
         store.dims = {k: int(v.shape[1]) for k, v in first.items()}
         store.bags = bags
         return store
+
+    def to_dtype(self, dtype: torch.dtype) -> BagStore:
+        """Convert every bag in place (one bag at a time: no second copy of the store), e.g. to
+        bfloat16 once for an engine that computes in bf16, instead of once per batch."""
+        for bag in self.bags.values():
+            for k, v in bag.items():
+                if v.dtype != dtype:
+                    bag[k] = v.to(dtype)
+        return self
 
     def size(self, case: str) -> int:
         return int(next(iter(self.bags[case].values())).shape[0])

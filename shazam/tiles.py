@@ -446,6 +446,11 @@ class TileStore:
     def size(self, _image: str) -> int:
         return 1
 
+    def to_dtype(self, dtype: torch.dtype) -> TileStore:
+        """Convert the features in place (see ``BagStore.to_dtype``)."""
+        self.data = {k: v.to(dtype) for k, v in self.data.items()}
+        return self
+
     def batch(self, ids: list[str], max_patches=None, rng=None, device="cpu", dtype=torch.float32):
         rows = torch.as_tensor([self.index[i] for i in ids], dtype=torch.long)
         feats = {

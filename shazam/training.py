@@ -91,6 +91,8 @@ class Engine:
         self.spec, self.store, self.targets, self.cfg = spec, store, targets, cfg
         self.device, self._lock = select_device(cfg.device)
         self.amp = autocast_dtype(cfg.precision, self.device, cpu_bf16=True)
+        if self.amp == torch.bfloat16:  # 16-bit either way: convert once, not every batch
+            store.to_dtype(torch.bfloat16)
         self.model = model.to(self.device)
         self.class_weight = None
         self._train_risk: tuple[tuple, np.ndarray] | None = None  # (train ids, risks) cache
