@@ -1,7 +1,8 @@
 """One training engine for every slide-level model (DESIGN §5–§6).
 
 Protocol: AdamW + cosine schedule, ``accumulate`` bags per optimiser step (run as padded
-batches of ``batch_bags`` bags, not one bag at a time), bf16 autocast on CUDA, seeded.
+batches of ``batch_bags`` bags, not one bag at a time), bf16 autocast on CUDA and on CPUs
+with native bf16 (``precision: auto``), seeded.
 Every epoch is scored on val; the checkpoint with the best val metric (classification:
 balanced accuracy; survival: C-index; ties → lower val loss, then the earlier epoch) is
 selected, and test is evaluated once, with those weights, after training. Nothing in
