@@ -277,6 +277,11 @@ TILE_MPP = 0.5  # the demo's ROI images are cut from fields rendered at this res
 TILE_SIZES = ((160, 160), (224, 224), (320, 320), (192, 288))  # (height, width), cycled
 
 
+# The ROI dataset's two classes differ in colour AND texture (an easy task that each toy teacher
+# sees on its own), unlike the slide task, whose label is the XOR of the two.
+TILE_CELLS = {"A": ("purple", "dense"), "B": ("pink", "sparse")}
+
+
 @dataclass(frozen=True)
 class DemoTile:
     image_id: str  # path relative to the dataset folder: {label}/{case}_r{k}.png
@@ -316,7 +321,7 @@ def write_demo_tiles(
         by_case.setdefault(t.case_id, []).append(t)
     for case, tiles in by_case.items():
         rng = np.random.default_rng([seed, _stable_hash(case)])
-        rgb = render_tissue(rng, tiles[0].label, TILE_MPP)
+        rgb = render_tissue(rng, *TILE_CELLS[tiles[0].label], TILE_MPP)
         sat = np.asarray(Image.fromarray(rgb).convert("HSV"))[..., 1] > 40
         integral = np.pad(sat.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
         for t in tiles:
