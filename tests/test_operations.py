@@ -153,11 +153,20 @@ def sheet_ids(wd):
 
 
 def run_config(wd):
-    """Teachers and tasks of the finished run (the demo's may change; the tests follow it)."""
+    """Teachers and slide tasks of the finished run (the demo's may change; the tests follow
+    it). Tile tasks (no slides) are left out: see ``tile_tasks``."""
     import yaml
 
     conf = yaml.safe_load((wd / "config/config.yaml").read_text())
-    return list(conf["teachers"]), list(conf["tasks"])
+    tasks = [k for k, v in conf["tasks"].items() if v.get("type") != "tile_classification"]
+    return list(conf["teachers"]), tasks
+
+
+def tile_tasks(wd):
+    import yaml
+
+    conf = yaml.safe_load((wd / "config/config.yaml").read_text())
+    return [k for k, v in conf["tasks"].items() if v.get("type") == "tile_classification"]
 
 
 def copy_run(src, dst):
@@ -211,15 +220,17 @@ def check_changing_one_teachers_weights(wd):
     conf["teacher_weights"] = {changed: str(weights)}
     (wd / "config/config.yaml").write_text(yaml.safe_dump(conf))
     cnn = [f"results/features/{changed}/{s}.h5" for s in sheet_ids(wd)]
+    tiles = [f"results/tile_features/{task}/{changed}.h5" for task in tile_tasks(wd)]
     p = subprocess.run(
         [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(wd),
-         "--cleanup-metadata", *cnn], capture_output=True, text=True,
+         "--cleanup-metadata", *cnn, *tiles], capture_output=True, text=True,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert planned(wd) == {}, "the adopted setting alone must not rerun anything"
     weights.write_bytes(b"new weights")  # a new checkpoint at the same path
     jobs = planned(wd)
     assert sorted(jobs.pop("extract_features")) == sorted(cnn)
+    assert sorted(jobs.pop("extract_tile_features", [])) == sorted(tiles)  # its tile features
     assert "tile_slide" not in jobs and not any(r.startswith("make_splits") for r in jobs)
     baselines = {o.split("/")[3] for o in jobs["train_baseline"]}
     assert baselines == {f"abmil-{changed}"}  # the other teachers' models keep their inputs
