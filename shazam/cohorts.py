@@ -122,22 +122,28 @@ class TaskSpec:
 # --------------------------------------------------------------------------- labels
 
 
+def read_checked_table(path: Path, need: list[str], what: str, task: str) -> pd.DataFrame:
+    """A label or image table that has the ``need`` columns, else a LabelError naming them."""
+    df = read_table(path)
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise LabelError(
+            f"{what} {path} (task {task}): missing column(s) {', '.join(missing)}; "
+            f"found {', '.join(df.columns)}"
+        )
+    return df
+
+
 def load_labels(spec: TaskSpec) -> pd.DataFrame:
     """Validated case-level labels: ``case_id`` + ``label`` (classification, as class index in
     ``spec.classes`` order in ``y``) or ``time`` + ``event`` (survival). All problems at once."""
     path = Path(spec.labels)
     if not path.exists():
         raise LabelError(f"task {spec.name}: label file {path} not found")
-    df = read_table(path)
     need = ["case_id"] + (
         [spec.label_col] if spec.kind == "classification" else [spec.time_col, spec.event_col]
     )
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise LabelError(
-            f"label file {path} (task {spec.name}): missing column(s) {', '.join(missing)}; "
-            f"found {', '.join(df.columns)}"
-        )
+    df = read_checked_table(path, need, "label file", spec.name)
     errors: list[str] = []
 
     def at(i, col):

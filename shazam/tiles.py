@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .cohorts import Cohort, LabelError, TaskSpec, _join
+from .cohorts import Cohort, LabelError, TaskSpec, _join, read_checked_table
 from .extraction import (
     LEVEL_DATASET,
     ExtractParams,
@@ -45,7 +45,6 @@ from .extraction import (
     select_device,
 )
 from .io import atomic_path
-from .slides import read_table
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +103,7 @@ def _from_folder(spec: TaskSpec, root: Path) -> pd.DataFrame:
 
 
 def _from_csv(spec: TaskSpec, path: Path) -> pd.DataFrame:
-    df = read_table(path)
-    need = ["path", spec.label_col]
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise LabelError(
-            f"image table {path} (task {spec.name}): missing column(s) {', '.join(missing)}; "
-            f"found {', '.join(df.columns)}"
-        )
+    df = read_checked_table(path, ["path", spec.label_col], "image table", spec.name)
     errors: list[str] = []
 
     def at(i, col):
