@@ -161,7 +161,22 @@ def task_split_inputs(task):
 
 
 def task_labels(wildcards):
+    """A slide task's label table; a tile task's image listing (its labels)."""
+    if wildcards.task in TILE_TASKS:
+        return tile_images(wildcards.task)
     return config["tasks"][wildcards.task]["labels"]
+
+
+def task_sheet(wildcards):
+    """The slide sheet a slide task's report reads (a tile task has none)."""
+    return [] if wildcards.task in TILE_TASKS else config["slides"]
+
+
+def task_feature_samples(wildcards):
+    """One feature file per teacher: the report reads the teacher's identity from it."""
+    if wildcards.task in TILE_TASKS:
+        return [f"results/tile_features/{wildcards.task}/{t}.h5" for t in TEACHERS]
+    return teacher_feature_samples()
 
 
 MODEL_FILES = (
@@ -221,13 +236,13 @@ def final_outputs():
             task=TILE_TASKS,
             teacher=TEACHERS,
         )
-        + [f"results/report/{task}/report.html" for task in SLIDE_TASKS]
-        + [  # tile tasks: their models (the report covers slide tasks)
-            f"results/models/{task}/{m}/fold_{k}/metrics.json"
+        + [  # the seed's (features, labels) .pt, where a tile task asks for it
+            f"results/tile_features/{task}/{t}.pt"
             for task in TILE_TASKS
-            for m in model_names(task)
-            for k in range(task_folds(task))
+            if TASK_SPECS[task].export_pt
+            for t in TEACHERS
         ]
+        + [f"results/report/{task}/report.html" for task in TASKS]
     )
 
 

@@ -4,8 +4,8 @@ rule evaluate:
         metrics=lambda wc: model_files(wc.task, "metrics.json"),
         splits="results/splits/{task}/summary.tsv",
         labels=task_labels,
-        slides=config["slides"],
-        features=teacher_feature_samples(),
+        slides=task_sheet,
+        features=task_feature_samples,
     output:
         summary=report(
             "results/report/{task}/summary.tsv",
@@ -64,7 +64,8 @@ rule evaluate:
     params:
         version=SHAZAM_VERSION,
         spec=lambda wc: task_spec_json(wc.task),
-        models=",".join(model_names()),
+        models=lambda wc: ",".join(model_names(wc.task)),
+        slides=lambda wc, input: f"--slides {input.slides}" if input.slides else "",
         teachers=",".join(TEACHERS),
         shazam=SHAZAM_JSON,
         evaluation=cli_args("evaluation"),
@@ -72,7 +73,7 @@ rule evaluate:
         splits_dir=lambda wc, input: os.path.dirname(input.splits),
         out_dir=lambda wc, output: os.path.dirname(output.summary),
     shell:
-        "shazam evaluate --spec {params.spec:q} --slides {input.slides}"
+        "shazam evaluate --spec {params.spec:q} {params.slides}"
         " --models {params.models} --teachers {params.teachers:q} {params.evaluation}"
         " --shazam {params.shazam:q} --models-dir {params.models_dir}"
         " --splits-dir {params.splits_dir} --out-dir {params.out_dir}"

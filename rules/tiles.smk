@@ -34,6 +34,24 @@ rule extract_tile_features:
         " --threads {threads} {params.extraction} > {log} 2>&1"
 
 
+rule export_tile_pt:
+    input:
+        "results/tile_features/{task}/{teacher}.h5",
+    output:
+        "results/tile_features/{task}/{teacher}.pt",
+    log:
+        "logs/export_tile_pt/{task}/{teacher}.log",
+    wildcard_constraints:
+        task="|".join(TILE_TASKS) or "NO_TILE_TASK",
+    localrule: True
+    conda:
+        "../envs/shazam.yaml"
+    params:
+        version=SHAZAM_VERSION,
+    shell:
+        "shazam export-pt --features {input} --out {output} > {log} 2>&1"
+
+
 # One make_splits_<task> rule per tile task, as for slide tasks (same CLI, no slide sheet).
 for task in TILE_TASKS:
 

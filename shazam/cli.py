@@ -171,6 +171,13 @@ def cmd_extract_tiles(a: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def cmd_export_pt(a: argparse.Namespace) -> None:
+    from .tiles import export_pt
+
+    n, c = export_pt(a.features, a.out)
+    log.info("%s: %d images x %d dims -> %s", a.features, n, c, a.out)
+
+
 def cmd_splits(a: argparse.Namespace) -> None:
     from .cohorts import TaskSpec, build_cohort
     from .slides import load_sheet
@@ -249,9 +256,12 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     from .slides import load_sheet
 
     spec = TaskSpec.from_json(a.spec)
+    if not spec.is_tile and not a.slides:
+        raise SystemExit(f"error: task {spec.name} is a slide task: give its --slides sheet")
+    sheet = None if spec.is_tile else load_sheet(a.slides, check_files=False)
     head = evaluate_task(
         spec, a.models.split(","), a.teachers.split(",") if a.teachers else [],
-        load_sheet(a.slides, check_files=False), a.models_dir, a.splits_dir, a.out_dir,
+        sheet, a.models_dir, a.splits_dir, a.out_dir,
         feature_files=a.feature_files, cfg=EvalConfig(a.n_boot, a.seed, a.level),
         settings=json.loads(a.shazam) if a.shazam else None,
     )  # fmt: skip
@@ -356,6 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     et.add_argument("--target-mpp", type=float, default=0.5, help="µm/px the teacher expects")
     et.set_defaults(func=cmd_extract_tiles)
 
+    ep = sub.add_parser(
+        "export-pt", help="a tile feature file as the seed's (features, labels) .pt tuple"
+    )
+    ep.add_argument("--features", required=True, help="results/tile_features/{task}/{teacher}.h5")
+    ep.add_argument("--out", required=True, help="the .pt to write (tensors only)")
+    ep.set_defaults(func=cmd_export_pt)
+
     sp = sub.add_parser("splits", help="validate a task's labels and write its fold splits")
     sp.add_argument("--spec", required=True, help="the task definition as JSON (from the config)")
     sp.add_argument("--slides", default=None, help="slide sheet (slide-level tasks)")
@@ -385,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="compare a task's models (CIs, paired test, figures, report)"
     )
     ev.add_argument("--spec", required=True, help="the task definition as JSON")
-    ev.add_argument("--slides", required=True, help="slide sheet")
+    ev.add_argument("--slides", help="slide sheet (slide tasks; a tile task has none)")
     ev.add_argument("--models", required=True, help="comma-separated model names of the task")
     ev.add_argument("--teachers", default="", help="comma-separated teachers of the run")
     ev.add_argument("--models-dir", required=True, help="results/models/{task}")

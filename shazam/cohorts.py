@@ -51,6 +51,7 @@ class TaskSpec:
     images: str | None = None
     mpp: float | None = None
     fit: str = "resize"
+    export_pt: bool = False  # also a `.pt` (features, labels) per teacher, the seed's format
 
     @property
     def kind(self) -> str:

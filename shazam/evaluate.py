@@ -49,6 +49,24 @@ from .splits import read_fold
 
 LATE_FUSION = "late-fusion"
 STUDENT = "shazam"
+TILE_STUDENT = "shazam-v1"
+
+
+def student_name(spec: TaskSpec) -> str:
+    """The student of a task: the slide-level Shazam, or the v1 classifier of a tile task."""
+    return TILE_STUDENT if spec.is_tile else STUDENT
+
+
+def unit_of(spec: TaskSpec) -> str:
+    """The prediction unit: one row per case (slide tasks) or per image (tile tasks). The
+    bootstrap always resamples cases: a tile task's images of one case are drawn together."""
+    return "image_id" if spec.is_tile else "case_id"
+
+
+def single_prefix(spec: TaskSpec) -> str:
+    return "mlp-" if spec.is_tile else "abmil-"
+
+
 PRIMARY = {"classification": "balanced_accuracy", "survival": "c_index"}
 SCALARS = {
     "classification": ("balanced_accuracy", "auc_macro", "f1_weighted", "f1_macro", "accuracy"),
@@ -133,7 +151,7 @@ def load_model_run(models_dir: str | os.PathLike, model: str, n_folds: int) -> M
                     f"model {model}, fold {k}: {d / f} is missing — train it first "
                     f"(snakemake {d / f}) or leave the model out of the evaluation"
                 )
-        preds.append(pd.read_csv(d / "predictions.csv", dtype={"case_id": str}))
+        preds.append(pd.read_csv(d / "predictions.csv", dtype={"case_id": str, "image_id": str}))
         metrics.append(json.loads((d / "metrics.json").read_text()))
         configs.append(
             json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
@@ -142,10 +160,11 @@ def load_model_run(models_dir: str | os.PathLike, model: str, n_folds: int) -> M
 
 
 def _check_predictions(run: ModelRun, spec: TaskSpec) -> None:
-    need = (
-        ["case_id", "label"] + [f"prob_{c}" for c in spec.classes]
-        if spec.type == "classification"
-        else ["case_id", "time", "event", "risk"]
+    need = ["case_id"] + (["image_id"] if spec.is_tile else [])
+    need += (
+        ["label"] + [f"prob_{c}" for c in spec.classes]
+        if spec.kind == "classification"
+        else ["time", "event", "risk"]
     )
     for k, df in enumerate(run.predictions):
         missing = [c for c in need if c not in df.columns]
@@ -155,7 +174,7 @@ def _check_predictions(run: ModelRun, spec: TaskSpec) -> None:
                 f"{', '.join(missing)} for a {spec.type} task — retrain the model with this "
                 "version of shazam"
             )
-        if spec.type == "classification":
+        if spec.kind == "classification":
             bad = sorted(set(df["label"].astype(str)) - set(spec.classes))
             if bad:
                 raise ValueError(
@@ -184,19 +203,47 @@ def percentile_ci(values, level: float = 0.95) -> tuple[float | None, float | No
     return float(lo), float(hi), int(len(v))
 
 
-def _resample(rng, sizes: list[int]) -> list[np.ndarray]:
-    return [rng.integers(0, n, n) for n in sizes]
+def case_clusters(case_ids) -> list[np.ndarray] | None:
+    """Row indices of each case (in order of first appearance), or None when every row is its
+    own case (then the plain row bootstrap is the case bootstrap)."""
+    ids = pd.Series(np.asarray(case_ids, dtype=str))
+    if not ids.duplicated().any():
+        return None
+    return [np.asarray(ix) for ix in ids.groupby(ids, sort=False).indices.values()]
 
 
-def bootstrap_ci(stat, n: int, n_boot: int = 1000, seed: int = 42, level: float = 0.95) -> dict:
+def _resample(rng, sizes: list[int], clusters: list | None = None) -> list[np.ndarray]:
+    """One resample per fold: ``sizes[k]`` rows with replacement, or — when ``clusters[k]``
+    lists the rows of each case — as many cases with replacement, all rows of each drawn case
+    (a cluster bootstrap: images of one patient are not independent)."""
+    out = []
+    for k, n in enumerate(sizes):
+        groups = clusters[k] if clusters is not None else None
+        if groups is None:
+            out.append(rng.integers(0, n, n))
+        else:
+            pick = rng.integers(0, len(groups), len(groups))
+            out.append(np.concatenate([groups[i] for i in pick]))
+    return out
+
+
+def bootstrap_ci(
+    stat,
+    n: int,
+    n_boot: int = 1000,
+    seed: int = 42,
+    level: float = 0.95,
+    clusters: list[np.ndarray] | None = None,
+) -> dict:
     """Case-level percentile bootstrap. ``stat(idx) -> {name: value or None}`` is evaluated on
-    ``n_boot`` resamples of ``range(n)``; returns ``{name: (low, high, n_valid)}``."""
+    ``n_boot`` resamples of ``range(n)`` (whole cases when ``clusters`` gives each case's rows);
+    returns ``{name: (low, high, n_valid)}``."""
     rng = np.random.default_rng(seed)
     draws: dict[str, list] = {}
     with warnings.catch_warnings():  # degenerate resamples: the metric is None, not a warning
         warnings.simplefilter("ignore", RuntimeWarning)
         for _ in range(n_boot):
-            (idx,) = _resample(rng, [n])
+            (idx,) = _resample(rng, [n], None if clusters is None else [clusters])
             for k, v in stat(idx).items():
                 draws.setdefault(k, []).append(v)
     return {k: percentile_ci(v, level) for k, v in draws.items()}
@@ -249,12 +296,14 @@ def paired_bootstrap(
     n_boot: int = 1000,
     seed: int = 42,
     level: float = 0.95,
+    clusters: list | None = None,
 ) -> tuple[list[float | None], float | None, tuple[float | None, float | None, int]]:
     """Paired, fold-stratified bootstrap of the mean per-fold difference a − b.
 
     ``metric_x(k, idx)`` is model x's metric on the cases ``idx`` of test fold k (or None).
     Each resample draws cases with replacement within every fold, the same draw for both
-    models, and averages the per-fold Δ. Returns (per-fold Δ, mean Δ, (low, high, n_valid))."""
+    models, and averages the per-fold Δ; ``clusters[k]`` (rows of each case of fold k, or
+    None) makes the draw one of whole cases. Returns (per-fold Δ, mean Δ, (low, high, n_valid))."""
 
     def deltas(idxs):
         out = []
@@ -271,7 +320,7 @@ def paired_bootstrap(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for _ in range(n_boot):
-            d = deltas(_resample(rng, sizes))
+            d = deltas(_resample(rng, sizes, clusters))
             draws.append(None if any(x is None for x in d) else float(np.mean(d)))
     return per_fold, mean, percentile_ci(draws, level)
 
@@ -287,7 +336,7 @@ def _class_arrays(df: pd.DataFrame, spec: TaskSpec) -> tuple[np.ndarray, np.ndar
 
 def prediction_arrays(df: pd.DataFrame, spec: TaskSpec, risk_col: str = "risk") -> tuple:
     """(y, prob) or (event, time, risk) as numpy arrays: resampling indexes these, not pandas."""
-    if spec.type == "classification":
+    if spec.kind == "classification":
         return _class_arrays(df, spec)
     return (
         df["event"].to_numpy().astype(bool),
@@ -300,7 +349,7 @@ def arrays_metrics(arrays: tuple, spec: TaskSpec, idx=None, train=None, only=Non
     """The training code's metric functions on (a resample ``idx`` of) prediction arrays.
     ``train``: (event, time) of the fold's training cases (survival IPCW C and td-AUC)."""
     a = arrays if idx is None else tuple(x[idx] for x in arrays)
-    if spec.type == "classification":
+    if spec.kind == "classification":
         return classification_metrics(a[0], a[1], len(spec.classes), only=only)
     tr_e, tr_t = train if train is not None else (None, None)
     return survival_metrics(a[0], a[1], a[2], None, tr_e, tr_t, None, only=only)
@@ -320,7 +369,8 @@ def late_fusion(runs: list[ModelRun], spec: TaskSpec) -> list[pd.DataFrame]:
         raise ValueError("late fusion needs at least one single-teacher model")
     fused = []
     for k in range(len(runs[0].predictions)):
-        tables = [r.predictions[k].set_index("case_id") for r in runs]
+        unit = unit_of(spec)
+        tables = [r.predictions[k].set_index(unit) for r in runs]
         ids = sorted(tables[0].index)
         for r, t in zip(runs, tables, strict=True):
             if sorted(t.index) != ids:
@@ -329,10 +379,10 @@ def late_fusion(runs: list[ModelRun], spec: TaskSpec) -> list[pd.DataFrame]:
                     f"{runs[0].name} — were they trained on the same splits? Retrain both."
                 )
         base = tables[0].loc[ids]
-        if spec.type == "classification":
+        if spec.kind == "classification":
             cols = [f"prob_{c}" for c in spec.classes]
             prob = np.mean([t.loc[ids, cols].to_numpy(dtype=float) for t in tables], axis=0)
-            df = pd.DataFrame({"case_id": ids, "label": base["label"].to_numpy()})
+            df = pd.DataFrame({unit: ids, "label": base["label"].to_numpy()})
             df["pred"] = [spec.classes[i] for i in prob.argmax(1)]
             for i, c in enumerate(cols):
                 df[c] = prob[:, i]
@@ -340,34 +390,39 @@ def late_fusion(runs: list[ModelRun], spec: TaskSpec) -> list[pd.DataFrame]:
             risk = np.mean([rank_normalise(t.loc[ids, "risk"]) for t in tables], axis=0)
             df = pd.DataFrame(
                 {
-                    "case_id": ids,
+                    unit: ids,
                     "time": base["time"].to_numpy(),
                     "event": base["event"].to_numpy(),
                     "risk": risk,
                 }
             )
+        if unit != "case_id":
+            df.insert(1, "case_id", base["case_id"].to_numpy())
         fused.append(df)
     return fused
 
 
 def pooled_predictions(run: ModelRun, spec: TaskSpec) -> pd.DataFrame:
-    """All folds' test predictions in one table (one row per case, sorted by case_id);
+    """All folds' test predictions in one table (one row per case — per image for a tile
+    task — sorted by it);
     survival gets ``risk_rank``, the within-fold rank-normalised risk."""
     parts = []
     for k, df in enumerate(run.predictions):
         df = df.copy()
         df["fold"] = k
-        if spec.type == "survival":
+        if spec.kind == "survival":
             df["risk_rank"] = rank_normalise(df["risk"])
         parts.append(df)
     pooled = pd.concat(parts, ignore_index=True)
-    dup = pooled["case_id"][pooled["case_id"].duplicated()].unique()
+    unit = unit_of(spec)
+    dup = pooled[unit][pooled[unit].duplicated()].unique()
     if len(dup):
+        what = "image(s)" if unit == "image_id" else "case(s)"
         raise ValueError(
-            f"model {run.name}: case(s) {', '.join(map(str, dup[:5]))} are in more than one "
+            f"model {run.name}: {what} {', '.join(map(str, dup[:5]))} are in more than one "
             "test fold — the test folds must partition the cohort (check the split files)"
         )
-    return pooled.sort_values("case_id").reset_index(drop=True)
+    return pooled.sort_values(unit).reset_index(drop=True)
 
 
 def pooled_metrics(pooled: pd.DataFrame, spec: TaskSpec, only=None) -> tuple[dict, dict]:
@@ -379,7 +434,7 @@ def pooled_metrics(pooled: pd.DataFrame, spec: TaskSpec, only=None) -> tuple[dic
 
 def fold_outcomes(spec: TaskSpec, sheet: pd.DataFrame, splits_dir, n_folds: int) -> list:
     """(event, time) of each fold's training cases (survival), else Nones."""
-    if spec.type != "survival":
+    if spec.kind != "survival":
         return [None] * n_folds
     cases = build_cohort(spec, sheet).cases.set_index("case_id")
     out = []
@@ -397,7 +452,7 @@ def fused_run(singles: list[ModelRun], spec: TaskSpec, train: list) -> ModelRun:
     metrics = []
     for k, df in enumerate(preds):
         m, r = prediction_metrics(df, spec, train[k])
-        if spec.type == "survival":  # say why, in the report's words
+        if spec.kind == "survival":  # say why, in the report's words
             r["ibs"] = "late fusion averages ranks: it has no survival function"
             r["logrank_p"] = "late fusion has no training-set risks for the cut-off"
         m.pop("confusion", None)
@@ -410,8 +465,8 @@ def per_fold_table(runs: dict[str, ModelRun], spec: TaskSpec) -> pd.DataFrame:
     for name, run in runs.items():
         for k, m in enumerate(run.metrics):
             reasons = m.get("reasons") or {}
-            for metric in (*SCALARS[spec.type], "n_cases", "n_events"):
-                if metric == "n_events" and spec.type != "survival":
+            for metric in (*SCALARS[spec.kind], "n_cases", "n_events"):
+                if metric == "n_events" and spec.kind != "survival":
                     continue
                 rows.append(
                     {
@@ -441,7 +496,7 @@ def summary_table(
     runs: dict[str, ModelRun], pooled: dict[str, pd.DataFrame], spec: TaskSpec, cfg: EvalConfig
 ) -> pd.DataFrame:
     rows = []
-    ci_metrics = CI_METRICS[spec.type]
+    ci_metrics = CI_METRICS[spec.kind]
     for name, run in runs.items():
         pm, pr = pooled_metrics(pooled[name], spec, only=ci_metrics)
         n = len(pooled[name])
@@ -451,8 +506,9 @@ def summary_table(
         def stat(idx, arrays=arrays):
             return arrays_metrics(arrays, spec, idx, only=ci_metrics)[0]
 
-        cis = bootstrap_ci(stat, n, cfg.n_boot, cfg.seed, cfg.level)
-        for metric in SCALARS[spec.type]:
+        clusters = case_clusters(pooled[name]["case_id"]) if spec.is_tile else None
+        cis = bootstrap_ci(stat, n, cfg.n_boot, cfg.seed, cfg.level, clusters)
+        for metric in SCALARS[spec.kind]:
             vals = [m.get(metric) for m in run.metrics]
             ok = [float(v) for v in vals if v is not None]
             reasons = _fold_reasons(run.metrics, metric)
@@ -514,8 +570,9 @@ def choose_baselines(summary: pd.DataFrame, singles: list[str], metric: str) -> 
 def compare(
     a: ModelRun, b: ModelRun, spec: TaskSpec, metric: str, label: str, cfg: EvalConfig
 ) -> Paired:
-    fa = [df.set_index("case_id") for df in a.predictions]
-    fb = [df.set_index("case_id") for df in b.predictions]
+    unit = unit_of(spec)
+    fa = [df.set_index(unit) for df in a.predictions]
+    fb = [df.set_index(unit) for df in b.predictions]
     ids = []
     for k, (x, y) in enumerate(zip(fa, fb, strict=True)):
         if sorted(x.index) != sorted(y.index):
@@ -535,8 +592,15 @@ def compare(
 
         return f
 
+    clusters = [case_clusters(t["case_id"]) for t in fa] if spec.is_tile else None
     per_fold, mean, (lo, hi, nv) = paired_bootstrap(
-        metric_of(fa), metric_of(fb), [len(i) for i in ids], cfg.n_boot, cfg.seed, cfg.level
+        metric_of(fa),
+        metric_of(fb),
+        [len(i) for i in ids],
+        cfg.n_boot,
+        cfg.seed,
+        cfg.level,
+        clusters,
     )
     p, note = wilcoxon_p(per_fold)
     return Paired(a.name, b.name, metric, label, per_fold, mean, lo, hi, nv, p, note)
@@ -633,7 +697,7 @@ def _save(fig, path: Path) -> Path:
 def fig_metrics(summary: pd.DataFrame, per_fold: pd.DataFrame, spec: TaskSpec, path: Path):
     plt = _plt()
     metrics = [
-        m for m in SCALARS[spec.type] if summary.loc[summary["metric"] == m, "mean"].notna().any()
+        m for m in SCALARS[spec.kind] if summary.loc[summary["metric"] == m, "mean"].notna().any()
     ]
     models = list(dict.fromkeys(summary["model"]))
     n = max(len(metrics), 1)
@@ -703,7 +767,7 @@ def fig_roc(pooled: dict[str, pd.DataFrame], summary: pd.DataFrame, spec: TaskSp
         if r is not None and pd.notna(r["pooled"]):
             lab += f" (AUC {r['pooled']:.2f}"
             lab += f", {r['ci_low']:.2f}–{r['ci_high']:.2f})" if pd.notna(r["ci_low"]) else ")"
-        ax.plot(fpr, tpr, lw=1.5 if name == STUDENT else 1, label=lab)
+        ax.plot(fpr, tpr, lw=1.5 if name == student_name(spec) else 1, label=lab)
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
     ax.set(
         xlabel="1 − specificity",
@@ -862,12 +926,20 @@ def _none(v):
 def describe_model(name: str, teachers: list[str], singles: list[str]) -> str:
     if name.startswith("abmil-"):
         return f"ABMIL on {name[len('abmil-') :]} features (single teacher)"
+    if name.startswith("mlp-"):
+        return f"MLP on {name[len('mlp-') :]} image features (single teacher)"
     if name == LATE_FUSION:
         return f"average of the {len(singles)} single-teacher predictions (no training)"
     if name == "concat":
         return "ABMIL on the concatenated teacher features (early fusion)"
+    if name == "concat-mlp":
+        return "MLP on the concatenated teacher image features (early fusion)"
     if name == STUDENT:
         return f"Shazam student distilled from {len(teachers)} teachers"
+    if name == TILE_STUDENT:
+        return f"Shazam v1 classifier (teachers as tokens), distilled from {len(teachers)} teachers"
+    if name == f"{TILE_STUDENT}-nodistill":
+        return "Shazam v1 ablation: without distillation"
     if name.startswith("shazam-"):
         what = {
             "nodistill": "without distillation",
@@ -964,7 +1036,7 @@ def evaluate_task(
     spec: TaskSpec,
     models: list[str],
     teachers: list[str],
-    sheet: pd.DataFrame,
+    sheet: pd.DataFrame | None,
     models_dir: str | os.PathLike,
     splits_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -978,12 +1050,13 @@ def evaluate_task(
     fig_dir.mkdir(parents=True, exist_ok=True)
     for old in fig_dir.glob("*.png"):  # a figure that no longer applies must not linger
         old.unlink()
-    k = spec.folds
-    metric = PRIMARY[spec.type]
+    k = spec.n_folds
+    metric = PRIMARY[spec.kind]
+    student = student_name(spec)
     runs = {m: load_model_run(models_dir, m, k) for m in models}
     for r in runs.values():
         _check_predictions(r, spec)
-    singles = [m for m in models if m.startswith("abmil-")]
+    singles = [m for m in models if m.startswith(single_prefix(spec))]
     train = fold_outcomes(spec, sheet, splits_dir, k)
     if len(singles) >= 2:
         fused = fused_run([runs[m] for m in singles], spec, train)
@@ -995,7 +1068,7 @@ def evaluate_task(
     summary = summary_table(runs, pooled, spec, cfg)
     chosen = choose_baselines(summary, singles, metric)
     pairs = []
-    if STUDENT in runs:
+    if student in runs:
         done = {}
         for key, label in (
             ("val", "best single teacher, chosen on validation"),
@@ -1005,7 +1078,7 @@ def evaluate_task(
             if b is None:
                 continue
             if b not in done:
-                done[b] = compare(runs[STUDENT], runs[b], spec, metric, label, cfg)
+                done[b] = compare(runs[student], runs[b], spec, metric, label, cfg)
                 pairs.append(done[b])
             else:  # the same teacher: one comparison, both labels
                 done[b].label += " (also the best on test)"
@@ -1015,8 +1088,8 @@ def evaluate_task(
     teachers_df = teacher_facts(feature_files) if feature_files else pd.DataFrame()
 
     figures = {"metrics": fig_metrics(summary, per_fold, spec, fig_dir / "metrics.png")}
-    focus = [m for m in (STUDENT, chosen.get("val")) if m in runs] or [next(iter(runs))]
-    if spec.type == "classification":
+    focus = [m for m in (student, chosen.get("val")) if m in runs] or [next(iter(runs))]
+    if spec.kind == "classification":
         figures["roc"] = fig_roc(pooled, summary, spec, fig_dir / "roc.png")
         figures["confusion"] = fig_confusion(
             pooled[focus[0]], spec, focus[0], fig_dir / "confusion.png"
@@ -1071,7 +1144,7 @@ def evaluate_task(
 
 
 def _answer(spec, summary, pairs, chosen, teachers, runs) -> list[str]:
-    metric = PRIMARY[spec.type]
+    metric = PRIMARY[spec.kind]
     label = METRIC_LABELS[metric]
     s = summary[summary["metric"] == metric].set_index("model")
 
@@ -1082,7 +1155,8 @@ def _answer(spec, summary, pairs, chosen, teachers, runs) -> list[str]:
             f"mean over folds {_fmt(_none(r['mean']))} ± {_fmt(_none(r['sd']))})"
         )
 
-    if STUDENT not in runs:
+    student = student_name(spec)
+    if student not in runs:
         why = (
             f"This run has {len(teachers)} teacher"
             + ("" if len(teachers) == 1 else "s")
@@ -1100,10 +1174,11 @@ def _answer(spec, summary, pairs, chosen, teachers, runs) -> list[str]:
         )
     if not pairs:
         return [
-            f"The student reaches pooled {label} {est(STUDENT)}; no single-teacher "
+            f"The student reaches pooled {label} {est(student)}; no single-teacher "
             "baseline has a defined validation score, so there is no paired comparison."
         ]
     p = pairs[0]
+    shown = "Shazam v1" if spec.is_tile else "Shazam"
     if p.mean is None:
         return [
             f"The paired difference is undefined on these folds ({label} missing); see "
@@ -1120,7 +1195,7 @@ def _answer(spec, summary, pairs, chosen, teachers, runs) -> list[str]:
             "(no evidence either way at this cohort size)"
         )
     lines = [
-        f"**Shazam** reaches pooled out-of-fold {label} {est(STUDENT)}; the best single teacher "
+        f"**{shown}** reaches pooled out-of-fold {label} {est(student)}; the best single teacher "
         f"chosen on validation, **{p.b}**, reaches {est(p.b)}.",
         f"Mean per-fold Δ = **{_signed(p.mean)}** (paired bootstrap 95% CI "
         f"{_signed(p.ci_low)} to {_signed(p.ci_high)}; Wilcoxon signed-rank p = "
@@ -1151,27 +1226,39 @@ def build_document(
     cfg,
     settings,
 ) -> Doc:
-    metric = PRIMARY[spec.type]
+    metric = PRIMARY[spec.kind]
     doc = Doc()
-    if spec.type == "classification":
+    n_folds = spec.n_folds
+    unit_word, student_is, baseline_is = "slides", "the Shazam student", "an attention-MIL model"
+    if spec.is_tile:
+        what = f"classifying region-of-interest images as {' vs '.join(spec.classes)}"
+        unit_word, student_is, baseline_is = "images", "the Shazam v1 classifier", "an MLP"
+    elif spec.kind == "classification":
         what = f"predicting {' vs '.join(spec.classes)} from the slides"
     else:
         what = "predicting survival (time to event) from the slides"
-    n_cases = int(dataset.loc[dataset["fold"] == dataset["fold"].min(), "cases"].sum())
-    n_slides = int(dataset.loc[dataset["fold"] == dataset["fold"].min(), "slides"].sum())
+    first = dataset["fold"] == dataset["fold"].min()
+    n_cases = int(dataset.loc[first, "cases"].sum())
+    n_items = int(dataset.loc[first, unit_word].sum()) if unit_word in dataset else None
+    counted = f"{n_cases} cases" + (f", {n_items} {unit_word}" if n_items is not None else "")
+    design = (
+        f"{n_folds}-fold cross-validation"
+        if n_folds > 1
+        else "the dataset's own train/val/test split"
+    )
     doc.h(1, f"Task {spec.name}: does the distilled student beat the best single foundation model?")
     doc.p(
-        f"**Question.** For {what} ({n_cases} cases, {n_slides} slides, {spec.folds}-fold "
-        f"cross-validation), is the Shazam student, distilled from {len(teachers)} pathology "
-        f"foundation model(s) ({', '.join(teachers)}), better than an attention-MIL model on the "
-        f"single best foundation model's features? Main metric: **{METRIC_LABELS[metric]}**."
+        f"**Question.** For {what} ({counted}, {design}), is {student_is}, distilled from "
+        f"{len(teachers)} pathology foundation model(s) ({', '.join(teachers)}), better than "
+        f"{baseline_is} on the single best foundation model's features? Main metric: "
+        f"**{METRIC_LABELS[metric]}**."
     )
     doc.h(2, "Answer")
     for line in _answer(spec, summary, pairs, chosen, teachers, runs):
         doc.p(line)
 
     doc.h(2, "Results per model")
-    cols = SCALARS[spec.type]
+    cols = SCALARS[spec.kind]
     rows = []
     for name in runs:
         s = summary[summary["model"] == name].set_index("metric")
@@ -1181,18 +1268,20 @@ def build_document(
             cell = f"{_fmt(_none(r['mean']), m)}"
             if _none(r["sd"]) is not None:
                 cell += f" ± {_fmt(r['sd'], m)}"
-            if m in CI_METRICS[spec.type]:
+            if m in CI_METRICS[spec.kind]:
                 cell += f" (pooled {_fmt(_none(r['pooled']), m)}, {_ci(r['ci_low'], r['ci_high'])})"
             row[METRIC_LABELS[m]] = cell
         rows.append(row)
     doc.table(pd.DataFrame(rows))
     doc.p(
-        f"Mean ± SD over the {spec.folds} test folds; in brackets the pooled out-of-fold "
+        f"Mean ± SD over the {n_folds} test fold(s); in brackets the pooled out-of-fold "
         f"estimate with its case-level bootstrap {int(cfg.level * 100)}% CI ({cfg.n_boot} "
-        f"resamples, seed {cfg.seed}). "
+        f"resamples, seed {cfg.seed}"
+        + ("; each draw takes all images of a drawn case" if spec.is_tile else "")
+        + "). "
         + (
             "Lower is better for the integrated Brier score and the log-rank p. "
-            if spec.type == "survival"
+            if spec.kind == "survival"
             else ""
         )
         + "Full numbers: `summary.tsv` (per model and metric) and `per_fold.tsv` (per fold)."
@@ -1237,8 +1326,8 @@ def build_document(
         doc.img(path, f"figures/{path.name}", FIGURE_CAPTIONS[name])
 
     doc.h(2, "Dataset")
-    if spec.type == "classification":
-        total = ", ".join(
+    if spec.kind == "classification":
+        total = ("cases per class: " if spec.is_tile else "") + ", ".join(
             f"{c}: {int(dataset.loc[dataset['fold'] == 0, f'n_{c}'].sum())}"
             for c in spec.classes
             if f"n_{c}" in dataset
@@ -1247,8 +1336,12 @@ def build_document(
         ev = int(dataset.loc[dataset["fold"] == 0, "events"].sum())
         total = f"{ev} events, {n_cases - ev} censored"
     doc.p(
-        f"{n_cases} cases ({n_slides} slides; {total}). Cases per fold and split "
-        "(every case is in the test split of exactly one fold):"
+        f"{counted} ({total}). Cases per fold and split "
+        + (
+            "(every case is in the test split of exactly one fold):"
+            if n_folds > 1
+            else "(the dataset's own split):"
+        )
     )
     doc.table(dataset)
 
@@ -1268,16 +1361,31 @@ def build_document(
             ("epochs", "epochs"),
             ("lr", "AdamW lr"),
             ("weight_decay", "weight decay"),
-            ("accumulate", "bags per step"),
+            ("accumulate", "images per step" if spec.is_tile else "bags per step"),
             ("seed", "seed"),
         )
         if key in train
     )
-    strat = "class" if spec.type == "classification" else "event × time quantile"
+    strat = "class" if spec.kind == "classification" else "event × time quantile"
+    if n_folds == 1:
+        split_line = (
+            "Splits: the dataset's own train/val/test assignment (one fold); all images of a "
+            "case must share a split."
+        )
+    else:
+        split_line = (
+            f"Splits: {'case' if spec.is_tile else 'patient'}-level, stratified ({strat}), "
+            f"{n_folds} folds whose test parts partition the cohort; validation is "
+            f"{spec.val_fraction:.0%} of each fold's non-test cases (split seed {spec.seed})"
+            + (
+                ". All images of a case are in the same split (image-level when the dataset "
+                "has no case ids)."
+                if spec.is_tile
+                else "."
+            )
+        )
     items = [
-        f"Splits: patient-level, stratified ({strat}), "
-        f"{spec.folds} folds whose test parts partition the cohort; validation is "
-        f"{spec.val_fraction:.0%} of each fold's non-test cases (split seed {spec.seed}).",
+        split_line,
         "Every model trains on the same splits with the same budget"
         + (f" ({budget})" if budget else "")
         + f". The checkpoint is selected on **validation** {METRIC_LABELS[metric]} (ties: lower "
@@ -1292,12 +1400,12 @@ def build_document(
         "Late fusion averages the single teachers' "
         + (
             "class probabilities"
-            if spec.type == "classification"
+            if spec.kind == "classification"
             else "within-fold rank-normalised risks"
         )
         + "; it is not trained.",
     ]
-    if spec.type == "survival":
+    if spec.kind == "survival":
         bins = next(
             (c.get("bins") for r in runs.values() for c in r.configs if c.get("bins")), None
         )
@@ -1311,8 +1419,10 @@ def build_document(
         )
     items.append(
         f"Uncertainty: mean ± SD over folds; case-level percentile bootstrap of the pooled "
-        f"out-of-fold predictions ({cfg.n_boot} resamples, seed {cfg.seed}); paired comparison "
-        "by a fold-stratified paired bootstrap and the Wilcoxon signed-rank test over folds."
+        f"out-of-fold predictions ({cfg.n_boot} resamples, seed {cfg.seed}"
+        + ("; a drawn case brings all its images" if spec.is_tile else "")
+        + "); paired comparison by a fold-stratified paired bootstrap and the Wilcoxon "
+        "signed-rank test over folds."
     )
     doc.ul(items)
     if settings:

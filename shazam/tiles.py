@@ -376,6 +376,21 @@ def write_tile_features(path, images: pd.DataFrame, feats, sizes, eff, meta: dic
                 f.attrs[k] = v
 
 
+def export_pt(features_h5: str | os.PathLike, out_pt: str | os.PathLike) -> tuple[int, int]:
+    """The seed's tile format from a tile feature file: ``torch.save`` of the tuple
+    ``(features, labels)`` — the canonical embedding as float32 ``[N, C]`` and class indices
+    as int64 ``[N]``, in the feature file's image order — tensors only, so it loads with
+    ``torch.load(path, weights_only=True)``. Written atomically; returns (N, C)."""
+    import torch
+
+    feats, rows, _ = read_tile_features(features_h5)
+    x = torch.from_numpy(np.ascontiguousarray(feats["high"], dtype=np.float32))
+    y = torch.from_numpy(rows["y"].to_numpy(dtype=np.int64))
+    with atomic_path(out_pt) as tmp:
+        torch.save((x, y), tmp)
+    return tuple(x.shape)
+
+
 def read_tile_features(path, levels=("high",)) -> tuple[dict, pd.DataFrame, dict]:
     """({level: (N, D)}, frame image_id/case_id/y, attrs) of one task and teacher."""
     with h5py.File(path, "r") as f:

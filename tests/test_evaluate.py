@@ -13,7 +13,9 @@ from shazam.evaluate import (
     LATE_FUSION,
     EvalConfig,
     ModelRun,
+    _resample,
     bootstrap_ci,
+    case_clusters,
     compare,
     evaluate_task,
     late_fusion,
@@ -66,6 +68,37 @@ def test_bootstrap_ci_of_a_perfect_model_is_a_point():
         n_boot=200,
     )
     assert cis["auc_macro"][:2] == (1.0, 1.0)
+
+
+def test_case_clusters_group_rows_of_a_case():
+    assert case_clusters(["a", "b", "c"]) is None  # one row per case: the plain bootstrap
+    groups = case_clusters(["a", "b", "a", "c", "b"])
+    assert [list(g) for g in groups] == [[0, 2], [1, 4], [3]]
+
+
+def test_cluster_bootstrap_draws_whole_cases():
+    """40 cases of 10 identical images, 70% of cases right: images are not independent, so
+    the CI must be the case-level one (±0.14), not the image-level one (±0.045)."""
+    n_cases, per = 40, 10
+    case_right = np.arange(n_cases) % 10 < 7
+    y = np.repeat(np.arange(n_cases) % 2, per)
+    pred = np.where(np.repeat(case_right, per), y, 1 - y)
+    prob = np.eye(2)[pred]
+    cases = np.repeat([f"c{i}" for i in range(n_cases)], per)
+
+    def stat(idx):
+        return classification_metrics(y[idx], prob[idx], 2, only=("accuracy",))[0]
+
+    n = n_cases * per
+    lo, hi, _ = bootstrap_ci(stat, n, n_boot=400, seed=0, clusters=case_clusters(cases))["accuracy"]
+    nlo, nhi, _ = bootstrap_ci(stat, n, n_boot=400, seed=0)["accuracy"]
+    half = 1.96 * np.sqrt(0.7 * 0.3 / n_cases)
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.25)
+    assert (hi - lo) > 2.5 * (nhi - nlo)
+    # every draw is whole cases: each sampled index set holds a multiple of 10 per case
+    (idx,) = _resample(np.random.default_rng(1), [n], [case_clusters(cases)])
+    counts = pd.Series(cases[idx]).value_counts()
+    assert len(idx) == n and (counts % per == 0).all()
 
 
 def _cls_folds(rng, n_folds=5, n=30, skill=0.0):

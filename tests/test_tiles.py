@@ -16,6 +16,7 @@ from shazam.models.shazam import cosine_huber
 from shazam.models.tile import ShazamV1, build_tile_model, tile_model_names
 from shazam.tiles import (
     TileStore,
+    export_pt,
     extract_tiles,
     fit_image,
     load_tile_dataset,
@@ -172,6 +173,13 @@ def test_folder_dataset_with_mixed_sizes_extracts_in_listing_order(tmp_path):
     alone, _, _ = read_tile_features(tmp_path / "s.h5")
     np.testing.assert_allclose(alone["high"][0], feats["high"][2], rtol=1e-4, atol=1e-5)
     assert not np.allclose(feats["high"][2], feats["high"][3])
+
+    # the seed's .pt: a (features, labels) tuple of tensors, loadable with weights_only=True
+    assert export_pt(out, tmp_path / "f.pt") == (4, 512)
+    x, y = torch.load(tmp_path / "f.pt", weights_only=True)
+    assert x.dtype == torch.float32 and y.dtype == torch.int64 and y.tolist() == [0, 0, 1, 1]
+    np.testing.assert_array_equal(x.numpy(), feats["high"].astype(np.float32))
+    assert [p.name for p in tmp_path.glob(".f.pt*")] == []  # no temporary left behind
 
 
 def test_unreadable_image_is_named(tmp_path):

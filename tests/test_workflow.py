@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import BIN, REPO, run_snakemake
 
 from shazam.demo import CLASSES, demo_plan, demo_tiles_plan
@@ -48,7 +49,7 @@ def test_dry_run_lists_expected_jobs(fresh_workdir):
     assert counts["train_baseline"] == 2 * 2 * 5  # tasks x teachers x folds
     assert counts["train_fusion"] == 2 * 5
     assert counts["train_shazam"] == 2 * 2 * 5  # tasks x (shazam, shazam-nodistill) x folds
-    assert counts["evaluate"] == 2  # one report per task
+    assert counts["evaluate"] == 3  # one report per task (subtype, os and the tile task)
     # the tile task: demo images, one feature file per teacher, folds, 5 models x 2 folds
     assert counts["make_demo_tiles"] == counts["make_splits_tiles"] == 1
     assert counts["extract_tile_features"] == 2
@@ -60,7 +61,7 @@ def test_dry_run_lists_expected_jobs(fresh_workdir):
 def test_one_teacher_dry_run_still_reports_every_task(fresh_workdir):
     p = run_snakemake(fresh_workdir, "-n", "--cores", "2", "--config", "teachers=['toy_vit']")
     counts = _job_counts(p.stdout)
-    assert counts["train_baseline"] == 2 * 5 and counts["evaluate"] == 2
+    assert counts["train_baseline"] == 2 * 5 and counts["evaluate"] == 3
     assert "train_shazam" not in counts and "train_fusion" not in counts
 
 
@@ -86,7 +87,7 @@ def test_tile_only_config_needs_no_slide_sheet(tmp_path):
     )
     counts = _job_counts(run_snakemake(tmp_path, "-n", "--cores", "2").stdout)
     assert counts == {"extract_tile_features": 2, "make_splits_crc": 1, "train_tile_model": 15,
-                      "all": 1, "total": 19}  # fmt: skip
+                      "evaluate": 1, "all": 1, "total": 20}  # fmt: skip
     (tmp_path / "config/config.yaml").write_text(
         "tasks: {s: {type: classification, labels: l.csv, classes: [a, b]}}\n"
     )
@@ -250,6 +251,10 @@ def test_demo_run_trains_the_tile_task(demo_run):
         with h5py.File(path) as f:  # mixed image sizes went through
             assert len({tuple(hw) for hw in f["image_size"][:]}) == 4
         assert attrs["teacher"] == teacher and attrs["mpp_source"] == "declared"
+        # export_pt: the seed's (features, labels) tuple, the same rows
+        x, y = torch.load(path.with_suffix(".pt"), weights_only=True)
+        np.testing.assert_array_equal(x.numpy(), feats["high"].astype(np.float32))
+        assert y.tolist() == list(rows["y"])
     for m in TILE_MODELS:
         bacc = []
         for k in range(2):
@@ -396,25 +401,30 @@ def test_demo_run_reports_every_task(demo_run):
     wd, _ = demo_run
     cfg = _demo_config(wd)
     assert cfg["tasks"] and len(cfg["teachers"]) >= 2  # the demo: two tasks, two teachers
-    slide_tasks = {k: t for k, t in cfg["tasks"].items() if t["type"] != "tile_classification"}
-    for task, t in slide_tasks.items():
+    assert {t["type"] for t in cfg["tasks"].values()} == {
+        "classification", "survival", "tile_classification"}  # fmt: skip
+    for task, t in cfg["tasks"].items():
+        tile = t["type"] == "tile_classification"
         d = wd / "results/report" / task
         for f in ("report.md", "report.html", "summary.tsv", "per_fold.tsv", "comparison.tsv",
                   "dataset.tsv"):  # fmt: skip
             assert (d / f).stat().st_size > 0, d / f
         assert (wd / f"logs/evaluate/{task}.log").exists()
         figures = {p.stem: p for p in (d / "figures").glob("*.png")}
-        per_type = {"roc", "confusion"} if t["type"] == "classification" else {"km"}
-        assert set(figures) == {"metrics", "gate", "delta"} | per_type
+        per_type = {"km"} if t["type"] == "survival" else {"roc", "confusion"}
+        gate = set() if tile else {"gate"}  # the v1 tile classifier has no gate
+        assert set(figures) == {"metrics", "delta"} | gate | per_type
         for png in figures.values():
             _assert_png(png)
         summary = pd.read_csv(d / "summary.tsv", sep="\t")
-        singles = {f"abmil-{x}" for x in cfg["teachers"]}
-        assert singles | {"late-fusion", "concat", "shazam"} <= set(summary["model"])
+        prefix, student = ("mlp-", "shazam-v1") if tile else ("abmil-", "shazam")
+        singles = {f"{prefix}{x}" for x in cfg["teachers"]}
+        fused = {"concat-mlp", "shazam-v1-nodistill"} if tile else {"concat"}
+        assert singles | fused | {"late-fusion", student} <= set(summary["model"])
         primary = summary[summary["metric"].isin(["balanced_accuracy", "c_index"])]
         assert primary["pooled"].notna().all() and (primary["ci_low"] <= primary["ci_high"]).all()
         comparison = pd.read_csv(d / "comparison.tsv", sep="\t")
-        assert set(comparison["student"]) == {"shazam"}
+        assert set(comparison["student"]) == {student}
         assert set(comparison["baseline"]) <= singles
         assert "validation" in comparison.iloc[0]["comparison"]
         md = (d / "report.md").read_text()
@@ -422,6 +432,11 @@ def test_demo_run_reports_every_task(demo_run):
                  "## Dataset", "## Protocol", "## Software and teachers"]  # fmt: skip
         assert [md.index(h) for h in heads] == sorted(md.index(h) for h in heads)
         assert "95% CI" in md and all(f"figures/{n}.png" in md for n in figures)
+        if tile:  # counted in images and cases; the bootstrap draws whole cases
+            plan = demo_tiles_plan(0, cfg["demo"]["tile_cases"])
+            n_cases = len({p.case_id for p in plan})
+            assert f"{n_cases} cases, {len(plan)} images" in md
+            assert "a drawn case brings all its images" in md
         html = (d / "report.html").read_text()
         assert html.count("data:image/png;base64,") == len(figures)
 
@@ -439,9 +454,7 @@ def test_snakemake_report_contains_figures_tables_and_thumbnails(demo_run):
     thumbs = sorted(wd.glob("results/qc/tiling/*.png"))
     for png in pngs + thumbs[:3]:
         assert base64.b64encode(png.read_bytes()).decode() in html, png
-    for task, t in _demo_config(wd)["tasks"].items():
-        if t["type"] == "tile_classification":  # reports cover slide tasks
-            continue
+    for task in _demo_config(wd)["tasks"]:  # slide and tile tasks
         summary = (wd / f"results/report/{task}/summary.tsv").read_bytes()
         assert base64.b64encode(summary).decode() in html
 
