@@ -24,6 +24,105 @@ def key(teacher: str, level: str) -> str:
     return f"{teacher}:{level}"
 
 
+class Standardizer:
+    """Per-dimension z-scoring of each ``teacher:level`` with the mean and SD of the **training**
+    rows only (every patch of every training bag; every training image of a tile task).
+
+    Foundation-model embeddings carry a large offset shared by every patch (on the demo's
+    teachers the mean vector's norm is 4-10x the spread around it). Raw, that offset dominates
+    every projection unit's pre-activation, so with Adam whole ReLU layers go silent within a
+    few epochs on a small cohort and the model never learns; centred and scaled, the signal is
+    what the units see. The statistics travel with the weights (``input_scaler.*`` tensors in
+    ``model.safetensors``) so the same transform applies to any new slide."""
+
+    def __init__(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]], ids: tuple = ()):
+        self.stats = stats  # key -> (mean, sd), float32 (C,)
+        self.ids = ids  # the training ids the statistics come from
+
+    @classmethod
+    def fit(cls, chunks, keys, ids: list[str]) -> Standardizer:
+        """``chunks(ids, key)`` yields the training rows in (n, C) pieces; moments accumulate
+        in float64 piece by piece (no second copy of the data)."""
+        stats = {}
+        for k in keys:
+            n, s, ss = 0, None, None
+            for x in chunks(ids, k):
+                x = x.double()
+                if not len(x):
+                    continue
+                s = x.sum(0) if s is None else s + x.sum(0)
+                ss = (x * x).sum(0) if ss is None else ss + (x * x).sum(0)
+                n += len(x)
+            if n < 2:
+                raise ValueError(
+                    f"cannot standardise {k}: {n} training row(s); a fold needs training "
+                    "cases with patches (or set training.standardize: false)"
+                )
+            mean = s / n
+            var = (ss / n - mean * mean).clamp_min(0) * (n / (n - 1))
+            # a constant dimension keeps its scale (sd 1) instead of blowing up
+            sd = torch.where(var.sqrt() > 1e-6, var.sqrt(), torch.ones_like(var))
+            stats[k] = (mean.float(), sd.float())
+        return cls(stats, tuple(sorted(ids)))
+
+    def apply(self, k: str, x: torch.Tensor) -> torch.Tensor:
+        mean, sd = self.stats[k]
+        return ((x.float() - mean) / sd).to(x.dtype)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """For ``model.safetensors``: ``input_scaler.{key}.mean`` / ``.sd``."""
+        out = {}
+        for k, (mean, sd) in self.stats.items():
+            out[f"{SCALER_PREFIX}{k}.mean"] = mean.contiguous()
+            out[f"{SCALER_PREFIX}{k}.sd"] = sd.contiguous()
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> Standardizer | None:
+        keys = sorted(
+            {
+                n[len(SCALER_PREFIX) :].rsplit(".", 1)[0]
+                for n in tensors
+                if n.startswith(SCALER_PREFIX)
+            }
+        )
+        if not keys:
+            return None
+        return cls(
+            {
+                k: (tensors[f"{SCALER_PREFIX}{k}.mean"], tensors[f"{SCALER_PREFIX}{k}.sd"])
+                for k in keys
+            }
+        )
+
+
+SCALER_PREFIX = "input_scaler."
+
+
+def split_checkpoint(tensors: dict[str, torch.Tensor]):
+    """``model.safetensors`` → (the model's state dict, its :class:`Standardizer` or None)."""
+    state = {n: v for n, v in tensors.items() if not n.startswith(SCALER_PREFIX)}
+    return state, Standardizer.from_tensors(tensors)
+
+
+def standardize_store(store, ids: list[str]) -> Standardizer:
+    """Z-score a store's features in place with the statistics of ``ids`` (its training items)
+    — once: a second call with the same ids returns the same transform, other ids are refused
+    (the store would be standardised twice)."""
+    done = getattr(store, "standardizer", None)
+    if done is not None:
+        if done.ids != tuple(sorted(ids)):
+            raise ValueError(
+                "this feature store was standardised with other training cases; build one "
+                "store per fold"
+            )
+        return done
+    sc = Standardizer.fit(store.chunks, store.keys, list(ids))
+    store.apply_standardizer(sc)
+    store.standardizer = sc
+    return sc
+
+
 class BagStore:
     """``bags[case]["teacher:level"]`` = 16-bit tensor (N, C), rows aligned across teachers
     (and levels, which share their teacher's rows)."""
@@ -95,6 +194,17 @@ class BagStore:
 
     def size(self, case: str) -> int:
         return int(next(iter(self.bags[case].values())).shape[0])
+
+    def chunks(self, cases: list[str], k: str):
+        """The rows of ``cases`` for one key, bag by bag."""
+        for c in cases:
+            yield self.bags[c][k]
+
+    def apply_standardizer(self, sc: Standardizer) -> None:
+        """In place, bag by bag (computed in float32, kept in the store's dtype)."""
+        for bag in self.bags.values():
+            for k, v in bag.items():
+                bag[k] = sc.apply(k, v)
 
     def batch(
         self,

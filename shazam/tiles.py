@@ -453,6 +453,15 @@ class TileStore:
     def size(self, _image: str) -> int:
         return 1
 
+    def chunks(self, images: list[str], k: str):
+        """The rows of ``images`` for one key, in pieces of up to 65,536."""
+        rows = torch.as_tensor([self.index[i] for i in images], dtype=torch.long)
+        for s in range(0, len(rows), 65536):
+            yield self.data[k].index_select(0, rows[s : s + 65536])
+
+    def apply_standardizer(self, sc) -> None:
+        self.data = {k: sc.apply(k, v) for k, v in self.data.items()}
+
     def to_dtype(self, dtype: torch.dtype) -> TileStore:
         """Convert the features in place (see ``BagStore.to_dtype``)."""
         self.data = {k: v.to(dtype) for k, v in self.data.items()}

@@ -51,6 +51,9 @@ class TrainConfig:
     patience: int = 0  # early stopping: epochs without a better val key (0: train all epochs)
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16
+    # z-score each teacher:level per dimension with the training cases' mean and SD (stored
+    # with the weights); see bags.Standardizer for why
+    standardize: bool = True
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -92,14 +95,31 @@ class Engine:
         self.spec, self.store, self.targets, self.cfg = spec, store, targets, cfg
         self.device, self._lock = select_device(cfg.device)
         self.amp = autocast_dtype(cfg.precision, self.device, cpu_bf16=True)
-        if self.amp == torch.bfloat16:  # 16-bit either way: convert once, not every batch
-            store.to_dtype(torch.bfloat16)
+        self.standardizer = None
+        self._prepared = False
         self.model = model.to(self.device)
         self.class_weight = None
         self._train_risk: tuple[tuple, np.ndarray] | None = None  # (train ids, risks) cache
 
+    def prepare(self, train_ids: list[str]) -> None:
+        """Once, before any batch: standardise the store with the training items' statistics
+        (``cfg.standardize``), then convert it to bfloat16 when computing in bf16 (16-bit
+        either way: converted once, not every batch; after z-scoring, so the offset that
+        standardisation removes does not eat bf16's 8-bit mantissa)."""
+        if self._prepared:
+            return
+        if self.cfg.standardize:
+            from .bags import standardize_store
+
+            self.standardizer = standardize_store(self.store, train_ids)
+        if self.amp == torch.bfloat16:
+            self.store.to_dtype(torch.bfloat16)
+        self._prepared = True
+
     # -- one batch
     def _forward(self, ids, train: bool, rng=None):
+        if not self._prepared:
+            raise RuntimeError("Engine.prepare(train_ids) (or fit) must run before any batch")
         feats, mask = self.store.batch(
             ids, self.cfg.max_patches if train else None, rng, self.device,
             dtype=self.amp or torch.float32,
@@ -121,6 +141,7 @@ class Engine:
     # -- training
     def fit(self, train_ids: list[str], val_ids: list[str], log=print):
         cfg = self.cfg
+        self.prepare(train_ids)
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         if self.spec.kind == "classification" and cfg.class_weights == "balanced":
@@ -322,9 +343,10 @@ def fit_and_write(
     from safetensors.torch import save_file
 
     with atomic_path(out / "model.safetensors") as tmp:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in eng.model.state_dict().items()}, str(tmp)
-        )
+        tensors = {k: v.detach().cpu().contiguous() for k, v in eng.model.state_dict().items()}
+        if eng.standardizer is not None:  # the input transform travels with the weights
+            tensors.update(eng.standardizer.tensors())
+        save_file(tensors, str(tmp))
     n_out = len(spec.classes) if spec.kind == "classification" else spec.n_bins
     write_json_atomic(
         out / "config.json",

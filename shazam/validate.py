@@ -64,7 +64,7 @@ class Size:
     epochs: int
 
 
-QUICK = Size(n_train=320, n_val=64, n_test=128, patches=(24, 48), epochs=15)
+QUICK = Size(n_train=480, n_val=64, n_test=128, patches=(24, 48), epochs=15)
 FULL = Size(n_train=480, n_val=120, n_test=240, patches=(32, 96), epochs=20)
 
 
@@ -339,6 +339,7 @@ class Validator:
         model = _build(r, store.dims, n_out, self.cfg)
         eng = Engine(model, c.spec, store, c.targets(), self.cfg)
         test = c.split["test"]
+        eng.prepare(c.split["train"])  # standardised inputs before the "before" cosine too
         before = self._cosine(eng, test) if r.model == "shazam" else None
         eng.fit(c.split["train"], c.split["val"], log=log.debug)
         ev = eng.evaluate(test, c.split["train"])

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from shazam.bags import BagStore, split_checkpoint, standardize_store
 from shazam.cohorts import TaskSpec
 from shazam.models import build_model
 from shazam.training import TrainConfig, train_fold
@@ -78,9 +79,42 @@ def test_training_learns_and_writes_every_output(tmp_path, model):
     assert list(pred.columns) == ["case_id", "label", "pred", "prob_A", "prob_B"] and len(pred) == 6
     hist = pd.read_csv(out / "history.csv")
     assert len(hist) == CFG.epochs and "val_balanced_accuracy" in hist
-    # the weights load back into the architecture (safetensors, no pickle)
+    # the weights load back into the architecture (safetensors, no pickle), strictly; the
+    # input standardisation travels with them, one mean and SD per teacher:level used
+    state, scaler = split_checkpoint(load_file(out / "model.safetensors"))
     net = build_model(model, cfg["dims"], 2, CFG.d_model, CFG.dropout)
-    net.load_state_dict(load_file(out / "model.safetensors"))
+    net.load_state_dict(state)
+    assert set(scaler.stats) == set(cfg["dims"]) and cfg["train"]["standardize"] is True
+
+
+def test_standardisation_uses_training_cases_only(tmp_path):
+    sheet, _ = make_cohort(tmp_path, teachers=("ta",))
+    fold = pd.read_csv(tmp_path / "fold.csv")
+    train = list(fold.loc[fold["split"] == "train", "case_id"])
+    test = list(fold.loc[fold["split"] == "test", "case_id"])
+    ids = list(fold["case_id"])
+    store = BagStore(sheet, ["ta"], ids, root=tmp_path / "results")
+    raw = {c: store.bags[c]["ta:high"].float().clone() for c in ids}
+    sc = standardize_store(store, train)
+    # the training rows are now centred and scaled, per dimension
+    x = torch.cat([store.bags[c]["ta:high"].float() for c in train])
+    assert x.mean(0).abs().max() < 0.01 and (x.std(0) - 1).abs().max() < 0.01
+    # every bag got the same transform (test bags included), from training statistics only
+    mean, sd = sc.stats["ta:high"]
+    c = test[0]
+    torch.testing.assert_close(
+        store.bags[c]["ta:high"].float(), ((raw[c] - mean) / sd).half().float()
+    )
+    # poisoning the test bags leaves the statistics unchanged
+    poisoned = BagStore(sheet, ["ta"], ids, root=tmp_path / "results")
+    for c in test:
+        poisoned.bags[c]["ta:high"] = poisoned.bags[c]["ta:high"] * 0 + 100
+    sc2 = standardize_store(poisoned, train)
+    torch.testing.assert_close(sc2.stats["ta:high"], sc.stats["ta:high"])
+    # idempotent for the same training cases; refused for others (it would apply twice)
+    assert standardize_store(store, list(reversed(train))) is sc
+    with pytest.raises(ValueError, match="other training cases"):
+        standardize_store(store, train[:-1])
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
