@@ -467,7 +467,12 @@ class TileStore:
         self.data = {k: v.to(dtype) for k, v in self.data.items()}
         return self
 
-    def batch(self, ids: list[str], max_patches=None, rng=None, device="cpu", dtype=torch.float32):
+    def batch(
+        self, ids: list[str], max_patches=None, rng=None, device="cpu", dtype=torch.float32,
+        reuse=False,
+    ):  # fmt: skip
+        """(features of ``ids``, all-true mask (B, 1)); ``reuse`` is accepted for the engine's
+        interface (one vector per image: nothing large to keep)."""
         rows = torch.as_tensor([self.index[i] for i in ids], dtype=torch.long)
         feats = {
             k: v.index_select(0, rows).to(device, non_blocking=True).to(dtype)

@@ -122,7 +122,7 @@ class Engine:
             raise RuntimeError("Engine.prepare(train_ids) (or fit) must run before any batch")
         feats, mask = self.store.batch(
             ids, self.cfg.max_patches if train else None, rng, self.device,
-            dtype=self.amp or torch.float32,
+            dtype=self.amp or torch.float32, reuse=train,
         )  # fmt: skip
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             out = self.model(feats, mask)

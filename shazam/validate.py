@@ -43,7 +43,7 @@ from .extraction import write_feature_file
 from .io import atomic_path
 from .losses import survival_bins
 from .models import Shazam, build_model, shazam_settings
-from .models.abmil import unpack
+from .models.abmil import Dropout, unpack
 from .training import Engine, Targets, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class MeanPoolMIL(nn.Module):
     def __init__(self, in_dim: int, n_out: int, d: int, dropout: float, key: str):
         super().__init__()
         self.key = key
-        self.proj = nn.Sequential(nn.Linear(in_dim, d), nn.ReLU(), nn.Dropout(dropout))
+        self.proj = nn.Sequential(nn.Linear(in_dim, d), nn.ReLU(), Dropout(dropout))
         self.head = nn.Linear(d, n_out)
 
     def forward(self, feats, mask):

@@ -164,6 +164,42 @@ def test_batches_pack_bags_in_the_autocast_dtype(tmp_path):
         rows_a = hits.float().argmax(1)
         got_b = feats["tb:high"][i * 10 : (i + 1) * 10]
         assert torch.equal(got_b, store.bags[c]["tb:high"][rows_a].to(torch.bfloat16))
+    # reuse: the same values, gathered into the store's buffers (grown when needed)
+    for dtype in (torch.float16, torch.float32):
+        for cases in (ids[:2], ids, ids[:1]):
+            want, _ = store.batch(cases, dtype=dtype)
+            got, _ = store.batch(cases, dtype=dtype, reuse=True)
+            for k in want:
+                assert torch.equal(got[k], want[k])
+        again, _ = store.batch(ids[:1], dtype=dtype, reuse=True)
+        assert again["ta:high"].data_ptr() == got["ta:high"].data_ptr()  # no new buffer
+
+
+def test_dropout_keeps_one_minus_p_and_scales():
+    from shazam.models.abmil import Dropout
+
+    for p in (0.1, 0.25, 0.5):
+        d = Dropout(p).train()
+        torch.manual_seed(0)
+        x = torch.ones(256, 1024, requires_grad=True)
+        y = d(x)
+        kept = y != 0
+        assert abs(kept.float().mean().item() - (1 - p)) < 0.005, p
+        assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+        # each of the four 16-bit lanes of a 64-bit draw is unbiased
+        lanes = kept.view(-1, 4).float().mean(0)
+        assert (lanes - (1 - p)).abs().max() < 0.01, (p, lanes)
+        (g,) = torch.autograd.grad(y.sum(), x)  # the gradient is the same mask
+        assert torch.equal(g, y.detach())
+        torch.manual_seed(0)
+        assert torch.equal(d(x), y)  # seeded by torch.manual_seed
+        bf = d(x.detach().bfloat16())
+        assert bf.dtype == torch.bfloat16
+    d = Dropout(0.25).eval()
+    x = torch.randn(8, 8)
+    assert d(x) is x
+    with pytest.raises(ValueError):
+        Dropout(1.0)
 
 
 def test_training_precision_policy(monkeypatch):

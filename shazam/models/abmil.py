@@ -3,7 +3,40 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class Dropout(nn.Module):
+    """Inverted dropout, as ``nn.Dropout``, with a cheaper mask on CPU.
+
+    PyTorch's CPU dropout draws one Bernoulli variable per element (``bernoulli_``, ~6 ns
+    each): on a batch of 8 bags × 4,096 patches that was 40% of an ABMIL training step. Here
+    each element gets 16 uniform random bits instead (four per 64-bit draw of the same
+    generator, seeded by ``torch.manual_seed``) and is kept when they are ≥ p·2¹⁶: the keep
+    probability is 1 − p to within 2⁻¹⁶ (exact for p = 0.25, 0.5, …), kept elements are scaled
+    by 1 / (1 − p). On CUDA, and in eval mode, it is ``F.dropout``."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, True)
+        n = x.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+        u16 = bits.view(torch.int16)[:n].view(x.shape)  # uniform on [-2^15, 2^15)
+        keep = u16 >= round(self.p * 65536) - 32768
+        # bool -> float conversion is slow on CPU, uint8 -> float is not (same bytes)
+        return x * keep.view(torch.uint8).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class GatedAttentionPool(nn.Module):
@@ -15,7 +48,7 @@ class GatedAttentionPool(nn.Module):
         self.V = nn.Linear(d, d_att)
         self.U = nn.Linear(d, d_att)
         self.w = nn.Linear(d_att, 1)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.w(self.drop(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h)))).squeeze(-1)
@@ -42,7 +75,7 @@ class ABMIL(nn.Module):
     ):
         super().__init__()
         self.key = key  # which "teacher:level" of a batch to read (None: the only one)
-        self.proj = nn.Sequential(nn.Linear(in_dim, d), nn.ReLU(), nn.Dropout(dropout))
+        self.proj = nn.Sequential(nn.Linear(in_dim, d), nn.ReLU(), Dropout(dropout))
         self.pool = GatedAttentionPool(d, d, dropout)
         self.head = nn.Linear(d, n_out)
 

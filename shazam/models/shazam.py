@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .abmil import GatedAttentionPool, unpack
+from .abmil import Dropout, GatedAttentionPool, unpack
 
 LEVEL_ORDER = ("low", "mid", "high")
 
@@ -56,7 +56,7 @@ class Shazam(nn.Module):
         for lv in self.levels:
             for t in self.teachers:
                 c = dims[f"{t}:{lv}"]
-                self.proj.append(nn.Sequential(nn.Linear(c, d), nn.ReLU(), nn.Dropout(dropout)))
+                self.proj.append(nn.Sequential(nn.Linear(c, d), nn.ReLU(), Dropout(dropout)))
                 self.pool.append(GatedAttentionPool(d, d, dropout))
         self.gates = nn.ModuleList(
             nn.Sequential(nn.Linear(T * d, d), nn.ReLU(), nn.Linear(d, T)) for _ in self.levels
