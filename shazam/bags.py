@@ -238,15 +238,8 @@ class BagStore:
         feats = {}
         for k in self.keys:
             first = self.bags[cases[0]][k]
-            if reuse:
-                bufs = self.__dict__.setdefault("_buffers", {})
-                buf = bufs.get(k)
-                if buf is None or buf.dtype != first.dtype or buf.shape[0] < ends[-1]:
-                    buf = torch.empty((ends[-1], first.shape[1]), dtype=first.dtype)
-                    bufs[k] = buf
-                packed = buf[: ends[-1]]
-            else:
-                packed = torch.empty((ends[-1], first.shape[1]), dtype=first.dtype)
+            shape = (ends[-1], first.shape[1])
+            packed = self._buffer(k, shape, first.dtype, reuse)
             for c, r, e, n in zip(cases, rows, ends, lens, strict=True):
                 if r is None:
                     packed[e - n : e] = self.bags[c][k]
@@ -256,15 +249,21 @@ class BagStore:
             if reuse and packed.dtype != dtype and packed.device.type == "cpu":
                 # the converted copy too (e.g. float16 rows for an fp32 step): 200 MB fresh
                 # pages per step otherwise
-                bufs = self.__dict__.setdefault("_buffers", {})
-                conv = bufs.get((k, dtype))
-                if conv is None or conv.shape[0] < ends[-1]:
-                    conv = torch.empty((ends[-1], first.shape[1]), dtype=dtype)
-                    bufs[(k, dtype)] = conv
-                feats[k] = conv[: ends[-1]].copy_(packed)
+                feats[k] = self._buffer(k, shape, dtype, True).copy_(packed)
             else:
                 feats[k] = packed.to(dtype)
         return feats, mask.to(device)
+
+    def _buffer(self, k: str, shape: tuple[int, int], dtype: torch.dtype, reuse: bool):
+        """An uninitialised (rows, C) tensor: new, or the front of a kept buffer per key and
+        dtype, grown when a batch needs more rows."""
+        if not reuse:
+            return torch.empty(shape, dtype=dtype)
+        bufs = self.__dict__.setdefault("_buffers", {})
+        buf = bufs.get((k, dtype))
+        if buf is None or buf.shape[0] < shape[0]:
+            buf = bufs[(k, dtype)] = torch.empty(shape, dtype=dtype)
+        return buf[: shape[0]]
 
 
 class FeatureFileError(ValueError):

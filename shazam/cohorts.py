@@ -235,6 +235,19 @@ class Cohort:
         return "\n".join(lines)
 
 
+def check_class_counts(spec: TaskSpec, cases: pd.DataFrame) -> None:
+    """Every class needs at least one case per fold (stratified folds), else a clear stop."""
+    counts = cases["label"].value_counts()
+    small = [
+        f"{c} ({int(counts.get(c, 0))})" for c in spec.classes if counts.get(c, 0) < spec.folds
+    ]
+    if small:
+        raise LabelError(
+            f"task {spec.name}: class(es) with fewer cases than folds ({spec.folds}): "
+            f"{', '.join(small)}; lower `folds` or merge classes"
+        )
+
+
 def build_cohort(spec: TaskSpec, sheet: pd.DataFrame, labels: pd.DataFrame | None = None) -> Cohort:
     """Cases present in both the label file and the slide sheet, with class/event checks."""
     labels = load_labels(spec) if labels is None else labels
@@ -258,15 +271,7 @@ def build_cohort(spec: TaskSpec, sheet: pd.DataFrame, labels: pd.DataFrame | Non
     if spec.unmatched == "error" and (only_labels or only_slides):
         raise LabelError(cohort.report() + "\n  (set unmatched: drop to leave them out)")
     if spec.kind == "classification":
-        counts = cases["label"].value_counts()
-        small = [
-            f"{c} ({int(counts.get(c, 0))})" for c in spec.classes if counts.get(c, 0) < spec.folds
-        ]
-        if small:
-            raise LabelError(
-                f"task {spec.name}: class(es) with fewer cases than folds ({spec.folds}): "
-                f"{', '.join(small)}; lower `folds` or merge classes"
-            )
+        check_class_counts(spec, cases)
     else:
         if not cases["event"].any():
             raise LabelError(

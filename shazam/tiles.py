@@ -34,7 +34,14 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .cohorts import Cohort, LabelError, TaskSpec, _join, read_checked_table
+from .cohorts import (
+    Cohort,
+    LabelError,
+    TaskSpec,
+    _join,
+    check_class_counts,
+    read_checked_table,
+)
 from .extraction import (
     LEVEL_DATASET,
     ExtractParams,
@@ -168,15 +175,7 @@ def tile_cohort(spec: TaskSpec, images: pd.DataFrame) -> Cohort:
     cases["label"] = [spec.classes[i] for i in cases["y"]]
     cases = cases.reset_index(drop=True)
     if spec.splits != "dataset":
-        counts = cases["label"].value_counts()
-        small = [
-            f"{c} ({int(counts.get(c, 0))})" for c in spec.classes if counts.get(c, 0) < spec.folds
-        ]
-        if small:
-            raise LabelError(
-                f"task {spec.name}: class(es) with fewer cases than folds ({spec.folds}): "
-                f"{', '.join(small)}; lower `folds` or merge classes"
-            )
+        check_class_counts(spec, cases)
     return Cohort(spec, cases, [], [])
 
 
