@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 
 from shazam.bags import BagStore, key
-from shazam.cohorts import TaskSpec
-from shazam.models import Shazam, build_model, shazam_settings
+from shazam.models import registry
+from shazam.tasks import TaskSpec
 from shazam.training import Engine, Targets, TrainConfig
 
 DIMS = {
@@ -59,10 +59,7 @@ def main(argv=None) -> int:
     teachers = list(DIMS)
 
     def make(name):
-        if name.startswith("shazam"):
-            s = shazam_settings(name, {"layers": a.layers})
-            return Shazam(store.dims, teachers, s.pop("levels"), 2, d=128, **s)
-        return build_model(name, store.dims, 2)
+        return registry.build(name, store.dims, 2, teachers, student={"layers": a.layers})
 
     names = ["abmil-uni2_h", "abmil-virchow2", "concat", "shazam-high", "shazam"]
     times = {n: [] for n in names}

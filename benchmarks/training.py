@@ -27,9 +27,9 @@ import pandas as pd
 import torch
 
 from shazam.bags import BagStore
-from shazam.cohorts import TaskSpec
 from shazam.extraction import cpu_has_native_bf16
-from shazam.models import build_model
+from shazam.models import registry
+from shazam.tasks import TaskSpec
 from shazam.training import Engine, Targets, TrainConfig
 
 
@@ -86,7 +86,9 @@ def main(argv=None) -> int:
                               precision=precision)  # fmt: skip
             torch.manual_seed(0)
             st = store if precision == "fp32" else store_bf16
-            eng = Engine(build_model("abmil-t", st.dims, 2), spec, st, Targets(spec, cases), cfg)
+            eng = Engine(
+                registry.build("abmil-t", st.dims, 2, ["t"]), spec, st, Targets(spec, cases), cfg
+            )
             val = ids[:2]  # validation is not what is measured: keep it tiny
             eng.prepare(ids)  # once per store (z-scoring, bf16 conversion): not an epoch's cost
             t = time.perf_counter()

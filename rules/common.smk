@@ -8,7 +8,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from shazam.cohorts import TaskSpec
+from shazam.tasks import TaskSpec
 from shazam.demo import demo_plan, demo_tiles_plan
 from shazam.slides import load_sheet
 from shazam.models.tile import tile_model_names

@@ -158,7 +158,7 @@ def cmd_extract(a: argparse.Namespace) -> None:
 
 
 def cmd_extract_tiles(a: argparse.Namespace) -> None:
-    from .cohorts import TaskSpec
+    from .tasks import TaskSpec
     from .tiles import extract_tiles
 
     spec = TaskSpec.from_json(a.spec)
@@ -179,9 +179,10 @@ def cmd_export_pt(a: argparse.Namespace) -> None:
 
 
 def cmd_splits(a: argparse.Namespace) -> None:
-    from .cohorts import TaskSpec, build_cohort
+    from .cohorts import build_cohort
     from .slides import load_sheet
     from .splits import import_splits, make_splits, summarize, write_splits
+    from .tasks import TaskSpec
 
     spec = TaskSpec.from_json(a.spec)
     if spec.is_tile:  # image datasets: no slide sheet
@@ -209,8 +210,8 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     import torch
 
-    from .cohorts import TaskSpec
     from .slides import load_sheet
+    from .tasks import TaskSpec
     from .training import TrainConfig, train_fold
 
     if a.threads:
@@ -240,7 +241,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         features_root=a.features_root, log=log.info,
         shazam_cfg=json.loads(a.shazam) if a.shazam else None,
     )  # fmt: skip
-    key = "balanced_accuracy" if spec.kind == "classification" else "c_index"
+    key = spec.primary_metric
     log.info(
         "%s on %s (%s): selected epoch %s, val %s %s, test %s %s",
         a.model, spec.name, a.fold_csv, m["selected_epoch"],
@@ -251,9 +252,9 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     import json
 
-    from .cohorts import TaskSpec
     from .evaluate import EvalConfig, evaluate_task
     from .slides import load_sheet
+    from .tasks import TaskSpec
 
     spec = TaskSpec.from_json(a.spec)
     if not spec.is_tile and not a.slides:
@@ -438,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from .cohorts import LabelError
     from .slides import BadSlideError, SheetError
+    from .tasks import LabelError
     from .teachers import UnknownTeacherError
 
     try:

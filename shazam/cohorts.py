@@ -8,117 +8,16 @@ convention (``censorship``: 1 = censored, TCGA/CLAM; ``event``: 1 = event, Patho
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .slides import read_table
-
-
-class LabelError(ValueError):
-    """A problem in a task's label file or definition; names file, line and column."""
-
-
-TASK_TYPES = ("classification", "survival", "tile_classification")
-TILE_FITS = ("resize", "crop")
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    type: str  # classification | survival | tile_classification
-    labels: str | None = None  # slide tasks: case-level label file
-    label_col: str = "label"
-    classes: tuple[str, ...] = ()
-    time_col: str | None = None
-    event_col: str | None = None
-    event_convention: str = "censorship"  # censorship (1 = censored) | event (1 = event)
-    time_unit: str = "months"
-    n_bins: int = 4
-    folds: int = 5
-    val_fraction: float = 0.15
-    splits: str | None = None
-    seed: int = 42
-    unmatched: str = "drop"  # cases in only one of labels/sheet: drop (reported) | error
-    # tile_classification: a folder with one subfolder per class, or a CSV path,label[,case_id]
-    # [,split]; images are at `mpp` µm/px (None: assumed to be the target MPP) and reach the
-    # teacher whole (`fit: resize`) or rescaled to the target MPP and centre-cropped (`crop`)
-    images: str | None = None
-    mpp: float | None = None
-    fit: str = "resize"
-    export_pt: bool = False  # also a `.pt` (features, labels) per teacher, the seed's format
-
-    @property
-    def kind(self) -> str:
-        """What the engine optimises: ``classification`` (slide or tile) or ``survival``."""
-        return "survival" if self.type == "survival" else "classification"
-
-    @property
-    def is_tile(self) -> bool:
-        return self.type == "tile_classification"
-
-    @property
-    def n_folds(self) -> int:
-        """Fold files the task has: 1 when a tile dataset brings its own split."""
-        return 1 if self.is_tile and self.splits == "dataset" else self.folds
-
-    @classmethod
-    def from_config(cls, name: str, cfg: dict) -> TaskSpec:
-        known = {f for f in cls.__dataclass_fields__ if f != "name"}
-        kw = {k: v for k, v in cfg.items() if k in known}
-        if "classes" in kw and kw["classes"] is not None:
-            kw["classes"] = tuple(str(c) for c in kw["classes"])
-        spec = cls(name=name, **kw)
-        spec.check()
-        return spec
-
-    def check(self) -> None:
-        where = f"task {self.name}"
-        if self.type not in TASK_TYPES:
-            raise LabelError(
-                f"{where}: type must be one of {', '.join(TASK_TYPES)}, got {self.type}"
-            )
-        if self.is_tile:
-            if not self.images:
-                raise LabelError(
-                    f"{where}: tile_classification needs `images` (a folder with one subfolder "
-                    "per class, or a CSV with path,label[,case_id][,split])"
-                )
-            if self.fit not in TILE_FITS:
-                raise LabelError(f"{where}: fit must be resize or crop, got {self.fit}")
-            if self.mpp is not None and not self.mpp > 0:
-                raise LabelError(f"{where}: mpp must be > 0 (or null), got {self.mpp}")
-        elif not self.labels:
-            raise LabelError(f"{where}: give `labels` (the case-level label file)")
-        if self.kind == "classification" and len(self.classes) < 2:
-            raise LabelError(f"{where}: give `classes` (at least 2, in order)")
-        if self.type == "survival" and not (self.time_col and self.event_col):
-            raise LabelError(f"{where}: survival needs `time_col` and `event_col`")
-        if self.event_convention not in ("censorship", "event"):
-            raise LabelError(f"{where}: event_convention must be censorship or event")
-        if self.folds < 2:
-            raise LabelError(f"{where}: folds must be at least 2")
-        if not 0 < self.val_fraction < 1:
-            raise LabelError(f"{where}: val_fraction must be in (0, 1)")
-        if self.unmatched not in ("drop", "error"):
-            raise LabelError(f"{where}: unmatched must be drop or error")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, s: str) -> TaskSpec:
-        d = json.loads(s)
-        d["classes"] = tuple(d.get("classes") or ())
-        spec = cls(**d)
-        spec.check()
-        return spec
-
+from .tasks import LabelError, TaskSpec, join_errors
 
 # --------------------------------------------------------------------------- labels
 
@@ -161,12 +60,7 @@ def load_labels(spec: TaskSpec) -> pd.DataFrame:
     out = pd.DataFrame({"case_id": df["case_id"].str.strip()})
     if spec.kind == "classification":
         labels = df[spec.label_col].str.strip()
-        for i, v in enumerate(labels):
-            if v not in spec.classes:
-                errors.append(
-                    f"{at(i, spec.label_col)}: label '{v}' is not one of the task's classes "
-                    f"{list(spec.classes)}"
-                )
+        errors += spec.class_errors(labels, at)
         out["label"] = labels
         out["y"] = [spec.classes.index(v) if v in spec.classes else -1 for v in labels]
     else:
@@ -192,7 +86,7 @@ def load_labels(spec: TaskSpec) -> pd.DataFrame:
         out["time"] = times.to_numpy(dtype=float)
         out["event"] = to_event(flags, spec.event_convention)
     if errors:
-        raise LabelError(_join(errors, f"label file {path} (task {spec.name})"))
+        raise LabelError(join_errors(errors, f"label file {path} (task {spec.name})"))
     return out
 
 
@@ -204,11 +98,6 @@ def to_event(flags: np.ndarray, convention: str) -> np.ndarray:
     if convention == "event":
         return flags == 1
     raise ValueError(f"unknown event convention {convention}")
-
-
-def _join(errors: list[str], what: str) -> str:
-    more = f"\n  … and {len(errors) - 20} more" if len(errors) > 20 else ""
-    return f"{len(errors)} problem(s) in {what}:\n  " + "\n  ".join(errors[:20]) + more
 
 
 # --------------------------------------------------------------------------- cohort

@@ -42,10 +42,11 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .cohorts import TaskSpec, build_cohort
+from .cohorts import build_cohort
 from .io import atomic_path, write_text_atomic
 from .metrics import classification_metrics, survival_metrics
 from .splits import read_fold
+from .tasks import TaskSpec
 
 LATE_FUSION = "late-fusion"
 STUDENT = "shazam"
@@ -67,14 +68,6 @@ def single_prefix(spec: TaskSpec) -> str:
     return "mlp-" if spec.is_tile else "abmil-"
 
 
-PRIMARY = {"classification": "balanced_accuracy", "survival": "c_index"}
-SCALARS = {
-    "classification": ("balanced_accuracy", "auc_macro", "f1_weighted", "f1_macro", "accuracy"),
-    "survival": ("c_index", "c_index_ipcw", "ibs", "td_auc_mean", "logrank_p"),
-}
-# metrics with a pooled bootstrap CI; the others need per-fold training data (IPCW weights,
-# time grids, the training median risk) that has no pooled equivalent
-CI_METRICS = {"classification": ("balanced_accuracy", "auc_macro"), "survival": ("c_index",)}
 LOWER_IS_BETTER = frozenset({"ibs", "logrank_p"})
 METRIC_LABELS = {
     "balanced_accuracy": "balanced accuracy",
@@ -465,7 +458,7 @@ def per_fold_table(runs: dict[str, ModelRun], spec: TaskSpec) -> pd.DataFrame:
     for name, run in runs.items():
         for k, m in enumerate(run.metrics):
             reasons = m.get("reasons") or {}
-            for metric in (*SCALARS[spec.kind], "n_cases", "n_events"):
+            for metric in (*spec.record.scalars, "n_cases", "n_events"):
                 if metric == "n_events" and spec.kind != "survival":
                     continue
                 rows.append(
@@ -496,7 +489,7 @@ def summary_table(
     runs: dict[str, ModelRun], pooled: dict[str, pd.DataFrame], spec: TaskSpec, cfg: EvalConfig
 ) -> pd.DataFrame:
     rows = []
-    ci_metrics = CI_METRICS[spec.kind]
+    ci_metrics = spec.record.ci_metrics
     for name, run in runs.items():
         pm, pr = pooled_metrics(pooled[name], spec, only=ci_metrics)
         n = len(pooled[name])
@@ -508,7 +501,7 @@ def summary_table(
 
         clusters = case_clusters(pooled[name]["case_id"]) if spec.is_tile else None
         cis = bootstrap_ci(stat, n, cfg.n_boot, cfg.seed, cfg.level, clusters)
-        for metric in SCALARS[spec.kind]:
+        for metric in spec.record.scalars:
             vals = [m.get(metric) for m in run.metrics]
             ok = [float(v) for v in vals if v is not None]
             reasons = _fold_reasons(run.metrics, metric)
@@ -697,7 +690,7 @@ def _save(fig, path: Path) -> Path:
 def fig_metrics(summary: pd.DataFrame, per_fold: pd.DataFrame, spec: TaskSpec, path: Path):
     plt = _plt()
     metrics = [
-        m for m in SCALARS[spec.kind] if summary.loc[summary["metric"] == m, "mean"].notna().any()
+        m for m in spec.record.scalars if summary.loc[summary["metric"] == m, "mean"].notna().any()
     ]
     models = list(dict.fromkeys(summary["model"]))
     n = max(len(metrics), 1)
@@ -1051,7 +1044,7 @@ def evaluate_task(
     for old in fig_dir.glob("*.png"):  # a figure that no longer applies must not linger
         old.unlink()
     k = spec.n_folds
-    metric = PRIMARY[spec.kind]
+    metric = spec.primary_metric
     student = student_name(spec)
     runs = {m: load_model_run(models_dir, m, k) for m in models}
     for r in runs.values():
@@ -1144,7 +1137,7 @@ def evaluate_task(
 
 
 def _answer(spec, summary, pairs, chosen, teachers, runs) -> list[str]:
-    metric = PRIMARY[spec.kind]
+    metric = spec.primary_metric
     label = METRIC_LABELS[metric]
     s = summary[summary["metric"] == metric].set_index("model")
 
@@ -1226,7 +1219,7 @@ def build_document(
     cfg,
     settings,
 ) -> Doc:
-    metric = PRIMARY[spec.kind]
+    metric = spec.primary_metric
     doc = Doc()
     n_folds = spec.n_folds
     unit_word, student_is, baseline_is = "slides", "the Shazam student", "an attention-MIL model"
@@ -1258,7 +1251,7 @@ def build_document(
         doc.p(line)
 
     doc.h(2, "Results per model")
-    cols = SCALARS[spec.kind]
+    cols = spec.record.scalars
     rows = []
     for name in runs:
         s = summary[summary["model"] == name].set_index("metric")
@@ -1268,7 +1261,7 @@ def build_document(
             cell = f"{_fmt(_none(r['mean']), m)}"
             if _none(r["sd"]) is not None:
                 cell += f" ± {_fmt(r['sd'], m)}"
-            if m in CI_METRICS[spec.kind]:
+            if m in spec.record.ci_metrics:
                 cell += f" (pooled {_fmt(_none(r['pooled']), m)}, {_ci(r['ci_low'], r['ci_high'])})"
             row[METRIC_LABELS[m]] = cell
         rows.append(row)

@@ -52,3 +52,11 @@ def survival_from_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None):
     return F.cross_entropy(logits.float(), y.long(), weight=weight)
+
+
+def cosine_huber(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(1 − cos) + Huber between the L2-normalised prediction and an L2-normalised target
+    (fixed, i.e. detached, unless the caller means otherwise); both (B, C)."""
+    p = F.normalize(pred.float(), dim=-1)
+    cos = F.cosine_similarity(p, target, dim=-1)
+    return (1 - cos).mean() + F.huber_loss(p, target)

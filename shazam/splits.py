@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cohorts import Cohort, LabelError, strata
+from .cohorts import Cohort, strata
 from .io import atomic_path
 from .slides import read_table
+from .tasks import LabelError
 
 SPLITS = ("train", "val", "test")
 

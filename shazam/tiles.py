@@ -34,14 +34,7 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .cohorts import (
-    Cohort,
-    LabelError,
-    TaskSpec,
-    _join,
-    check_class_counts,
-    read_checked_table,
-)
+from .cohorts import Cohort, check_class_counts, read_checked_table
 from .extraction import (
     LEVEL_DATASET,
     ExtractParams,
@@ -52,6 +45,7 @@ from .extraction import (
     select_device,
 )
 from .io import atomic_path
+from .tasks import LabelError, TaskSpec, join_errors
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +126,7 @@ def _from_csv(spec: TaskSpec, path: Path) -> pd.DataFrame:
         else:
             seen[p] = i
     labels = df[spec.label_col].str.strip()
-    for i, v in enumerate(labels):
-        if v not in spec.classes:
-            errors.append(
-                f"{at(i, spec.label_col)}: label '{v}' is not one of the task's classes "
-                f"{list(spec.classes)}"
-            )
+    errors += spec.class_errors(labels, at)
     cases = df["case_id"].str.strip() if "case_id" in df.columns else ids
     for i, c in enumerate(cases):
         if not c:
@@ -153,7 +142,7 @@ def _from_csv(spec: TaskSpec, path: Path) -> pd.DataFrame:
                 if v not in ("train", "val", "test"):
                     errors.append(f"{at(i, 'split')}: '{v}' is not train, val or test")
     if errors:
-        raise LabelError(_join(errors, f"image table {path} (task {spec.name})"))
+        raise LabelError(join_errors(errors, f"image table {path} (task {spec.name})"))
     return pd.DataFrame(
         {
             "image_id": ids.to_numpy(),
@@ -268,7 +257,7 @@ def image_sizes(images: pd.DataFrame) -> np.ndarray:
         except Exception as e:
             errors.append(f"image {iid} ({p}): cannot open: {str(e).splitlines()[0]}")
     if errors:
-        raise LabelError(_join(errors, "the task's images") + "\n  (replace or remove them)")
+        raise LabelError(join_errors(errors, "the task's images") + "\n  (replace or remove them)")
     return sizes
 
 

@@ -28,11 +28,12 @@ import torch
 
 from . import __version__
 from .bags import BagStore
-from .cohorts import TaskSpec, build_cohort
+from .cohorts import build_cohort
 from .io import atomic_path, write_json_atomic
 from .losses import bin_index, cross_entropy, nll_survival, survival_bins, survival_from_logits
 from .metrics import classification_metrics, survival_metrics
 from .splits import read_fold
+from .tasks import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ class Engine:
 
     @property
     def metric_name(self) -> str:
-        return "balanced_accuracy" if self.spec.kind == "classification" else "c_index"
+        return self.spec.primary_metric
 
     def _selection_key(self, val):
         m = val["metrics"].get(self.metric_name)
@@ -263,10 +264,6 @@ class Engine:
 # --------------------------------------------------------------------------- one fold
 
 
-def teachers_of(model_name: str, teachers: list[str]) -> list[str]:
-    return [model_name[len("abmil-") :]] if model_name.startswith("abmil-") else list(teachers)
-
-
 def train_fold(
     model_name: str,
     spec: TaskSpec,
@@ -276,7 +273,6 @@ def train_fold(
     out_dir: str | os.PathLike,
     cfg: TrainConfig = TrainConfig(),
     features_root: str | os.PathLike = "results",
-    make_model=None,
     labels: pd.DataFrame | None = None,
     log=print,
     shazam_cfg: dict | None = None,
@@ -285,7 +281,7 @@ def train_fold(
 
     ``model_name``: ``abmil-{teacher}``, ``concat``, or ``shazam`` / an ablation
     (``shazam_cfg`` = the config's ``shazam`` section)."""
-    from .models import Shazam, build_model, shazam_settings
+    from .models import registry
 
     t0 = time.perf_counter()
     cohort = build_cohort(spec, sheet, labels)
@@ -304,23 +300,20 @@ def train_fold(
         tr = cases.loc[ids["train"]]
         edges = survival_bins(tr["time"], tr["event"], spec.n_bins)
     targets = Targets(spec, cases, edges)
-    used = teachers_of(model_name, teachers)
-    n_out = len(spec.classes) if spec.kind == "classification" else spec.n_bins
+    name = registry.parse(model_name)
+    used = name.teachers(teachers)
     settings = None
-    if model_name.startswith("shazam"):
-        settings = shazam_settings(model_name, shazam_cfg or {})
-        d = (shazam_cfg or {}).get("d_model", cfg.d_model)
-        levels = settings["levels"]
-
-        def make_model(name, dims, n_out, _d, dropout):  # noqa: F811 - the student
-            return Shazam(dims, used, levels, n_out, d=d, dropout=dropout, **{
-                k: v for k, v in settings.items() if k != "levels"})  # fmt: skip
-    else:
-        levels = ["high"]
+    levels = ["high"]
+    if name.role == "student":
+        s = name.settings(shazam_cfg)
+        levels = list(s.levels)
+        settings = {k: v for k, v in s.as_dict().items() if k != "d_model"}  # as recorded
     all_ids = [c for v in ids.values() for c in v]
     store = BagStore(sheet, used, all_ids, levels=levels, root=features_root)
     torch.manual_seed(cfg.seed)
-    model = (make_model or build_model)(model_name, store.dims, n_out, cfg.d_model, cfg.dropout)
+    model = registry.build(
+        model_name, store.dims, spec.n_out, teachers, cfg.d_model, cfg.dropout, shazam_cfg
+    )
     meta = {"teachers": used, "shazam": settings,
             "bins": None if edges is None else [float(e) for e in edges]}  # fmt: skip
     return fit_and_write(
@@ -347,7 +340,7 @@ def fit_and_write(
         if eng.standardizer is not None:  # the input transform travels with the weights
             tensors.update(eng.standardizer.tensors())
         save_file(tensors, str(tmp))
-    n_out = len(spec.classes) if spec.kind == "classification" else spec.n_bins
+    n_out = spec.n_out
     write_json_atomic(
         out / "config.json",
         {
@@ -395,11 +388,12 @@ def train_tile_fold(
     on one fold of a tile task, with the same engine and outputs as slide models. Folds are
     case-level; the engine's items are the cases' images. Features come from
     ``{features_root}/tile_features/{task}/{teacher}.h5``."""
-    from .models import build_tile_model
+    from .models import registry
     from .tiles import TileStore
 
     t0 = time.perf_counter()
-    used = [model_name[len("mlp-") :]] if model_name.startswith("mlp-") else list(teachers)
+    name = registry.parse(model_name)
+    used = name.teachers(teachers)
     files = {t: os.path.join(features_root, "tile_features", spec.name, f"{t}.h5") for t in used}
     store, rows = TileStore.from_files(files)
     fold = read_fold(fold_csv)
@@ -418,12 +412,12 @@ def train_tile_fold(
     rows["label"] = [spec.classes[i] for i in rows["y"]]
     targets = Targets(spec, rows.set_index("image_id"))
     torch.manual_seed(cfg.seed)
-    model = build_tile_model(
-        model_name, store.dims, len(spec.classes), cfg.d_model, cfg.dropout, shazam_cfg
+    model = registry.build(
+        model_name, store.dims, spec.n_out, teachers, cfg.d_model, cfg.dropout, shazam_cfg
     )
     meta = {
         "teachers": used,
-        "shazam": shazam_cfg if model_name.startswith("shazam") else None,
+        "shazam": shazam_cfg if name.role == "student" else None,
         "n_case_ids": {sp: int(rows.loc[rows["split"] == sp, "case_id"].nunique()) for sp in ids},
     }
     return fit_and_write(

@@ -38,12 +38,12 @@ import torch
 from torch import nn
 
 from .bags import BagStore
-from .cohorts import TaskSpec
 from .extraction import write_feature_file
 from .io import atomic_path
 from .losses import survival_bins
-from .models import Shazam, build_model, shazam_settings
+from .models import registry
 from .models.abmil import Dropout, unpack
+from .tasks import TaskSpec
 from .training import Engine, Targets, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -288,15 +288,11 @@ def run(cohort: str, model: str, *teachers: str, **settings) -> Run:
 
 def _build(r: Run, dims: dict[str, int], n_out: int, cfg: TrainConfig) -> nn.Module:
     torch.manual_seed(cfg.seed)
-    if r.model == "shazam":
-        s = shazam_settings("shazam", {**SHAZAM, **dict(r.settings)})
-        levels = s.pop("levels")
-        return Shazam(dims, list(r.teachers), levels, n_out, d=SHAZAM["d_model"],
-                      dropout=cfg.dropout, **s)  # fmt: skip
     if r.model.startswith("meanpool-"):
         k = f"{r.model[len('meanpool-') :]}:high"
         return MeanPoolMIL(dims[k], n_out, cfg.d_model, cfg.dropout, k)
-    return build_model(r.model, dims, n_out, cfg.d_model, cfg.dropout)
+    student = {**SHAZAM, **dict(r.settings)}
+    return registry.build(r.model, dims, n_out, list(r.teachers), cfg.d_model, cfg.dropout, student)
 
 
 @dataclass
@@ -352,7 +348,7 @@ class Validator:
         if "rows" in c.truth:
             res.attention_mass = self._attention_mass(eng, c)
         res.seconds = round(time.perf_counter() - t0, 1)
-        key = "balanced_accuracy" if c.spec.type == "classification" else "c_index"
+        key = c.spec.primary_metric
         log.info("%s on %s: test %s %.3f (%.1fs)", r.label, c.name, key, res.metrics[key],
                  res.seconds)  # fmt: skip
         return res

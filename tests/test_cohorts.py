@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shazam.cohorts import LabelError, TaskSpec, build_cohort, case_bags, load_labels, to_event
+from shazam.cohorts import build_cohort, case_bags, load_labels, to_event
+from shazam.tasks import LabelError, TaskSpec
 
 
 def sheet(cases, slides_per_case=1):

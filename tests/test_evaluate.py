@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shazam.cohorts import TaskSpec, build_cohort
+from shazam.cohorts import build_cohort
 from shazam.evaluate import (
     LATE_FUSION,
     EvalConfig,
@@ -26,6 +26,7 @@ from shazam.evaluate import (
 )
 from shazam.metrics import classification_metrics, survival_metrics
 from shazam.splits import make_splits, write_splits
+from shazam.tasks import TaskSpec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

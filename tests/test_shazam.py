@@ -4,8 +4,9 @@ import pandas as pd
 import pytest
 import torch
 
-from shazam.cohorts import TaskSpec
-from shazam.models import ABLATIONS, Shazam, shazam_settings
+from shazam.models import registry
+from shazam.models.shazam import Shazam
+from shazam.tasks import TaskSpec
 from shazam.training import TrainConfig, train_fold
 
 LEVELS = ["low", "mid", "high"]
@@ -97,12 +98,17 @@ def test_distillation_targets_are_fixed_in_teacher_mode_only():
 
 def test_ablation_settings():
     cfg = {"levels": LEVELS, "distill_weight": 0.01}
-    assert set(ABLATIONS) == {"shazam", "shazam-nogate", "shazam-nodistill", "shazam-high",
-                              "shazam-agreement"}  # fmt: skip
-    assert shazam_settings("shazam-nogate", cfg)["gate"] is False
-    assert shazam_settings("shazam-nodistill", cfg)["distill_weight"] == 0.0
-    assert shazam_settings("shazam-high", cfg)["levels"] == ["high"]
-    assert shazam_settings("shazam-agreement", cfg)["distill_target"] == "agreement"
+    assert registry.ablation_names() == ["shazam-nogate", "shazam-nodistill", "shazam-high",
+                                         "shazam-agreement"]  # fmt: skip
+
+    def settings(name):
+        return registry.parse(name).settings(cfg)
+
+    assert settings("shazam").distill_weight == 0.01 and settings("shazam").gate is True
+    assert settings("shazam-nogate").gate is False
+    assert settings("shazam-nodistill").distill_weight == 0.0
+    assert settings("shazam-high").levels == ("high",)
+    assert settings("shazam-agreement").distill_target == "agreement"
     m = Shazam(dims_for(["a", "b"], LEVELS), ["a", "b"], LEVELS, 2, d=8, layers=1, gate=False)
     feats, mask = batch(dims_for(["a", "b"], LEVELS), [3, 3])
     assert torch.allclose(m(feats, mask)["gate"], torch.full((2, 2), 0.5))

@@ -4,8 +4,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shazam.cohorts import Cohort, LabelError, TaskSpec
+from shazam.cohorts import Cohort
 from shazam.splits import SPLITS, import_splits, make_splits, write_splits
+from shazam.tasks import LabelError, TaskSpec
 
 
 def cohort_from(labels: pd.DataFrame, spec: TaskSpec) -> Cohort:

@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from shazam.cohorts import LabelError, TaskSpec
 from shazam.extraction import ExtractParams
-from shazam.models.shazam import cosine_huber
-from shazam.models.tile import ShazamV1, build_tile_model, tile_model_names
+from shazam.losses import cosine_huber
+from shazam.models import registry
+from shazam.models.tile import ShazamV1
+from shazam.tasks import LabelError, TaskSpec
 from shazam.tiles import (
     TileStore,
     export_pt,
@@ -87,21 +88,21 @@ def test_v1_distillation_is_cosine_plus_huber_to_fixed_teacher_vectors():
     g_hand = torch.autograd.grad(by_hand, list(feats.values()))
     for a, b in zip(g_model, g_hand, strict=True):
         torch.testing.assert_close(a, b)
-    nodistill = build_tile_model("shazam-v1-nodistill", dims, 2, shazam_cfg={"d_model": 8})
+    nodistill = registry.build("shazam-v1-nodistill", dims, 2, ["a", "b"], student={"d_model": 8})
     assert "aux_loss" not in nodistill(feats)
 
 
 def test_tile_model_names_and_baselines():
-    assert tile_model_names(["x"]) == ["mlp-x"]
-    assert tile_model_names(["x", "y"], ["shazam-nodistill"]) == [
+    assert registry.roster(["x"], tile=True) == ["mlp-x"]
+    assert registry.roster(["x", "y"], ["shazam-nodistill", "shazam-nogate"], tile=True) == [
         "mlp-x", "mlp-y", "concat-mlp", "shazam-v1", "shazam-v1-nodistill",
     ]  # fmt: skip
     dims = {"x:high": 5, "y:high": 7}
     feats = {k: torch.randn(3, c) for k, c in dims.items()}
-    assert build_tile_model("mlp-y", dims, 4, d=8)(feats)["logits"].shape == (3, 4)
-    assert build_tile_model("concat-mlp", dims, 4, d=8)(feats)["logits"].shape == (3, 4)
-    with pytest.raises(ValueError, match="unknown tile model"):
-        build_tile_model("abmil-x", dims, 4)
+    for name in ("mlp-y", "concat-mlp"):
+        assert registry.build(name, dims, 4, ["x", "y"], d=8)(feats)["logits"].shape == (3, 4)
+    with pytest.raises(ValueError, match="unknown model 'shazam-v1-nogate'"):
+        registry.build("shazam-v1-nogate", dims, 4, ["x", "y"])
 
 
 # --------------------------------------------------------------------------- listing

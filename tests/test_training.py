@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from shazam.bags import BagStore, split_checkpoint, standardize_store
-from shazam.cohorts import TaskSpec
-from shazam.models import build_model
+from shazam.models import registry
+from shazam.tasks import TaskSpec
 from shazam.training import TrainConfig, train_fold
 
 OUT_FILES = ["model.safetensors", "config.json", "history.csv", "predictions.csv", "metrics.json"]
@@ -82,7 +82,7 @@ def test_training_learns_and_writes_every_output(tmp_path, model):
     # the weights load back into the architecture (safetensors, no pickle), strictly; the
     # input standardisation travels with them, one mean and SD per teacher:level used
     state, scaler = split_checkpoint(load_file(out / "model.safetensors"))
-    net = build_model(model, cfg["dims"], 2, CFG.d_model, CFG.dropout)
+    net = registry.build(model, cfg["dims"], 2, cfg["teachers"], CFG.d_model, CFG.dropout)
     net.load_state_dict(state)
     assert set(scaler.stats) == set(cfg["dims"]) and cfg["train"]["standardize"] is True
 
@@ -132,7 +132,11 @@ def test_engine_overfits_a_tiny_separable_set(tmp_path, precision):
     store = BagStore(sheet, ["ta"], ids, root=tmp_path / "results")
     torch.manual_seed(0)
     eng = Engine(
-        build_model("abmil-ta", store.dims, 2, 32, 0.0), spec, store, Targets(spec, cases), cfg
+        registry.build("abmil-ta", store.dims, 2, ["ta"], 32, 0.0),
+        spec,
+        store,
+        Targets(spec, cases),
+        cfg,
     )
     assert eng.amp == (torch.bfloat16 if precision == "bf16" else None)
     eng.fit(ids, ids, log=lambda s: None)

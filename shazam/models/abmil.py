@@ -106,14 +106,3 @@ class ConcatABMIL(ABMIL):
         x = torch.cat([n(feats[k]) for n, k in zip(self.norms, self.keys, strict=True)], dim=-1)
         v, a = self.embed(x, mask)
         return {"logits": self.head(v), "attention": a, "slide": v}
-
-
-def build_model(name: str, dims: dict[str, int], n_out: int, d: int = 128, dropout: float = 0.25):
-    """``abmil-{teacher}`` or ``concat`` from dims keyed ``teacher:high``."""
-    high = {k: v for k, v in dims.items() if k.endswith(":high")}
-    if name.startswith("abmil-"):
-        k = f"{name[len('abmil-') :]}:high"
-        return ABMIL(high[k], n_out, d, dropout, key=k)
-    if name == "concat":
-        return ConcatABMIL(high, n_out, d, dropout)
-    raise ValueError(f"unknown model '{name}' (abmil-<teacher> or concat)")

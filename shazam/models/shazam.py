@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..losses import cosine_huber
 from .abmil import Dropout, GatedAttentionPool, unpack
 
 LEVEL_ORDER = ("low", "mid", "high")
@@ -159,36 +160,3 @@ class Shazam(nn.Module):
         for li, ti, p, tgt in self._distill_pairs(feats, mask, fused, vecs):
             out[li, ti] = F.cosine_similarity(p, tgt, dim=-1).mean()
         return out
-
-
-def cosine_huber(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(1 − cos) + Huber between the L2-normalised prediction and an L2-normalised target
-    (fixed, i.e. detached, unless the caller means otherwise); both (B, C)."""
-    p = F.normalize(pred.float(), dim=-1)
-    cos = F.cosine_similarity(p, target, dim=-1)
-    return (1 - cos).mean() + F.huber_loss(p, target)
-
-
-ABLATIONS = {
-    "shazam": {},
-    "shazam-nogate": {"gate": False},
-    "shazam-nodistill": {"distill_weight": 0.0},
-    "shazam-high": {"levels": ["high"]},
-    "shazam-agreement": {"distill_target": "agreement"},
-}
-
-
-def shazam_settings(name: str, cfg: dict) -> dict:
-    """Model settings for ``shazam`` or one of its ablations, from the config's ``shazam``."""
-    if name not in ABLATIONS:
-        raise ValueError(f"unknown Shazam variant '{name}'; known: {', '.join(ABLATIONS)}")
-    base = {
-        "levels": list(cfg.get("levels", LEVEL_ORDER)),
-        "layers": cfg.get("layers", 4),
-        "heads": cfg.get("heads", 1),
-        "feed_forward": cfg.get("feed_forward", True),
-        "gate": cfg.get("gate", True),
-        "distill_weight": cfg.get("distill_weight", 0.01),
-        "distill_target": cfg.get("distill_target", "teacher"),
-    }
-    return {**base, **ABLATIONS[name]}

@@ -22,9 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .shazam import cosine_huber
-
-TILE_VARIANTS = {"shazam-v1": {}, "shazam-v1-nodistill": {"distill_weight": 0.0}}
+from ..losses import cosine_huber
 
 
 def mapper(c: int, d: int, dropout: float = 0.0) -> nn.Sequential:
@@ -110,48 +108,3 @@ class ShazamV1(nn.Module):
             ]
             out["aux_loss"] = self.distill_weight * torch.stack(losses).mean()
         return out
-
-
-def tile_model_names(teachers: list[str], ablations=()) -> list[str]:
-    """Models of a tile task: one MLP per teacher, and with 2+ teachers the concat baseline,
-    ``shazam-v1`` and ``shazam-v1-nodistill`` when the ``shazam-nodistill`` ablation is on."""
-    names = [f"mlp-{t}" for t in teachers]
-    if len(teachers) > 1:
-        names += ["concat-mlp", "shazam-v1"]
-        if "shazam-nodistill" in ablations:
-            names.append("shazam-v1-nodistill")
-    return names
-
-
-def build_tile_model(
-    name: str,
-    dims: dict[str, int],
-    n_out: int,
-    d: int = 128,
-    dropout: float = 0.25,
-    shazam_cfg: dict | None = None,
-) -> nn.Module:
-    """A tile model from dims keyed ``teacher:high``; ``shazam_cfg`` = the config's
-    ``shazam`` section (d_model, layers, heads, feed_forward, distill_weight)."""
-    high = {k: v for k, v in dims.items() if k.endswith(":high")}
-    if name.startswith("mlp-"):
-        k = f"{name[len('mlp-') :]}:high"
-        if k not in high:
-            raise ValueError(f"model {name}: no features of teacher {k.split(':')[0]}")
-        return TileMLP(high[k], n_out, k, d, dropout)
-    if name == "concat-mlp":
-        return ConcatMLP(high, n_out, d, dropout)
-    if name in TILE_VARIANTS:
-        c = shazam_cfg or {}
-        kw = {
-            "d": c.get("d_model", d),
-            "layers": c.get("layers", 4),
-            "heads": c.get("heads", 1),
-            "feed_forward": c.get("feed_forward", True),
-            "distill_weight": c.get("distill_weight", 0.01),
-            **TILE_VARIANTS[name],
-        }
-        return ShazamV1(high, n_out, dropout=dropout, **kw)
-    raise ValueError(
-        f"unknown tile model '{name}' (mlp-<teacher>, concat-mlp, {', '.join(TILE_VARIANTS)})"
-    )
