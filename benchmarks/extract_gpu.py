@@ -32,11 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiling import SLIDES, ensure_slide  # noqa: E402  (sibling benchmark script)
 
-from shazam.extraction import (  # noqa: E402
-    ExtractParams,
-    extract_slide,
-    read_feature_file,
-)
+from shazam.extraction import ExtractParams, extract_slide  # noqa: E402
+from shazam.formats import read_feature_file  # noqa: E402
 from shazam.teachers import get_spec  # noqa: E402
 from shazam.teachers.build import LevelExtractor, build_model  # noqa: E402
 from shazam.tiling import tile_slide  # noqa: E402

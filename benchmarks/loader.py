@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiling import SLIDES, ensure_slide  # noqa: E402  (sibling benchmark script)
 
 from shazam.extraction import PatchBatches, make_loader, prepare, read_geometry  # noqa: E402
+from shazam.formats import read_patch_file  # noqa: E402
 from shazam.teachers import get_spec  # noqa: E402
-from shazam.tiling import read_patch_file, tile_slide  # noqa: E402
+from shazam.tiling import tile_slide  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from shazam.bags import BagStore
-from shazam.extraction import cpu_has_native_bf16
+from shazam.device import cpu_has_native_bf16
 from shazam.models import registry
 from shazam.tasks import TaskSpec
 from shazam.training import Engine, Targets, TrainConfig

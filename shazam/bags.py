@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 
-import h5py
 import numpy as np
 import torch
 
-from .extraction import LEVEL_DATASET
+from . import layout
+from .formats import read_bag_part
 
 
 def key(teacher: str, level: str) -> str:
@@ -153,8 +153,8 @@ class BagStore:
             for sid in sorted(by_case[cid]):
                 per_t = {}
                 for t in self.teachers:
-                    path = os.path.join(root, "features", t, f"{sid}.h5")
-                    feats, coords = _read_bag_part(path, self.levels)
+                    path = layout.at(layout.FEATURES, root, teacher=t, slide=sid)
+                    feats, coords = read_bag_part(path, self.levels)
                     per_t[t] = (feats, coords)
                     for lv in self.levels:
                         self.dims.setdefault(key(t, lv), feats[lv].shape[1])
@@ -264,44 +264,6 @@ class BagStore:
         if buf is None or buf.shape[0] < shape[0]:
             buf = bufs[(k, dtype)] = torch.empty(shape, dtype=dtype)
         return buf[: shape[0]]
-
-
-class FeatureFileError(ValueError):
-    """A feature file that training cannot read; the message names it and how to redo it."""
-
-    def __init__(self, path: str, reason: str):
-        self.path = path
-        super().__init__(
-            f"feature file {path}: {reason} — regenerate it with "
-            f"`snakemake --forcerun {path}` (which also redoes the jobs that use it), "
-            "or delete it and run snakemake again"
-        )
-
-
-def _read_bag_part(path: str, levels) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """({level: features}, coords) of one feature file, with a clear error when it is
-    missing, truncated (an interrupted copy, a full disk) or lacks a level."""
-    if not os.path.exists(path):
-        raise FeatureFileError(path, "not found")
-    try:
-        with h5py.File(path, "r") as f:
-            missing = [lv for lv in levels if LEVEL_DATASET[lv] not in f]
-            if missing:
-                raise ValueError(
-                    f"{path} has no {', '.join(missing)} level(s); extract with "
-                    f"extraction.levels including them"
-                )
-            if "coords" not in f:
-                raise FeatureFileError(path, "no `coords` dataset (not a feature file?)")
-            feats = {lv: f[LEVEL_DATASET[lv]][:] for lv in levels}
-            coords = f["coords"][:]
-    except OSError as e:
-        raise FeatureFileError(path, f"unreadable, probably truncated or corrupt ({e})") from None
-    n = len(coords)
-    bad = [lv for lv, a in feats.items() if a.ndim != 2 or a.shape[0] != n]
-    if bad:
-        raise FeatureFileError(path, f"{', '.join(bad)} features do not match its {n} coords")
-    return feats, coords
 
 
 def _align(per_teacher: dict[str, tuple[dict, np.ndarray]]) -> dict[str, dict]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import layout
 from .slides import read_table
 from .tasks import LabelError, TaskSpec, join_errors
 
@@ -205,5 +206,7 @@ def case_bags(
     df = sheet if cases is None else sheet[sheet["case_id"].isin(set(cases))]
     bags: dict[str, list[str]] = {}
     for cid, sid in zip(df["case_id"], df["slide_id"], strict=True):
-        bags.setdefault(cid, []).append(os.path.join(root, "features", teacher, f"{sid}.h5"))
+        bags.setdefault(cid, []).append(
+            layout.at(layout.FEATURES, root, teacher=teacher, slide=sid)
+        )
     return {c: sorted(v) for c, v in sorted(bags.items())}

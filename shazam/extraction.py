@@ -17,89 +17,23 @@ teacher's input, so a 40× and a 20× scan give the teacher the same tissue.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .io import atomic_path
+from .device import autocast_dtype, select_device
+from .formats import read_patch_file, write_feature_file
 from .slides import BadSlideError, JpegTiledLevel, rgba_to_rgb
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------- device
-
-
-def select_device(prefer: str = "auto", lock_dir: str | os.PathLike | None = None):
-    """(device, lock handle). CUDA when present, else CPU.
-
-    Snakemake never sets ``CUDA_VISIBLE_DEVICES``. When it is set (by the user, SLURM or a
-    wrapper) the job uses the first visible device. Otherwise, on a multi-GPU box, the job
-    takes an exclusive ``flock`` on one lock file per device and uses the first free one, so
-    parallel local jobs (``--resources gpu=N``) spread over the GPUs instead of piling onto
-    GPU 0. The lock is released when the process exits.
-    """
-    if prefer == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu"), None
-    if prefer.startswith("cuda:"):
-        return torch.device(prefer), None
-    n = torch.cuda.device_count()
-    if os.environ.get("CUDA_VISIBLE_DEVICES") or n == 1:
-        return torch.device("cuda:0"), None
-    idx, handle = acquire_device_lock(n, lock_dir)
-    return torch.device(f"cuda:{idx}"), handle
-
-
-def acquire_device_lock(
-    n_devices: int, lock_dir: str | os.PathLike | None = None, wait_s: float = 3600
-):
-    """Index of the first device whose lock file this process could lock, and the open lock
-    file (keep it open to hold the device). Waits, polling, when all devices are taken."""
-    lock_dir = Path(lock_dir or os.environ.get("SHAZAM_GPU_LOCK_DIR", "/tmp/shazam-gpu-locks"))
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait_s
-    while True:
-        for i in range(n_devices):
-            f = open(lock_dir / f"gpu{i}.lock", "a+")  # noqa: SIM115 - held for the job
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.close()
-                continue
-            return i, f
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no free GPU among {n_devices} after {wait_s:.0f}s ({lock_dir})")
-        time.sleep(1.0)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where bf16 matmuls
-    run several times faster than fp32; elsewhere bf16 on CPU is emulated and slower."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
-
-
-def autocast_dtype(
-    precision: str, device: torch.device, preferred: str = "bf16", cpu_bf16: bool = False
-):
-    """None (fp32) or the autocast dtype. ``auto``: bf16 on CUDA; on CPU fp32, or bf16 when
-    ``cpu_bf16`` is asked for (training) and the CPU has native bf16 (``cpu_has_native_bf16``)."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16
-        return torch.bfloat16 if cpu_bf16 and cpu_has_native_bf16() else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 # --------------------------------------------------------------------------- loader
@@ -361,11 +295,7 @@ def extract_slide(
 
     t0 = time.perf_counter()
     spec = get_spec(teacher)
-    with h5py.File(patches_h5, "r") as f:
-        coords = f["coords"][:]
-        attrs = {
-            k: (v.decode() if isinstance(v, bytes) else v) for k, v in f["coords"].attrs.items()
-        }
+    coords, attrs = read_patch_file(patches_h5)
     levels = tuple(lv for lv in params.levels if lv in spec.dims)
     device, lock = select_device(params.device)
     if extractor is None:
@@ -470,33 +400,3 @@ def embed_batches(loader, ext, device, amp, feats: dict, resize_to, on_errors=No
                 arr[rows] = out[lv].float().cpu().numpy().astype(arr.dtype)
             if bar is not None:
                 bar.update(len(rows))
-
-
-LEVEL_DATASET = {"high": "features", "low": "features_low", "mid": "features_mid"}
-
-
-def write_feature_file(path, coords, coord_attrs: dict, feats: dict, meta: dict, bad, all_coords):
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            d = f.create_dataset("coords", data=np.asarray(coords, dtype=np.int64).reshape(-1, 2))
-            for k, v in coord_attrs.items():
-                d.attrs[k] = v
-            for k, v in meta.items():
-                d.attrs[k] = v
-                f.attrs[k] = v
-            for lv, arr in feats.items():
-                f.create_dataset(LEVEL_DATASET[lv], data=arr)
-            if bad:
-                f.create_dataset(
-                    "skipped_coords",
-                    data=np.asarray([all_coords[r] for r, _ in bad], dtype=np.int64),
-                )
-
-
-def read_feature_file(path, level: str = "high") -> tuple[np.ndarray, np.ndarray, dict]:
-    """(features, coords, attrs) of one level."""
-    with h5py.File(path, "r") as f:
-        attrs = {
-            k: (v.decode() if isinstance(v, bytes) else v) for k, v in f["coords"].attrs.items()
-        }
-        return f[LEVEL_DATASET[level]][:], f["coords"][:], attrs

@@ -28,7 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -36,7 +35,6 @@ import torch
 from . import __version__
 from .cohorts import Cohort, check_class_counts, read_checked_table
 from .extraction import (
-    LEVEL_DATASET,
     ExtractParams,
     autocast_dtype,
     embed_batches,
@@ -44,7 +42,7 @@ from .extraction import (
     make_loader,
     select_device,
 )
-from .io import atomic_path
+from .formats import read_tile_features, write_tile_features
 from .tasks import LabelError, TaskSpec, join_errors
 
 log = logging.getLogger(__name__)
@@ -347,57 +345,6 @@ def extract_tiles(
     seconds = time.perf_counter() - t0
     return {"task": spec.name, "teacher": teacher, "n_images": len(images),
             "seconds": round(seconds, 3), "device": str(device)}  # fmt: skip
-
-
-def write_tile_features(path, images: pd.DataFrame, feats, sizes, eff, meta: dict) -> None:
-    strings = h5py.string_dtype()
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            for lv, arr in feats.items():
-                f.create_dataset(LEVEL_DATASET[lv], data=arr)
-            f.create_dataset("labels", data=images["y"].to_numpy(dtype=np.int64))
-            f.create_dataset("image_ids", data=list(images["image_id"]), dtype=strings)
-            f.create_dataset("case_ids", data=list(images["case_id"]), dtype=strings)
-            f.create_dataset("image_size", data=sizes)
-            f.create_dataset("mpp_effective", data=eff)
-            for k, v in meta.items():
-                f.attrs[k] = v
-
-
-def export_pt(features_h5: str | os.PathLike, out_pt: str | os.PathLike) -> tuple[int, int]:
-    """The seed's tile format from a tile feature file: ``torch.save`` of the tuple
-    ``(features, labels)`` — the canonical embedding as float32 ``[N, C]`` and class indices
-    as int64 ``[N]``, in the feature file's image order — tensors only, so it loads with
-    ``torch.load(path, weights_only=True)``. Written atomically; returns (N, C)."""
-    import torch
-
-    feats, rows, _ = read_tile_features(features_h5)
-    x = torch.from_numpy(np.ascontiguousarray(feats["high"], dtype=np.float32))
-    y = torch.from_numpy(rows["y"].to_numpy(dtype=np.int64))
-    with atomic_path(out_pt) as tmp:
-        torch.save((x, y), tmp)
-    return tuple(x.shape)
-
-
-def read_tile_features(path, levels=("high",)) -> tuple[dict, pd.DataFrame, dict]:
-    """({level: (N, D)}, frame image_id/case_id/y, attrs) of one task and teacher."""
-    with h5py.File(path, "r") as f:
-        missing = [lv for lv in levels if LEVEL_DATASET[lv] not in f]
-        if missing:
-            raise ValueError(
-                f"{path} has no {', '.join(missing)} level(s); extract with extraction.levels "
-                "including them"
-            )
-        feats = {lv: f[LEVEL_DATASET[lv]][:] for lv in levels}
-        rows = pd.DataFrame(
-            {
-                "image_id": f["image_ids"].asstr()[:],
-                "case_id": f["case_ids"].asstr()[:],
-                "y": f["labels"][:],
-            }
-        )
-        attrs = dict(f.attrs)
-    return feats, rows, attrs
 
 
 # --------------------------------------------------------------------------- training store

@@ -20,11 +20,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 from scipy import ndimage
 
 from . import __version__
+from .formats import write_patch_file
 from .io import atomic_path, write_json_atomic
 from .slides import BadSlideError, Slide, magnification
 
@@ -203,39 +203,6 @@ def choose_seg_level(level_mpps: list[float], seg_mpp: float) -> tuple[int, int]
     return level, factor
 
 
-# --------------------------------------------------------------------------- patch file
-
-
-def _write_patch_file(path, coords, fractions, attrs: dict) -> None:
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            d = f.create_dataset("coords", data=np.asarray(coords, dtype=np.int64).reshape(-1, 2))
-            for k, v in attrs.items():
-                d.attrs[k] = _h5_attr(v)
-            f.create_dataset(
-                "tissue_fraction", data=np.asarray(fractions, dtype=np.float32).reshape(-1)
-            )
-            for k in ("name", "status", "reason", "shazam_version"):
-                if k in attrs:
-                    f.attrs[k] = _h5_attr(attrs[k])
-
-
-def _h5_attr(v):
-    if v is None:
-        return "none"
-    if isinstance(v, (tuple, list)):
-        return np.asarray(v)
-    return v
-
-
-def read_patch_file(path) -> tuple[np.ndarray, dict]:
-    """Coordinates and the attrs of ``coords`` of a patch file (ours or CLAM's)."""
-    with h5py.File(path, "r") as f:
-        d = f["coords"]
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in d.attrs.items()}
-        return d[:], attrs
-
-
 # --------------------------------------------------------------------------- QC thumbnail
 
 
@@ -323,7 +290,7 @@ def tile_slide(
             raise
         qc.update(status="skipped", reason=e.reason, n_patches=0)
         attrs = _empty_attrs(slide_id, params, out_h5, e.reason)
-        _write_patch_file(out_h5, np.zeros((0, 2)), np.zeros(0), attrs)
+        write_patch_file(out_h5, np.zeros((0, 2)), np.zeros(0), attrs)
         _draw_thumbnail(out_png, None, None, [], 1, (1, 1), reason=f"skipped: {e.reason}")
         qc["seconds"] = round(time.perf_counter() - t0, 4)
         write_json_atomic(out_json, qc)
@@ -332,7 +299,7 @@ def tile_slide(
     attrs.update(name=slide_id, save_path=os.fspath(Path(out_h5).parent))
     attrs["status"] = qc["status"]
     attrs["reason"] = qc.get("reason") or ""
-    _write_patch_file(out_h5, coords, fractions, attrs)
+    write_patch_file(out_h5, coords, fractions, attrs)
     _draw_thumbnail(
         out_png,
         thumb_rgb,
@@ -500,6 +467,5 @@ __all__ = [
     "segment_tissue",
     "choose_seg_level",
     "tile_slide",
-    "read_patch_file",
     "summarize_qc",
 ]

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__
+from . import __version__, layout
 from .bags import BagStore
 from .cohorts import build_cohort
 from .io import atomic_path, write_json_atomic
@@ -91,7 +91,7 @@ class Targets:
 
 class Engine:
     def __init__(self, model, spec: TaskSpec, store: BagStore, targets: Targets, cfg: TrainConfig):
-        from .extraction import autocast_dtype, select_device
+        from .device import autocast_dtype, select_device
 
         self.spec, self.store, self.targets, self.cfg = spec, store, targets, cfg
         self.device, self._lock = select_device(cfg.device)
@@ -394,7 +394,9 @@ def train_tile_fold(
     t0 = time.perf_counter()
     name = registry.parse(model_name)
     used = name.teachers(teachers)
-    files = {t: os.path.join(features_root, "tile_features", spec.name, f"{t}.h5") for t in used}
+    files = {
+        t: layout.at(layout.TILE_FEATURES, features_root, task=spec.name, teacher=t) for t in used
+    }
     store, rows = TileStore.from_files(files)
     fold = read_fold(fold_csv)
     split = dict(zip(fold["case_id"], fold["split"], strict=True))

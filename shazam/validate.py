@@ -37,8 +37,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import layout
 from .bags import BagStore
-from .extraction import write_feature_file
+from .formats import write_feature_file
 from .io import atomic_path
 from .losses import survival_bins
 from .models import registry
@@ -142,10 +143,8 @@ def _write_cohort(
                     x += strength * sig[:, j : j + 1] * dirs[t, lv, j][None, :]
                 feats[lv] = x.astype(np.float16)
             meta = {"teacher": t, "slide_id": case, "synthetic": "shazam validate"}
-            write_feature_file(
-                root / "features" / t / f"{case}.h5", coords, {"patch_size": 256}, feats, meta,
-                [], coords,
-            )  # fmt: skip
+            path = layout.at(layout.FEATURES, root, teacher=t, slide=case)
+            write_feature_file(path, coords, {"patch_size": 256}, feats, meta, [], coords)
     return pd.DataFrame({"slide_id": list(bags), "case_id": list(bags)})
 
 

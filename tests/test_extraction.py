@@ -8,18 +8,18 @@ import tifffile
 import torch
 
 from shazam.demo import render_tissue
+from shazam.device import acquire_device_lock
 from shazam.extraction import (
     ExtractParams,
-    acquire_device_lock,
     extract_slide,
     group_runs,
     prepare,
-    read_feature_file,
 )
+from shazam.formats import read_feature_file, read_patch_file
 from shazam.slides import BadSlideError
 from shazam.teachers import get_spec
 from shazam.teachers.build import LevelExtractor, build_model
-from shazam.tiling import TilingParams, read_patch_file, tile_slide
+from shazam.tiling import TilingParams, tile_slide
 
 P = ExtractParams(batch_size=16, num_workers=0)
 
@@ -177,7 +177,7 @@ def test_device_locks_spread_jobs_over_gpus(tmp_path):
     i0, h0 = acquire_device_lock(2, tmp_path)
     # a second process must get the other device while the first holds its lock
     code = (
-        "from shazam.extraction import acquire_device_lock as a; import sys;"
+        "from shazam.device import acquire_device_lock as a; import sys;"
         f"i, h = a(2, {str(tmp_path)!r}, wait_s=0); print(i)"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

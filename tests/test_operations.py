@@ -105,7 +105,8 @@ def test_truncated_feature_file_names_the_file_and_how_to_regenerate_it(tmp_path
     import numpy as np
     import pandas as pd
 
-    from shazam.bags import BagStore, FeatureFileError
+    from shazam.bags import BagStore
+    from shazam.formats import FeatureFileError
 
     sheet = pd.DataFrame({"slide_id": ["S1", "S2"], "case_id": ["C1", "C2"]})
     for sid in ("S1", "S2"):
@@ -389,7 +390,7 @@ def test_gpu_choice_honours_cuda_visible_devices_else_locks_a_free_device(monkey
 
     import torch
 
-    from shazam.extraction import select_device
+    from shazam.device import select_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -400,7 +401,7 @@ def test_gpu_choice_honours_cuda_visible_devices_else_locks_a_free_device(monkey
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     # a job that holds GPU 0 and then dies by SIGKILL: its lock goes with it
     holder = subprocess.Popen(
-        [sys.executable, "-c", "from shazam.extraction import acquire_device_lock as a;"
+        [sys.executable, "-c", "from shazam.device import acquire_device_lock as a;"
          "import sys, time; i, h = a(2); print(i, flush=True); time.sleep(600)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

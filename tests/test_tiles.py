@@ -11,19 +11,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from shazam.extraction import ExtractParams
+from shazam.formats import export_pt, read_tile_features, write_tile_features
 from shazam.losses import cosine_huber
 from shazam.models import registry
 from shazam.models.tile import ShazamV1
 from shazam.tasks import LabelError, TaskSpec
 from shazam.tiles import (
     TileStore,
-    export_pt,
     extract_tiles,
     fit_image,
     load_tile_dataset,
-    read_tile_features,
     tile_splits,
-    write_tile_features,
 )
 from shazam.training import TrainConfig, train_tile_fold
 

@@ -8,6 +8,7 @@ import pytest
 import tifffile
 from conftest import tissue_image
 
+from shazam.formats import read_patch_file
 from shazam.slides import BadSlideError, Slide
 from shazam.tiling import (
     TilingParams,
@@ -17,7 +18,6 @@ from shazam.tiling import (
     integral_image,
     otsu_threshold,
     patch_geometry,
-    read_patch_file,
     segment_tissue,
     summarize_qc,
     tile_slide,

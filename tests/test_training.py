@@ -207,15 +207,15 @@ def test_dropout_keeps_one_minus_p_and_scales():
 
 
 def test_training_precision_policy(monkeypatch):
-    from shazam import extraction
-    from shazam.extraction import autocast_dtype
+    from shazam import device
+    from shazam.device import autocast_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert autocast_dtype("auto", cuda) == torch.bfloat16
     assert autocast_dtype("auto", cpu) is None  # extraction: fp32 on CPU
     assert autocast_dtype("fp32", cpu, cpu_bf16=True) is None
     for native in (True, False):
-        monkeypatch.setattr(extraction, "cpu_has_native_bf16", lambda n=native: n)
+        monkeypatch.setattr(device, "cpu_has_native_bf16", lambda n=native: n)
         want = torch.bfloat16 if native else None
         assert autocast_dtype("auto", cpu, cpu_bf16=True) == want  # training
 

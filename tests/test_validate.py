@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from shazam import cli
-from shazam.extraction import read_feature_file
+from shazam.formats import read_feature_file
 from shazam.validate import (
     DIMS,
     QUICK,

@@ -238,8 +238,8 @@ TILE_MODELS = ["mlp-toy_vit", "mlp-toy_cnn", "concat-mlp", "shazam-v1", "shazam-
 
 @pytest.mark.slow
 def test_demo_run_trains_the_tile_task(demo_run):
+    from shazam.formats import read_tile_features
     from shazam.teachers import get_spec
-    from shazam.tiles import read_tile_features
 
     wd, _ = demo_run
     plan = demo_tiles_plan(0, 16)
@@ -285,7 +285,7 @@ def test_demo_features_separate_the_xor_only_together(demo_run):
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    from shazam.extraction import read_feature_file
+    from shazam.formats import read_feature_file
 
     wd, _ = demo_run
     plan = [s for s in demo_plan(0, 32) if not s.blank]
@@ -323,7 +323,7 @@ def test_demo_features_separate_the_xor_only_together(demo_run):
 
 @pytest.mark.slow
 def test_demo_run_extracts_both_toy_teachers(demo_run):
-    from shazam.extraction import read_feature_file
+    from shazam.formats import read_feature_file
     from shazam.teachers import get_spec
 
     wd, _ = demo_run

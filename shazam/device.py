@@ -1,0 +1,76 @@
+"""Compute device and precision, shared by extraction and training.
+
+- :func:`select_device`: CUDA when present, else CPU; on a multi-GPU box without
+  ``CUDA_VISIBLE_DEVICES`` (Snakemake never sets it) a free device is taken with a file lock;
+- :func:`autocast_dtype`: the mixed-precision dtype for a configured ``precision``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+import torch
+
+
+def select_device(prefer: str = "auto", lock_dir: str | os.PathLike | None = None):
+    """(device, lock handle). CUDA when present, else CPU.
+
+    Snakemake never sets ``CUDA_VISIBLE_DEVICES``. When it is set (by the user, SLURM or a
+    wrapper) the job uses the first visible device. Otherwise, on a multi-GPU box, the job
+    takes an exclusive ``flock`` on one lock file per device and uses the first free one, so
+    parallel local jobs (``--resources gpu=N``) spread over the GPUs instead of piling onto
+    GPU 0. The lock is released when the process exits.
+    """
+    if prefer == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu"), None
+    if prefer.startswith("cuda:"):
+        return torch.device(prefer), None
+    n = torch.cuda.device_count()
+    if os.environ.get("CUDA_VISIBLE_DEVICES") or n == 1:
+        return torch.device("cuda:0"), None
+    idx, handle = acquire_device_lock(n, lock_dir)
+    return torch.device(f"cuda:{idx}"), handle
+
+
+def acquire_device_lock(
+    n_devices: int, lock_dir: str | os.PathLike | None = None, wait_s: float = 3600
+):
+    """Index of the first device whose lock file this process could lock, and the open lock
+    file (keep it open to hold the device). Waits, polling, when all devices are taken."""
+    lock_dir = Path(lock_dir or os.environ.get("SHAZAM_GPU_LOCK_DIR", "/tmp/shazam-gpu-locks"))
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        for i in range(n_devices):
+            f = open(lock_dir / f"gpu{i}.lock", "a+")  # noqa: SIM115 - held for the job
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            return i, f
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no free GPU among {n_devices} after {wait_s:.0f}s ({lock_dir})")
+        time.sleep(1.0)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where bf16 matmuls
+    run several times faster than fp32; elsewhere bf16 on CPU is emulated and slower."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
+
+
+def autocast_dtype(
+    precision: str, device: torch.device, preferred: str = "bf16", cpu_bf16: bool = False
+):
+    """None (fp32) or the autocast dtype. ``auto``: bf16 on CUDA; on CPU fp32, or bf16 when
+    ``cpu_bf16`` is asked for (training) and the CPU has native bf16 (``cpu_has_native_bf16``)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16
+        return torch.bfloat16 if cpu_bf16 and cpu_has_native_bf16() else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
