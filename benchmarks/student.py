@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from shazam.bags import BagStore, key
 from shazam.models import registry
+from shazam.stores import BagStore, key
 from shazam.tasks import TaskSpec
 from shazam.training import Engine, Targets, TrainConfig
 

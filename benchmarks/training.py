@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from shazam.bags import BagStore
 from shazam.device import cpu_has_native_bf16
 from shazam.models import registry
+from shazam.stores import BagStore
 from shazam.tasks import TaskSpec
 from shazam.training import Engine, Targets, TrainConfig
 

@@ -42,7 +42,7 @@ from .extraction import (
     make_loader,
     select_device,
 )
-from .formats import read_tile_features, write_tile_features
+from .formats import write_tile_features
 from .tasks import LabelError, TaskSpec, join_errors
 
 log = logging.getLogger(__name__)
@@ -345,72 +345,3 @@ def extract_tiles(
     seconds = time.perf_counter() - t0
     return {"task": spec.name, "teacher": teacher, "n_images": len(images),
             "seconds": round(seconds, 3), "device": str(device)}  # fmt: skip
-
-
-# --------------------------------------------------------------------------- training store
-
-
-class TileStore:
-    """One vector per image and teacher level, kept as one float16 (N, C) tensor per
-    ``teacher:level`` key. Same interface as :class:`~shazam.bags.BagStore`, so the training
-    engine runs unchanged: an image is a bag of one (mask (B, 1) all true)."""
-
-    def __init__(self, arrays: dict[str, np.ndarray | torch.Tensor], ids: list[str]):
-        self.keys = list(arrays)
-        self.teachers = list(dict.fromkeys(k.split(":")[0] for k in self.keys))
-        self.levels = tuple(dict.fromkeys(k.split(":")[1] for k in self.keys))
-        self.data = {
-            k: torch.as_tensor(np.asarray(v), dtype=torch.float16) for k, v in arrays.items()
-        }
-        self.dims = {k: int(v.shape[1]) for k, v in self.data.items()}
-        self.index = {i: r for r, i in enumerate(ids)}
-
-    @classmethod
-    def from_files(cls, files: dict[str, str | os.PathLike], levels=("high",)):
-        """Store over one tile feature file per teacher, plus the images' frame
-        (``image_id``, ``case_id``, ``y``); every file must list the same images."""
-        from .bags import key
-
-        arrays, rows = {}, None
-        for t, path in files.items():
-            feats, r, _ = read_tile_features(path, levels)
-            if rows is None:
-                rows, first = r, path
-            elif not r["image_id"].equals(rows["image_id"]):
-                raise ValueError(
-                    f"{path} and {first} list different images; re-extract both from the same "
-                    "dataset"
-                )
-            for lv in levels:
-                arrays[key(t, lv)] = feats[lv]
-        return cls(arrays, list(rows["image_id"])), rows
-
-    def size(self, _image: str) -> int:
-        return 1
-
-    def chunks(self, images: list[str], k: str):
-        """The rows of ``images`` for one key, in pieces of up to 65,536."""
-        rows = torch.as_tensor([self.index[i] for i in images], dtype=torch.long)
-        for s in range(0, len(rows), 65536):
-            yield self.data[k].index_select(0, rows[s : s + 65536])
-
-    def apply_standardizer(self, sc) -> None:
-        self.data = {k: sc.apply(k, v) for k, v in self.data.items()}
-
-    def to_dtype(self, dtype: torch.dtype) -> TileStore:
-        """Convert the features in place (see ``BagStore.to_dtype``)."""
-        self.data = {k: v.to(dtype) for k, v in self.data.items()}
-        return self
-
-    def batch(
-        self, ids: list[str], max_patches=None, rng=None, device="cpu", dtype=torch.float32,
-        reuse=False,
-    ):  # fmt: skip
-        """(features of ``ids``, all-true mask (B, 1)); ``reuse`` is accepted for the engine's
-        interface (one vector per image: nothing large to keep)."""
-        rows = torch.as_tensor([self.index[i] for i in ids], dtype=torch.long)
-        feats = {
-            k: v.index_select(0, rows).to(device, non_blocking=True).to(dtype)
-            for k, v in self.data.items()
-        }
-        return feats, torch.ones(len(ids), 1, dtype=torch.bool, device=device)

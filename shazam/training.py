@@ -27,12 +27,12 @@ import pandas as pd
 import torch
 
 from . import __version__, layout
-from .bags import BagStore
 from .cohorts import build_cohort
 from .io import atomic_path, write_json_atomic
 from .losses import bin_index, cross_entropy, nll_survival, survival_bins, survival_from_logits
 from .metrics import classification_metrics, survival_metrics
 from .splits import read_fold
+from .stores import BagStore
 from .tasks import TaskSpec
 
 
@@ -110,7 +110,7 @@ class Engine:
         if self._prepared:
             return
         if self.cfg.standardize:
-            from .bags import standardize_store
+            from .stores import standardize_store
 
             self.standardizer = standardize_store(self.store, train_ids)
         if self.amp == torch.bfloat16:
@@ -389,7 +389,7 @@ def train_tile_fold(
     case-level; the engine's items are the cases' images. Features come from
     ``{features_root}/tile_features/{task}/{teacher}.h5``."""
     from .models import registry
-    from .tiles import TileStore
+    from .stores import TileStore
 
     t0 = time.perf_counter()
     name = registry.parse(model_name)

@@ -105,8 +105,8 @@ def test_truncated_feature_file_names_the_file_and_how_to_regenerate_it(tmp_path
     import numpy as np
     import pandas as pd
 
-    from shazam.bags import BagStore
     from shazam.formats import FeatureFileError
+    from shazam.stores import BagStore
 
     sheet = pd.DataFrame({"slide_id": ["S1", "S2"], "case_id": ["C1", "C2"]})
     for sid in ("S1", "S2"):

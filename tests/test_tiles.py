@@ -15,9 +15,9 @@ from shazam.formats import export_pt, read_tile_features, write_tile_features
 from shazam.losses import cosine_huber
 from shazam.models import registry
 from shazam.models.tile import ShazamV1
+from shazam.stores import TileStore
 from shazam.tasks import LabelError, TaskSpec
 from shazam.tiles import (
-    TileStore,
     extract_tiles,
     fit_image,
     load_tile_dataset,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from shazam.bags import BagStore, split_checkpoint, standardize_store
 from shazam.models import registry
+from shazam.stores import BagStore, split_checkpoint, standardize_store
 from shazam.tasks import TaskSpec
 from shazam.training import TrainConfig, train_fold
 
@@ -122,8 +122,8 @@ def test_engine_overfits_a_tiny_separable_set(tmp_path, precision):
     sheet, spec = make_cohort(tmp_path, n=24, signal=1.5)
     cfg = TrainConfig(epochs=40, lr=5e-3, accumulate=2, batch_bags=2, d_model=32, dropout=0.0,
                       precision=precision)  # fmt: skip
-    from shazam.bags import BagStore
     from shazam.cohorts import build_cohort
+    from shazam.stores import BagStore
     from shazam.training import Engine, Targets
 
     cohort = build_cohort(spec, sheet)
@@ -144,7 +144,7 @@ def test_engine_overfits_a_tiny_separable_set(tmp_path, precision):
 
 
 def test_batches_pack_bags_in_the_autocast_dtype(tmp_path):
-    from shazam.bags import BagStore
+    from shazam.stores import BagStore
 
     sheet, _ = make_cohort(tmp_path, n=4)
     ids = ["c000", "c001", "c002"]
