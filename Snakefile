@@ -22,17 +22,17 @@ wildcard_constraints:
     teacher="|".join(TEACHERS) or "NO_TEACHER",
     task="|".join(TASKS) or "NO_TASK",
     fold=r"\d+",
-    shazam_model="shazam(-nogate|-nodistill|-high|-agreement)?",
+    shazam_model=registry.student_regex("slide"),
+    tile_model=registry.wildcard_regex("tile", TEACHERS),
 
 
 include: "rules/demo.smk"
 include: "rules/tiling.smk"
-include: "rules/features.smk"
+include: "rules/extraction.smk"
 include: "rules/splits.smk"
-include: "rules/train.smk"
+include: "rules/training.smk"
 include: "rules/evaluate.smk"
 include: "rules/validate.smk"
-include: "rules/tiles.smk"
 
 
 rule all:

@@ -1,5 +1,7 @@
-# Helpers for all stage files: config and sheet validation, slide lookups and
-# input functions. Validation logic itself lives in the shazam package (unit-tested there).
+# Helpers for all stage files: config and sheet validation, slide lookups and input
+# functions. What things are called and where they go is the package's: task kinds in
+# shazam.tasks, model names in shazam.models.registry, the results/ layout in shazam.layout
+# (all importable without torch, so parsing the DAG stays light).
 import json
 import math
 import shlex
@@ -8,10 +10,11 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from shazam.tasks import TaskSpec
+from shazam import layout
 from shazam.demo import demo_plan, demo_tiles_plan
-from shazam.slides import load_sheet
-from shazam.models.tile import tile_model_names
+from shazam.models import registry
+from shazam.slides import load_sheet, sheet_frame
+from shazam.tasks import TaskSpec
 from shazam.teachers import REGISTRY
 
 validate(config, "../workflow/schemas/config.schema.yaml")
@@ -22,20 +25,20 @@ if _unknown:
         f"config: unknown teacher(s) {', '.join(_unknown)} in `teachers`; "
         f"registered: {', '.join(REGISTRY)} (see `shazam teachers list`)"
     )
+registry.check_ablations(config["shazam"]["ablations"])
 TEACHERS = list(config["teachers"])
 # task definitions are checked at parse time (labels are checked by make_splits)
 TASK_SPECS = {
     name: TaskSpec.from_config(name, t) for name, t in config["tasks"].items()
 }
 TASKS = list(TASK_SPECS)
-# -- tile-level (ROI) tasks: image datasets with their own rules (rules/tiles.smk)
 SLIDE_TASKS = [t for t in TASKS if not TASK_SPECS[t].is_tile]
 TILE_TASKS = [t for t in TASKS if TASK_SPECS[t].is_tile]
-TILE_TRAIN_JSON = json.dumps(config["tile_training"], sort_keys=True)
 
+# config sections travel to the CLI as JSON; the package's dataclasses hold the defaults
 TRAIN_JSON = json.dumps(config["training"], sort_keys=True)
+TILE_TRAIN_JSON = json.dumps(config["tile_training"], sort_keys=True)
 SHAZAM_JSON = json.dumps(config["shazam"], sort_keys=True)
-SHAZAM_MODELS = ["shazam"] + [m for m in config["shazam"]["ablations"] if m != "shazam"]
 
 # Passed as a param to every rule so that upgrading the package shows up as a rerun reason.
 SHAZAM_VERSION = version("shazam")
@@ -58,11 +61,7 @@ def _load_slides():
             )
         # slide rules name the sheet as an input; with no sheet they have none (and no jobs)
         config["slides"] = []
-        import pandas as pd
-
-        return pd.DataFrame(columns=["slide_id", "path", "case_id", "mpp"]).astype(
-            {"mpp": float}
-        )
+        return sheet_frame()
     if DEMO["enabled"]:
         if Path(sheet_path) != Path(DEMO_SHEET):
             raise ValueError(
@@ -70,15 +69,10 @@ def _load_slides():
                 f"(got {sheet_path}); set demo.enabled: false to use your own sheet"
             )
         if not Path(sheet_path).exists():
-            import pandas as pd
-
-            return pd.DataFrame(
-                {
-                    "slide_id": [s.slide_id for s in DEMO_SLIDES],
-                    "path": [f"{DEMO_DIR}/slides/{s.filename}" for s in DEMO_SLIDES],
-                    "case_id": [s.case_id for s in DEMO_SLIDES],
-                    "mpp": [math.nan] * len(DEMO_SLIDES),
-                }
+            return sheet_frame(
+                slide_id=[s.slide_id for s in DEMO_SLIDES],
+                path=[f"{DEMO_DIR}/slides/{s.filename}" for s in DEMO_SLIDES],
+                case_id=[s.case_id for s in DEMO_SLIDES],
             )
         # demo slides are outputs of make_demo_data: a missing one is rebuilt, not an error
         return load_sheet(sheet_path, check_files=False)
@@ -96,9 +90,9 @@ _SLIDE_ARGS = {
     for sid, case, mpp in zip(SLIDES["slide_id"], SLIDES["case_id"], SLIDES["mpp"])
 }
 
-
 TEACHER_FEATURES = {
-    t: [f"results/features/{t}/{sid}.h5" for sid in SLIDE_IDS] for t in TEACHERS
+    t: [layout.FEATURES.format(teacher=t, slide=sid) for sid in SLIDE_IDS]
+    for t in TEACHERS
 }
 ALL_FEATURES = [f for t in TEACHERS for f in TEACHER_FEATURES[t]]
 
@@ -112,15 +106,9 @@ def slide_args(wildcards):
     return _SLIDE_ARGS[wildcards.slide]
 
 
-def cli_args(section):
-    """`--key value` arguments for one config section, in a stable order."""
-    args = []
-    for key, value in sorted(config[section].items()):
-        flag = key.replace("_", "-")
-        if isinstance(value, list):
-            value = ",".join(map(str, value))
-        args.append(f"--{flag} {'none' if value is None else value}")
-    return " ".join(args)
+def section_json(section):
+    """One config section as the JSON argument of its CLI stage."""
+    return json.dumps(config[section], sort_keys=True)
 
 
 def _teacher_weights_input(wildcards):
@@ -146,61 +134,43 @@ def demo_outputs():
     }
 
 
+def demo_tile_outputs():
+    return {
+        "table": f"{DEMO_DIR}/tiles.csv",
+        "images": [f"{DEMO_DIR}/tiles/{t.image_id}" for t in DEMO_TILES],
+    }
+
+
+# -- per task: its data, its splits, its models
+
+
 def task_spec_json(task):
     return TASK_SPECS[task].to_json()
 
 
+def task_source(task):
+    """What lists a task's data: a slide task's label table, a tile task's images (its CSV,
+    or its folder with one subfolder per class)."""
+    return TASK_SPECS[task].source
+
+
+def task_labels(wildcards):
+    return task_source(wildcards.task)
+
+
+def task_sheet(task):
+    """The slide sheet of a slide task (a tile task has none)."""
+    return [] if TASK_SPECS[task].is_tile else config["slides"]
+
+
 def task_split_inputs(task):
     """Imported split files of a task (a CLAM splits folder or one table), if any."""
-    src = config["tasks"][task].get("splits")
-    if not src:
+    src = TASK_SPECS[task].splits
+    if src in (None, "dataset"):  # generated, or a tile dataset's own split column
         return []
     if Path(src).is_dir():
         return sorted(str(p) for p in Path(src).glob("splits_*.csv"))
     return [src]
-
-
-def task_labels(wildcards):
-    """A slide task's label table; a tile task's image listing (its labels)."""
-    if wildcards.task in TILE_TASKS:
-        return tile_images(wildcards.task)
-    return config["tasks"][wildcards.task]["labels"]
-
-
-def task_sheet(wildcards):
-    """The slide sheet a slide task's report reads (a tile task has none)."""
-    return [] if wildcards.task in TILE_TASKS else config["slides"]
-
-
-def task_feature_samples(wildcards):
-    """One feature file per teacher: the report reads the teacher's identity from it."""
-    if wildcards.task in TILE_TASKS:
-        return [f"results/tile_features/{wildcards.task}/{t}.h5" for t in TEACHERS]
-    return teacher_feature_samples()
-
-
-MODEL_FILES = (
-    "model.safetensors",
-    "config.json",
-    "history.csv",
-    "predictions.csv",
-    "metrics.json",
-)
-
-
-def model_outputs(model):
-    base = f"results/models/{{task}}/{model}/fold_{{fold}}"
-    return {f.split(".")[0]: f"{base}/{f}" for f in MODEL_FILES}
-
-
-def model_names(task=None):
-    """Models per task and fold: one ABMIL per teacher, concat and the Shazam student with its
-    configured ablations when there are 2+ teachers; a tile task's models are
-    mlp-{teacher}, concat-mlp and shazam-v1[-nodistill]."""
-    if task in TILE_TASKS:
-        return tile_model_names(TEACHERS, config["shazam"]["ablations"])
-    fused = ["concat"] + SHAZAM_MODELS if len(TEACHERS) > 1 else []
-    return [f"abmil-{t}" for t in TEACHERS] + fused
 
 
 def task_folds(task):
@@ -208,65 +178,57 @@ def task_folds(task):
     return TASK_SPECS[task].n_folds
 
 
+def model_names(task):
+    """The models a task trains (shazam.models.registry.roster)."""
+    return registry.roster(
+        TEACHERS, config["shazam"]["ablations"], tile=TASK_SPECS[task].is_tile
+    )
+
+
+def model_outputs(model):
+    return layout.model_outputs(model=model)
+
+
 def model_files(task, name):
     """One output file of every model and fold of a task."""
     return [
-        f"results/models/{task}/{m}/fold_{k}/{name}"
+        layout.model_outputs(task, m, k)[name.split(".")[0]]
         for m in model_names(task)
         for k in range(task_folds(task))
     ]
 
 
-def teacher_feature_samples():
+def task_feature_samples(wildcards):
     """One feature file per teacher: the report reads the teacher's identity from it."""
-    return (
-        [f"results/features/{t}/{SLIDE_IDS[0]}.h5" for t in TEACHERS]
-        if SLIDE_IDS
-        else []
-    )
+    task = wildcards.task
+    if TASK_SPECS[task].is_tile:
+        return [layout.TILE_FEATURES.format(task=task, teacher=t) for t in TEACHERS]
+    return [TEACHER_FEATURES[t][0] for t in TEACHERS] if SLIDE_IDS else []
+
+
+def tile_model_features(wildcards):
+    """The tile feature files a tile model reads: its teacher's, or every teacher's."""
+    used = registry.parse(wildcards.tile_model).teachers(TEACHERS)
+    return [layout.TILE_FEATURES.format(task=wildcards.task, teacher=t) for t in used]
 
 
 def final_outputs():
     """Every task's report, plus the QC table and features (useful without any task)."""
+    tile_features = [
+        layout.TILE_FEATURES.format(task=task, teacher=t)
+        for task in TILE_TASKS
+        for t in TEACHERS
+    ]
+    exports = [  # the seed's (features, labels) .pt, where a tile task asks for it
+        layout.TILE_PT.format(task=task, teacher=t)
+        for task in TILE_TASKS
+        if TASK_SPECS[task].export_pt
+        for t in TEACHERS
+    ]
     return (
-        (["results/qc/tiling.tsv"] if SLIDE_IDS else [])
+        ([layout.QC_TABLE] if SLIDE_IDS else [])
         + ALL_FEATURES
-        + expand(
-            "results/tile_features/{task}/{teacher}.h5",
-            task=TILE_TASKS,
-            teacher=TEACHERS,
-        )
-        + [  # the seed's (features, labels) .pt, where a tile task asks for it
-            f"results/tile_features/{task}/{t}.pt"
-            for task in TILE_TASKS
-            if TASK_SPECS[task].export_pt
-            for t in TEACHERS
-        ]
-        + [f"results/report/{task}/report.html" for task in TASKS]
+        + tile_features
+        + exports
+        + [layout.REPORT_HTML.format(task=task) for task in TASKS]
     )
-
-
-# -- tile-level (ROI) tasks
-
-
-def tile_images(task):
-    """A tile task's listing: its CSV, or its folder (one subfolder per class)."""
-    return TASK_SPECS[task].images
-
-
-def tile_split_inputs(task):
-    src = TASK_SPECS[task].splits
-    return [] if src in (None, "dataset") else task_split_inputs(task)
-
-
-def tile_model_features(wildcards):
-    m = wildcards.tile_model
-    used = [m[len("mlp-") :]] if m.startswith("mlp-") else TEACHERS
-    return [f"results/tile_features/{wildcards.task}/{t}.h5" for t in used]
-
-
-def demo_tile_outputs():
-    return {
-        "table": f"{DEMO_DIR}/tiles.csv",
-        "images": [f"{DEMO_DIR}/tiles/{t.image_id}" for t in DEMO_TILES],
-    }

@@ -2,49 +2,49 @@ rule evaluate:
     input:
         predictions=lambda wc: model_files(wc.task, "predictions.csv"),
         metrics=lambda wc: model_files(wc.task, "metrics.json"),
-        splits="results/splits/{task}/summary.tsv",
+        splits=layout.SPLITS_SUMMARY,
         labels=task_labels,
-        slides=task_sheet,
+        slides=lambda wc: task_sheet(wc.task),
         features=task_feature_samples,
     output:
         summary=report(
-            "results/report/{task}/summary.tsv",
+            f"{layout.REPORT_DIR}/summary.tsv",
             caption="../workflow/report/summary.rst",
             category="{task}",
             subcategory="Tables",
             labels={"task": "{task}", "table": "summary per model"},
         ),
         per_fold=report(
-            "results/report/{task}/per_fold.tsv",
+            f"{layout.REPORT_DIR}/per_fold.tsv",
             caption="../workflow/report/per_fold.rst",
             category="{task}",
             subcategory="Tables",
             labels={"task": "{task}", "table": "per fold"},
         ),
         comparison=report(
-            "results/report/{task}/comparison.tsv",
+            f"{layout.REPORT_DIR}/comparison.tsv",
             caption="../workflow/report/comparison.rst",
             category="{task}",
             subcategory="Tables",
             labels={"task": "{task}", "table": "paired comparison"},
         ),
         dataset=report(
-            "results/report/{task}/dataset.tsv",
+            f"{layout.REPORT_DIR}/dataset.tsv",
             caption="../workflow/report/dataset.rst",
             category="{task}",
             subcategory="Tables",
             labels={"task": "{task}", "table": "cases per fold and split"},
         ),
-        markdown="results/report/{task}/report.md",
+        markdown=f"{layout.REPORT_DIR}/report.md",
         html=report(
-            "results/report/{task}/report.html",
+            layout.REPORT_HTML,
             caption="../workflow/report/task_report.rst",
             category="{task}",
             subcategory="Report",
             labels={"task": "{task}", "file": "report"},
         ),
         figures=report(
-            directory("results/report/{task}/figures"),
+            directory(f"{layout.REPORT_DIR}/figures"),
             patterns=["{name}.png"],
             caption="../workflow/report/figures.rst",
             category="{task}",
@@ -68,13 +68,14 @@ rule evaluate:
         slides=lambda wc, input: f"--slides {input.slides}" if input.slides else "",
         teachers=",".join(TEACHERS),
         shazam=SHAZAM_JSON,
-        evaluation=cli_args("evaluation"),
-        models_dir=lambda wc: f"results/models/{wc.task}",
+        evaluation=section_json("evaluation"),
+        models_dir=lambda wc: layout.MODELS_DIR.format(task=wc.task),
         splits_dir=lambda wc, input: os.path.dirname(input.splits),
         out_dir=lambda wc, output: os.path.dirname(output.summary),
     shell:
         "shazam evaluate --spec {params.spec:q} {params.slides}"
-        " --models {params.models} --teachers {params.teachers:q} {params.evaluation}"
+        " --models {params.models} --teachers {params.teachers:q}"
+        " --evaluation {params.evaluation:q}"
         " --shazam {params.shazam:q} --models-dir {params.models_dir}"
         " --splits-dir {params.splits_dir} --out-dir {params.out_dir}"
         " --feature-files {input.features} > {log} 2>&1"

@@ -1,20 +1,16 @@
-# One make_splits_<task> rule per task: a task's fold count fixes its output files.
-# (Tile-level tasks get theirs in rules/tiles.smk.)
-for task in SLIDE_TASKS:
+# One make_splits_<task> rule per task (slide or tile): a task's fold count fixes its outputs.
+for task in TASKS:
 
     rule:
         name:
             f"make_splits_{task}"
         input:
-            labels=config["tasks"][task]["labels"],
-            slides=config["slides"],
+            source=task_source(task),
+            slides=task_sheet(task),
             imported=task_split_inputs(task),
         output:
-            folds=expand(
-                f"results/splits/{task}/fold_{{k}}.csv",
-                k=range(config["tasks"][task]["folds"]),
-            ),
-            summary=f"results/splits/{task}/summary.tsv",
+            folds=[layout.FOLD.format(task=task, fold=k) for k in range(task_folds(task))],
+            summary=layout.SPLITS_SUMMARY.format(task=task),
         log:
             f"logs/make_splits/{task}.log",
         benchmark:
@@ -25,7 +21,8 @@ for task in SLIDE_TASKS:
         params:
             version=SHAZAM_VERSION,
             spec=task_spec_json(task),
+            slides=lambda wildcards, input: f"--slides {input.slides}" if input.slides else "",
             out_dir=lambda wildcards, output: os.path.dirname(output.summary),
         shell:
-            "shazam splits --spec {params.spec:q} --slides {input.slides}"
+            "shazam splits --spec {params.spec:q} {params.slides}"
             " --out-dir {params.out_dir} > {log} 2>&1"

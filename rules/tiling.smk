@@ -2,10 +2,10 @@ rule tile_slide:
     input:
         slide=slide_path,
     output:
-        h5="results/patches/{slide}.h5",
-        qc="results/qc/tiling/{slide}.json",
+        h5=layout.PATCHES,
+        qc=layout.TILING_QC,
         thumbnail=report(
-            "results/qc/tiling/{slide}.png",
+            layout.THUMBNAIL,
             caption="../workflow/report/tiling_thumbnail.rst",
             category="Tiling QC",
             subcategory="Thumbnails",
@@ -24,20 +24,20 @@ rule tile_slide:
     params:
         version=SHAZAM_VERSION,
         slide=slide_args,
-        tiling=cli_args("tiling"),
+        tiling=section_json("tiling"),
     shell:
         "shazam tile --slide {input.slide:q} --slide-id {wildcards.slide}"
-        " {params.slide} {params.tiling}"
+        " {params.slide} --tiling {params.tiling:q}"
         " --out-h5 {output.h5} --out-qc {output.qc} --out-thumbnail {output.thumbnail}"
         " > {log} 2>&1"
 
 
 rule tiling_qc:
     input:
-        expand("results/qc/tiling/{slide}.json", slide=SLIDE_IDS),
+        expand(layout.TILING_QC, slide=SLIDE_IDS),
     output:
         report(
-            "results/qc/tiling.tsv",
+            layout.QC_TABLE,
             caption="../workflow/report/tiling_qc.rst",
             category="Tiling QC",
             subcategory="Table",

@@ -2,7 +2,7 @@
 # `snakemake validate`. The job fails when any expectation is not met; the table is in the log.
 rule validate:
     output:
-        "results/validate/summary.tsv",
+        layout.VALIDATE_SUMMARY,
     log:
         "logs/validate/validate.log",
     benchmark:

@@ -19,6 +19,14 @@ def _optional_str(s: str) -> str | None:
     return None if s.lower() in ("", "none", "null") else s
 
 
+# Per-job values (paths, ids, names) are flags; a config section travels as one JSON argument
+# whose keys are the config's and whose defaults are the package dataclass's.
+SECTION_HELP = (
+    "the config's `{section}` section as JSON (missing keys take their defaults; see "
+    "config/README.md)"
+)
+
+
 def _optional_float(s: str) -> float | None:
     return None if s.lower() in ("", "none", "null", "nan") else float(s)
 
@@ -38,20 +46,10 @@ def cmd_demo_tiles(a: argparse.Namespace) -> None:
 
 
 def cmd_tile(a: argparse.Namespace) -> None:
+    from .io import parse_section
     from .tiling import TilingParams, tile_slide
 
-    params = TilingParams(
-        target_mpp=a.target_mpp,
-        patch_size=a.patch_size,
-        overlap=a.overlap,
-        min_tissue_fraction=a.min_tissue_fraction,
-        default_mpp=a.default_mpp,
-        on_bad_slide=a.on_bad_slide,
-        seg_mpp=a.seg_mpp,
-        min_saturation=a.min_saturation,
-        min_component_area_um2=a.min_component_area_um2,
-        max_hole_area_um2=a.max_hole_area_um2,
-    )
+    params = parse_section(TilingParams, a.tiling, "tiling")
     qc = tile_slide(
         a.slide_id,
         a.slide,
@@ -172,7 +170,7 @@ def cmd_extract_tiles(a: argparse.Namespace) -> None:
 
 
 def cmd_export_pt(a: argparse.Namespace) -> None:
-    from .tiles import export_pt
+    from .formats import export_pt
 
     n, c = export_pt(a.features, a.out)
     log.info("%s: %d images x %d dims -> %s", a.features, n, c, a.out)
@@ -314,16 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out-h5", required=True)
     t.add_argument("--out-qc", required=True)
     t.add_argument("--out-thumbnail", required=True)
-    t.add_argument("--target-mpp", type=float, default=0.5)
-    t.add_argument("--patch-size", type=int, default=256)
-    t.add_argument("--overlap", type=int, default=0)
-    t.add_argument("--min-tissue-fraction", type=float, default=0.25)
-    t.add_argument("--default-mpp", type=_optional_float, default=None)
-    t.add_argument("--on-bad-slide", choices=("fail", "skip"), default="fail")
-    t.add_argument("--seg-mpp", type=float, default=16.0)
-    t.add_argument("--min-saturation", type=int, default=20)
-    t.add_argument("--min-component-area-um2", type=float, default=10_000.0)
-    t.add_argument("--max-hole-area-um2", type=float, default=5_000.0)
+    t.add_argument("--tiling", default="{}", help=SECTION_HELP.format(section="tiling"))
     t.set_defaults(func=cmd_tile)
 
     tc = sub.add_parser("teachers", help="the teacher registry")

@@ -56,3 +56,27 @@ def _json_default(o):
     if isinstance(o, os.PathLike):
         return os.fspath(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def parse_section(cls, text: str | dict | None, section: str):
+    """A config section (JSON text or a mapping, as the workflow passes it to the CLI) as the
+    dataclass ``cls``, whose field defaults are the defaults. Unknown keys are an error naming
+    the section; numbers and lists take the field's type (JSON has no float ``10000.0`` and no
+    tuple), so a value reads the same whether it came from the config or a default."""
+    import dataclasses
+
+    values = json.loads(text) if isinstance(text, str) else dict(text or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"config section `{section}`: unknown key(s) {', '.join(unknown)}; "
+            f"known: {', '.join(fields)}"
+        )
+    for k, v in values.items():
+        kind = str(fields[k].type)
+        if "float" in kind and isinstance(v, int) and not isinstance(v, bool):
+            values[k] = float(v)
+        elif kind.startswith("tuple") and isinstance(v, list):
+            values[k] = tuple(v)
+    return cls(**values)

@@ -25,7 +25,8 @@ TILE_PT = "results/tile_features/{task}/{teacher}.pt"
 FOLD = "results/splits/{task}/fold_{fold}.csv"
 SPLITS_SUMMARY = "results/splits/{task}/summary.tsv"
 # training (rules train_*): one folder per task, model and fold (DESIGN §3.5)
-MODEL_DIR = "results/models/{task}/{model}/fold_{fold}"
+MODELS_DIR = "results/models/{task}"
+MODEL_DIR = MODELS_DIR + "/{model}/fold_{fold}"
 MODEL_FILES = ("model.safetensors", "config.json", "history.csv", "predictions.csv", "metrics.json")
 # evaluation (rule evaluate)
 REPORT_DIR = "results/report/{task}"

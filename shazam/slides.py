@@ -147,6 +147,21 @@ def load_sheet(path: str | os.PathLike, check_files: bool = True):
     return out
 
 
+def sheet_frame(slide_id=(), path=(), case_id=()):
+    """A slide sheet as :func:`load_sheet` returns it, from columns, with every MPP unknown
+    (the demo's plan before its files exist; no sheet at all for tile-only configs)."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "slide_id": list(slide_id),
+            "path": list(path),
+            "case_id": list(case_id),
+            "mpp": [math.nan] * len(slide_id),
+        }
+    ).astype({"mpp": float})
+
+
 # --------------------------------------------------------------------------- MPP resolution
 
 
