@@ -1,9 +1,11 @@
-"""Tasks, label validation, cohorts and case bags (DESIGN §3.1, §3.4).
+"""Label validation, cohorts and case bags (DESIGN §3.1, §3.4).
 
-A task's cohort is the set of cases present in both its label file and the slide sheet. Labels
-are validated with messages that name the file, the line and the column. Internally survival
-is always ``time`` (float > 0) + ``event`` (bool, True = event observed), whatever the file's
-convention (``censorship``: 1 = censored, TCGA/CLAM; ``event``: 1 = event, Patho-Bench).
+A slide task's cohort is the set of cases present in both its label file and the slide sheet;
+a tile task's cohort is the cases of its image listing (:mod:`shazam.images`), each labelled
+with its most frequent class. :func:`build_cohort` builds either. Labels are validated with
+messages that name the file, the line and the column. Internally survival is always ``time``
+(float > 0) + ``event`` (bool, True = event observed), whatever the file's convention
+(``censorship``: 1 = censored, TCGA/CLAM; ``event``: 1 = event, Patho-Bench).
 """
 
 from __future__ import annotations
@@ -138,7 +140,38 @@ def check_class_counts(spec: TaskSpec, cases: pd.DataFrame) -> None:
         )
 
 
-def build_cohort(spec: TaskSpec, sheet: pd.DataFrame, labels: pd.DataFrame | None = None) -> Cohort:
+def build_cohort(
+    spec: TaskSpec,
+    sheet: pd.DataFrame | None = None,
+    labels: pd.DataFrame | None = None,
+    images: pd.DataFrame | None = None,
+) -> Cohort:
+    """The cohort of any task, from its listing: the slide ``sheet`` of a slide task (with
+    its ``labels``, read from the task's label file when not given), or the ``images`` of a
+    tile task (:func:`shazam.images.load_images`)."""
+    if spec.is_tile:
+        if images is None:
+            raise ValueError(f"task {spec.name}: a tile task's cohort needs its image listing")
+        return image_cohort(spec, images)
+    if sheet is None:
+        raise ValueError(f"task {spec.name}: --slides is needed for slide-level tasks")
+    return slide_cohort(spec, sheet, labels)
+
+
+def image_cohort(spec: TaskSpec, images: pd.DataFrame) -> Cohort:
+    """Cases of a tile task (one per image when the listing has no case ids): ``label``/``y``
+    = the case's most frequent class (what folds stratify on), ``n_slides`` = its images."""
+    g = images.groupby("case_id", sort=True)
+    y = g["y"].agg(lambda v: int(np.bincount(v).argmax()))
+    cases = pd.DataFrame({"case_id": y.index, "y": y.to_numpy(), "n_slides": g.size().to_numpy()})
+    cases["label"] = [spec.classes[i] for i in cases["y"]]
+    cases = cases.reset_index(drop=True)
+    if spec.splits != "dataset":
+        check_class_counts(spec, cases)
+    return Cohort(spec, cases, [], [])
+
+
+def slide_cohort(spec: TaskSpec, sheet: pd.DataFrame, labels: pd.DataFrame | None = None) -> Cohort:
     """Cases present in both the label file and the slide sheet, with class/event checks."""
     labels = load_labels(spec) if labels is None else labels
     n_slides = sheet.groupby("case_id").size()

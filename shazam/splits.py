@@ -8,9 +8,10 @@ strata (all events, all censored) and the fold size. ``StratifiedKFold`` guarant
 only. The validation part of a fold is a systematic sample of the same strata-sorted order
 of its training cases, so it is stratified too, and it is disjoint from test by construction.
 
-Imported splits (CLAM ``splits_{k}.csv`` or one table with ``fold_k`` columns, ids as case or
-slide ids) are checked by :func:`check_splits`: the seed's val/test overlap is an error naming
-the case.
+Imported splits (CLAM ``splits_{k}.csv`` or one table with ``fold_k`` columns, ids as case,
+slide or image ids) are checked by :func:`check_splits`: the seed's val/test overlap is an
+error naming the case. A tile dataset may bring its own split (``splits: dataset``): one fold.
+:func:`task_folds` is the one entry for every kind of task.
 """
 
 from __future__ import annotations
@@ -21,12 +22,46 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cohorts import Cohort, strata
+from .cohorts import Cohort, build_cohort, strata
+from .images import load_images
 from .io import atomic_path
 from .slides import read_table
-from .tasks import LabelError
+from .tasks import LabelError, TaskSpec
 
 SPLITS = ("train", "val", "test")
+
+
+def task_folds(
+    spec: TaskSpec, sheet: pd.DataFrame | None = None
+) -> tuple[Cohort, list[pd.DataFrame]]:
+    """The cohort and folds of any task: a slide task's cohort comes from its label file and
+    the slide ``sheet`` (required), a tile task's from its image listing. Folds are the tile
+    dataset's own split (``splits: dataset``), imported split files (``splits: <path>``; ids
+    are case ids, or slide/image ids mapped to their cases), or generated (:func:`make_splits`).
+    """
+    if spec.is_tile:  # the listing comes from the task itself, not from a slide sheet
+        images = load_images(spec)
+        cohort = build_cohort(spec, images=images)
+        if spec.splits == "dataset":
+            return cohort, dataset_split(cohort, _case_split(spec, images))
+        sheet = pd.DataFrame({"slide_id": images["image_id"], "case_id": images["case_id"]})
+    else:
+        cohort = build_cohort(spec, sheet)
+    if spec.splits:
+        return cohort, import_splits(spec.splits, cohort, sheet)
+    return cohort, make_splits(cohort)
+
+
+def _case_split(spec: TaskSpec, images: pd.DataFrame) -> dict[str, str]:
+    """Each case's split from its images' split column; a case in several splits is an error."""
+    per_case = images.groupby("case_id")["split"].agg(lambda v: sorted(set(v)))
+    mixed = [f"{c} ({', '.join(v)})" for c, v in per_case.items() if len(v) > 1]
+    if mixed:
+        raise LabelError(
+            f"task {spec.name}: case(s) with images in several splits of {spec.images}: "
+            f"{', '.join(mixed[:5])} — a case must stay in one split"
+        )
+    return {c: v[0] for c, v in per_case.items()}
 
 
 def make_splits(cohort: Cohort) -> list[pd.DataFrame]:

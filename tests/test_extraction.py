@@ -200,6 +200,22 @@ def test_cli_unknown_teacher(tmp_path):
     assert p.returncode == 2 and "unknown teacher 'virchow3'" in p.stderr
 
 
+def test_cli_defaults_are_extract_params_and_the_parser_needs_no_torch():
+    code = (
+        "import sys; from shazam.cli import build_parser; "
+        "from shazam.extraction import ExtractParams; "
+        "a = build_parser().parse_args(['extract', '--teacher', 't', '--out', 'o', "
+        "'--slide', 's', '--slide-id', 's', '--patches', 'p']); "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "d = ExtractParams(); "
+        "assert (a.batch_size, a.num_workers, a.precision, tuple(a.levels.split(',')), "
+        "a.dtype, a.on_bad_patch, a.device) == (d.batch_size, d.num_workers, d.precision, "
+        "d.levels, d.dtype, d.on_bad_patch, d.device)"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
 def test_fast_and_openslide_paths_give_the_same_patches(make_slide, tmp_path):
     from shazam.extraction import PatchBatches
 

@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shazam.cohorts import Cohort
-from shazam.splits import SPLITS, import_splits, make_splits, write_splits
+from shazam.splits import SPLITS, import_splits, make_splits, task_folds, write_splits
 from shazam.tasks import LabelError, TaskSpec
 
 
@@ -164,3 +164,27 @@ def test_import_fold_table_and_errors(tmp_path):
     table.drop(columns=["fold_2"]).iloc[1:].to_csv(tmp_path / "two.csv", index=False)
     with pytest.raises(LabelError, match="has 2 folds but the task says folds: 3"):
         import_splits(tmp_path / "two.csv", cohort, sheet)
+
+
+def test_task_folds_of_a_slide_task_come_from_labels_and_sheet(tmp_path):
+    _, sheet = _demo_cohort()
+    labels = tmp_path / "labels.csv"
+    labels.write_text("case_id,label\n" + "".join(f"P{i:02d},{'AB'[i % 2]}\n" for i in range(20)))
+    spec = TaskSpec("subtype", "classification", str(labels), classes=("A", "B"), folds=3)
+    cohort, folds = task_folds(spec, sheet)
+    assert len(cohort.cases) == 20 and len(folds) == 3
+    for got, want in zip(folds, make_splits(cohort), strict=True):
+        pd.testing.assert_frame_equal(got, want)
+    # imported: the same folds back, ids given as slide ids
+    clam = _clam_dir(tmp_path, [df.assign(case_id=df["case_id"] + "_s1") for df in folds])
+    spec_imported = TaskSpec(
+        "subtype", "classification", str(labels), classes=("A", "B"), folds=3, splits=str(clam)
+    )
+    _, imported = task_folds(spec_imported, sheet)
+    for got, want in zip(imported, folds, strict=True):
+        assert dict(zip(got["case_id"], got["split"], strict=True)) == dict(
+            zip(want["case_id"], want["split"], strict=True)
+        )
+    # a slide task without its sheet is an error naming the task
+    with pytest.raises(ValueError, match="task subtype: --slides is needed"):
+        task_folds(spec)

@@ -1,4 +1,4 @@
-"""Per-teacher feature extraction: patch file + slide → ``results/features/{teacher}/{slide}.h5``.
+"""What slide patches and ROI images share on the way to a teacher.
 
 The loader is built to keep a GPU busy:
 - worker processes, each with its own OpenSlide handle (opened lazily inside the worker);
@@ -9,34 +9,29 @@ The loader is built to keep a GPU busy:
   tensor ops on the compute device;
 - one forward pass per batch with hooks capturing every level.
 
-Field of view is exact: a patch is the level-0 box of ``patch_size_level0`` pixels recorded by
-tiling (``patch_size`` px at ``target_mpp``), read at ``patch_level`` and resized to the
-teacher's input, so a 40× and a 20× scan give the teacher the same tissue.
+:class:`PatchBatches` (slide patches) and :class:`ImageBatches` (ROI images) both yield
+``(uint8 (B, S, S, 3), row indices, read errors)``; :class:`TeacherRun` holds one loaded teacher
+and runs it over either (:func:`embed_batches`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
-import os
 import sys
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
-from .device import autocast_dtype, select_device
-from .formats import read_patch_file, write_feature_file
-from .slides import BadSlideError, JpegTiledLevel, rgba_to_rgb
+from ..device import autocast_dtype, select_device
+from ..images import WHITE, fit_image
+from ..slides import JpegTiledLevel, rgba_to_rgb
+from ..teachers import TeacherSpec
+from .params import ExtractParams
 
-log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------- loader
+# --------------------------------------------------------------------------- slide patches
 
 
 def group_runs(coords: np.ndarray, step0: int, max_run: int) -> list[tuple[int, int]]:
@@ -79,6 +74,20 @@ class PatchGeometry:
         return f if f >= 2 and self.size % f == 0 else 1
 
 
+def read_geometry(attrs: dict) -> PatchGeometry:
+    """The patch geometry recorded in a patch file's ``coords`` attrs (ours or CLAM's)."""
+    ds = attrs["downsample"]
+    ds = float(ds[0] if np.ndim(ds) else ds)
+    return PatchGeometry(
+        level=int(attrs["patch_level"]),
+        downsample=ds,
+        size=int(attrs["patch_size"]),
+        size0=int(attrs.get("patch_size_level0", round(int(attrs["patch_size"]) * ds))),
+        step0=int(attrs.get("step_size_level0", attrs.get("patch_size_level0", 0)) or 0),
+        target_size=int(attrs.get("target_patch_size", 0)),
+    )
+
+
 class PatchBatches(torch.utils.data.Dataset):
     """Item i = batch i of the patch file (rows in file order) as uint8 (B, S, S, 3), the
     row indices, and per-row read errors. Errors are returned, not raised, so a worker never
@@ -111,6 +120,10 @@ class PatchBatches(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return math.ceil(len(self.coords) / self.batch_size)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.coords)
 
     def _slide(self):
         if self._osr is None:
@@ -192,6 +205,42 @@ class PatchBatches(torch.utils.data.Dataset):
         return torch.from_numpy(out), torch.arange(lo, hi), errors
 
 
+# --------------------------------------------------------------------------- ROI images
+
+
+class ImageBatches(torch.utils.data.Dataset):
+    """Item i = batch i of the listing as uint8 (B, side, side, 3), its row indices and read
+    errors (returned, not raised, as :class:`PatchBatches` does)."""
+
+    def __init__(self, paths: list[str], batch_size: int, side: int, fit: str, scale: float):
+        self.paths, self.batch_size, self.side = list(paths), batch_size, side
+        self.fit, self.scale = fit, scale
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.paths) / self.batch_size)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, b: int):
+        from PIL import Image
+
+        lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, len(self.paths))
+        out = np.full((hi - lo, self.side, self.side, 3), WHITE, dtype=np.uint8)
+        errors = []
+        for k in range(lo, hi):
+            try:
+                with Image.open(self.paths[k]) as img:
+                    out[k - lo] = fit_image(img, self.side, self.fit, self.scale)
+            except Exception as e:
+                errors.append((k, str(e).splitlines()[0] if str(e) else repr(e)))
+        return torch.from_numpy(out), torch.arange(lo, hi), errors
+
+
+# --------------------------------------------------------------------------- to the teacher
+
+
 def prepare(
     batch_u8: torch.Tensor,
     input_size: int,
@@ -215,7 +264,7 @@ def prepare(
         o = (target - input_size) // 2
         x = x[..., o : o + input_size, o : o + input_size]
     if view != "full":
-        from .teachers.build import input_view
+        from ..teachers.build import input_view
 
         x = input_view(x, view)
     # (x/255 - mean)/std in two in-place passes
@@ -224,7 +273,7 @@ def prepare(
     return x.sub_(m).div_(sd)
 
 
-def make_loader(ds: PatchBatches, num_workers: int, pin_memory: bool):
+def make_loader(ds: torch.utils.data.Dataset, num_workers: int, pin_memory: bool):
     kw = {}
     if num_workers > 0:
         kw = dict(prefetch_factor=4, persistent_workers=False)
@@ -238,146 +287,9 @@ def make_loader(ds: PatchBatches, num_workers: int, pin_memory: bool):
     )
 
 
-# --------------------------------------------------------------------------- extraction
-
-
-@dataclass(frozen=True)
-class ExtractParams:
-    batch_size: int = 128
-    num_workers: int = 4
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    levels: tuple[str, ...] = ("low", "mid", "high")
-    dtype: str = "float16"  # storage dtype of the feature datasets
-    on_bad_patch: str = "fail"  # fail | skip
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-
-    def __post_init__(self):
-        if self.on_bad_patch not in ("fail", "skip"):
-            raise ValueError(f"extraction.on_bad_patch must be fail or skip: {self.on_bad_patch}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"extraction.precision must be auto|fp32|bf16|fp16: {self.precision}")
-        if self.dtype not in ("float16", "float32"):
-            raise ValueError(f"extraction.dtype must be float16 or float32: {self.dtype}")
-
-
-def read_geometry(attrs: dict) -> PatchGeometry:
-    ds = attrs["downsample"]
-    ds = float(ds[0] if np.ndim(ds) else ds)
-    return PatchGeometry(
-        level=int(attrs["patch_level"]),
-        downsample=ds,
-        size=int(attrs["patch_size"]),
-        size0=int(attrs.get("patch_size_level0", round(int(attrs["patch_size"]) * ds))),
-        step0=int(attrs.get("step_size_level0", attrs.get("patch_size_level0", 0)) or 0),
-        target_size=int(attrs.get("target_patch_size", 0)),
-    )
-
-
-def extract_slide(
-    teacher: str,
-    slide_id: str,
-    slide_path: str | os.PathLike,
-    patches_h5: str | os.PathLike,
-    out_h5: str | os.PathLike,
-    params: ExtractParams = ExtractParams(),
-    weights: str | os.PathLike | None = None,
-    extractor=None,
-    progress: bool = True,
-) -> dict:
-    """Extract every level of one teacher for one slide and write the feature file atomically.
-
-    ``extractor`` (a built :class:`~shazam.teachers.build.LevelExtractor` with its weights
-    identity) can be passed to reuse a loaded model across slides.
-    """
-    from tqdm import tqdm
-
-    from .teachers import get_spec
-
-    t0 = time.perf_counter()
-    spec = get_spec(teacher)
-    coords, attrs = read_patch_file(patches_h5)
-    levels = tuple(lv for lv in params.levels if lv in spec.dims)
-    device, lock = select_device(params.device)
-    if extractor is None:
-        extractor = load_extractor(spec, weights, levels, device)
-    ext, identity = extractor
-    amp = autocast_dtype(params.precision, device, spec.precision)
-    n = len(coords)
-    out_dtype = np.float16 if params.dtype == "float16" else np.float32
-    feats = {lv: np.zeros((n, spec.dims[lv]), dtype=out_dtype) for lv in levels}
-    keep = np.ones(n, dtype=bool)
-    bad: list[tuple[int, str]] = []
-    if n:
-        geom = read_geometry(attrs)
-        # on the CPU, workers resize in parallel; on a GPU the batch is resized there
-        on_cpu = device.type == "cpu"
-        ds = PatchBatches(
-            os.fspath(slide_path), coords, geom, params.batch_size,
-            resize_to=(spec.resize_to or spec.input_size) if on_cpu else None,
-        )  # fmt: skip
-        workers = min(params.num_workers, len(ds))
-        loader = make_loader(ds, workers, pin_memory=device.type == "cuda")
-        bar = tqdm(
-            total=n, desc=f"{teacher}/{slide_id}", unit="patch", file=sys.stderr,
-            disable=not progress, mininterval=5.0,
-        )  # fmt: skip
-
-        def on_errors(errors):
-            if params.on_bad_patch == "fail":
-                row, reason = errors[0]
-                x, y = coords[row]
-                raise BadSlideError(
-                    slide_id,
-                    slide_path,
-                    f"cannot read patch {row} at level-0 ({x}, {y}): {reason} — set "
-                    "extraction.on_bad_patch: skip to drop such patches",
-                )
-            bad.extend(errors)
-            keep[[r for r, _ in errors]] = False
-
-        embed_batches(loader, ext, device, amp, feats, spec.resize_to, on_errors, bar)
-        bar.close()
-    if bad:
-        log.warning(
-            "slide %s: dropped %d unreadable patch(es), first at %s: %s",
-            slide_id, len(bad), tuple(coords[bad[0][0]]), bad[0][1],
-        )  # fmt: skip
-    kept = coords[keep]
-    meta = {
-        "teacher": teacher,
-        "teacher_arch": spec.arch,
-        "weights": identity,
-        "embedding": spec.embedding,
-        "levels": ",".join(levels),
-        "precision": str(amp).replace("torch.", "") if amp is not None else "float32",
-        "device": device.type,
-        "dtype": params.dtype,
-        "n_skipped_patches": len(bad),
-        "shazam_version": __version__,
-        "slide_id": slide_id,
-        "input_size": spec.input_size,
-        "view": spec.view,
-    }
-    write_feature_file(
-        out_h5, kept, attrs, {lv: feats[lv][keep] for lv in levels}, meta, bad, coords
-    )
-    seconds = time.perf_counter() - t0
-    if lock is not None:
-        lock.close()
-    return {
-        "slide_id": slide_id,
-        "teacher": teacher,
-        "n_patches": int(len(kept)),
-        "n_skipped": len(bad),
-        "seconds": round(seconds, 3),
-        "patches_per_s": round(len(kept) / seconds, 1) if seconds > 0 else None,
-        "device": str(device),
-    }
-
-
 def load_extractor(spec, weights, levels, device) -> tuple:
     """(LevelExtractor on ``device``, weights identity) for a registered teacher."""
-    from .teachers.build import LevelExtractor, build_model
+    from ..teachers.build import LevelExtractor, build_model
 
     model, wsrc = build_model(spec, weights)
     return LevelExtractor(spec, model, levels).to(device), wsrc.identity
@@ -400,3 +312,71 @@ def embed_batches(loader, ext, device, amp, feats: dict, resize_to, on_errors=No
                 arr[rows] = out[lv].float().cpu().numpy().astype(arr.dtype)
             if bar is not None:
                 bar.update(len(rows))
+
+
+@dataclass
+class TeacherRun:
+    """One teacher ready to embed: its registry spec, the levels it gives of those asked for,
+    the device (and the GPU lock held for it, released on exit), the model with its weights
+    identity, and the autocast dtype. A context manager."""
+
+    spec: TeacherSpec
+    params: ExtractParams
+    levels: tuple[str, ...]
+    device: torch.device
+    lock: object | None
+    ext: torch.nn.Module
+    identity: str
+    amp: torch.dtype | None
+
+    @classmethod
+    def open(
+        cls, spec: TeacherSpec, params: ExtractParams, weights=None, extractor=None
+    ) -> TeacherRun:
+        """``extractor``: an already built (LevelExtractor, weights identity) to reuse."""
+        levels = tuple(lv for lv in params.levels if lv in spec.dims)
+        device, lock = select_device(params.device)
+        if extractor is None:
+            extractor = load_extractor(spec, weights, levels, device)
+        ext, identity = extractor
+        amp = autocast_dtype(params.precision, device, spec.precision)
+        return cls(spec, params, levels, device, lock, ext, identity, amp)
+
+    def __enter__(self) -> TeacherRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.lock is not None:
+            self.lock.close()
+
+    def buffers(self, n: int) -> dict[str, np.ndarray]:
+        """Zeroed (n, dims) arrays, one per level, in the storage dtype."""
+        dtype = np.float16 if self.params.dtype == "float16" else np.float32
+        return {lv: np.zeros((n, self.spec.dims[lv]), dtype=dtype) for lv in self.levels}
+
+    def embed(self, ds, feats: dict, resize_to, on_errors, desc: str, unit: str, progress: bool):
+        """Every batch of ``ds`` (:class:`PatchBatches` or :class:`ImageBatches`) through the
+        teacher into ``feats``, with a progress bar of ``ds.n_rows`` ``unit``s."""
+        from tqdm import tqdm
+
+        workers = min(self.params.num_workers, len(ds))
+        loader = make_loader(ds, workers, pin_memory=self.device.type == "cuda")
+        bar = tqdm(
+            total=ds.n_rows, desc=desc, unit=unit, file=sys.stderr, disable=not progress,
+            mininterval=5.0,
+        )  # fmt: skip
+        embed_batches(loader, self.ext, self.device, self.amp, feats, resize_to, on_errors, bar)
+        bar.close()
+
+    def meta(self) -> dict:
+        """The feature file attrs that describe the teacher and how it ran."""
+        return {
+            "teacher": self.spec.name,
+            "teacher_arch": self.spec.arch,
+            "weights": self.identity,
+            "embedding": self.spec.embedding,
+            "levels": ",".join(self.levels),
+            "precision": str(self.amp).replace("torch.", "") if self.amp is not None else "float32",
+            "device": self.device.type,
+            "dtype": self.params.dtype,
+        }

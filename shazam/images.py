@@ -1,0 +1,169 @@
+"""ROI image datasets: the listing and reader of tile tasks (what :mod:`shazam.slides` is to
+slide tasks).
+
+A tile task is a set of images with one label each (UniToPatho, HunCRC, CRC-100K-style):
+either a folder with one subfolder per class, or a CSV ``path,label[,case_id][,split]`` (paths
+relative to the CSV's folder). :func:`load_images` lists them in a fixed order, checking the
+whole listing at once; :func:`fit_image` brings one image to a teacher's input side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .cohorts import read_checked_table
+from .tasks import LabelError, TaskSpec, join_errors
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+WHITE = 255
+COLUMNS = ["image_id", "path", "label", "y", "case_id", "split"]
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def load_images(spec: TaskSpec) -> pd.DataFrame:
+    """The task's images in a fixed order: ``image_id``, ``path`` (absolute), ``label``, ``y``
+    (class index), ``case_id`` (the image itself when none is given) and ``split`` (empty when
+    none is given). All problems are reported at once, naming file, line and column."""
+    src = Path(spec.images)
+    if src.is_dir():
+        if spec.splits == "dataset":
+            raise LabelError(
+                f"task {spec.name}: `splits: dataset` needs a CSV with a split column; "
+                f"{src} is a folder"
+            )
+        return _from_folder(spec, src)
+    if src.is_file():
+        return _from_csv(spec, src)
+    raise LabelError(f"task {spec.name}: images {src} is neither a folder nor a CSV file")
+
+
+def _from_folder(spec: TaskSpec, root: Path) -> pd.DataFrame:
+    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
+    unknown = [d for d in subdirs if d not in spec.classes]
+    missing = [c for c in spec.classes if c not in subdirs]
+    if unknown or missing:
+        raise LabelError(
+            f"task {spec.name}: image folder {root} must hold one subfolder per class "
+            f"{list(spec.classes)}; "
+            + "; ".join(
+                x
+                for x in (
+                    f"missing: {', '.join(missing)}" if missing else "",
+                    f"not a class: {', '.join(unknown)}" if unknown else "",
+                )
+                if x
+            )
+        )
+    rows = []
+    for y, c in enumerate(spec.classes):
+        files = sorted(
+            p for p in (root / c).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not files:
+            raise LabelError(f"task {spec.name}: class folder {root / c} has no images")
+        for p in files:
+            iid = p.relative_to(root).as_posix()
+            rows.append((iid, str(p.resolve()), c, y, iid, ""))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _from_csv(spec: TaskSpec, path: Path) -> pd.DataFrame:
+    df = read_checked_table(path, ["path", spec.label_col], "image table", spec.name)
+    errors: list[str] = []
+
+    def at(i, col):
+        return f"image table {path}, line {i + 2}, column {col}"
+
+    base = path.parent
+    ids = df["path"].str.strip()
+    seen: dict[str, int] = {}
+    abspaths = []
+    for i, p in enumerate(ids):
+        full = Path(p) if Path(p).is_absolute() else base / p
+        abspaths.append(str(full.resolve()))
+        if not p:
+            errors.append(f"{at(i, 'path')}: empty path")
+        elif p in seen:
+            errors.append(f"{at(i, 'path')}: duplicate image '{p}' (see line {seen[p] + 2})")
+        elif not full.is_file():
+            errors.append(f"{at(i, 'path')}: file {full} not found")
+        else:
+            seen[p] = i
+    labels = df[spec.label_col].str.strip()
+    errors += spec.class_errors(labels, at)
+    cases = df["case_id"].str.strip() if "case_id" in df.columns else ids
+    for i, c in enumerate(cases):
+        if not c:
+            errors.append(f"{at(i, 'case_id')}: empty case id")
+    split = (
+        df["split"].str.strip().str.lower() if "split" in df.columns else pd.Series([""] * len(df))
+    )
+    if spec.splits == "dataset":
+        if "split" not in df.columns:
+            errors.append(f"image table {path}: `splits: dataset` needs a split column")
+        else:
+            for i, v in enumerate(split):
+                if v not in ("train", "val", "test"):
+                    errors.append(f"{at(i, 'split')}: '{v}' is not train, val or test")
+    if errors:
+        raise LabelError(join_errors(errors, f"image table {path} (task {spec.name})"))
+    return pd.DataFrame(
+        {
+            "image_id": ids.to_numpy(),
+            "path": abspaths,
+            "label": labels.to_numpy(),
+            "y": [spec.classes.index(v) for v in labels],
+            "case_id": cases.to_numpy(),
+            "split": split.to_numpy(),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def image_sizes(images: pd.DataFrame) -> np.ndarray:
+    """(N, 2) height, width from the image headers; unreadable images are reported at once."""
+    from PIL import Image
+
+    sizes = np.zeros((len(images), 2), dtype=np.int32)
+    errors = []
+    for i, (iid, p) in enumerate(zip(images["image_id"], images["path"], strict=True)):
+        try:
+            with Image.open(p) as img:
+                sizes[i] = img.size[1], img.size[0]
+        except Exception as e:
+            errors.append(f"image {iid} ({p}): cannot open: {str(e).splitlines()[0]}")
+    if errors:
+        raise LabelError(join_errors(errors, "the task's images") + "\n  (replace or remove them)")
+    return sizes
+
+
+def fit_image(img, side: int, fit: str, scale: float):
+    """PIL image → uint8 (side, side, 3). ``resize``: the whole image to side × side;
+    ``crop``: rescale by ``scale`` (= image MPP / target MPP), then centre-crop, padding with
+    white where the image is smaller."""
+    from PIL import Image
+
+    img = img.convert("RGB")
+    if fit == "resize":
+        if img.size != (side, side):
+            img = img.resize((side, side), Image.BILINEAR)
+        return np.asarray(img)
+    w, h = img.size
+    if scale != 1:
+        w, h = max(1, round(w * scale)), max(1, round(h * scale))
+        img = img.resize((w, h), Image.BILINEAR)
+    a = np.asarray(img)
+    out = np.full((side, side, 3), WHITE, dtype=np.uint8)
+    # centre of the image on the centre of the output, each axis cropped or padded
+    sy, sx = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    dy, dx = max(0, (side - h) // 2), max(0, (side - w) // 2)
+    ch, cw = min(h, side), min(w, side)
+    out[dy : dy + ch, dx : dx + cw] = a[sy : sy + ch, sx : sx + cw]
+    return out
