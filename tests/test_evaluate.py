@@ -9,22 +9,19 @@ import pandas as pd
 import pytest
 
 from shazam.cohorts import build_cohort
-from shazam.evaluate import (
-    LATE_FUSION,
-    EvalConfig,
-    ModelRun,
+from shazam.evaluate import EvalConfig, evaluate_task
+from shazam.evaluate.runs import ModelRun, late_fusion, prediction_metrics
+from shazam.evaluate.stats import (
     _resample,
     bootstrap_ci,
     case_clusters,
-    compare,
-    evaluate_task,
-    late_fusion,
     paired_bootstrap,
     percentile_ci,
-    prediction_metrics,
     wilcoxon_p,
 )
+from shazam.evaluate.tables import compare
 from shazam.metrics import classification_metrics, survival_metrics
+from shazam.models.registry import LATE_FUSION
 from shazam.splits import make_splits, write_splits
 from shazam.tasks import TaskSpec
 

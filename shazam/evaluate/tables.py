@@ -1,0 +1,216 @@
+"""The report's tables: per fold, per model (mean ± SD over folds and the pooled out-of-fold
+estimate with its bootstrap CI), the paired comparison of the student against the single
+teachers, and the cases per fold and split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..tasks import TaskSpec
+from .runs import ModelRun, arrays_metrics, pooled_metrics, prediction_arrays
+from .stats import EvalConfig, Paired, bootstrap_ci, case_clusters, paired_bootstrap, wilcoxon_p
+
+LOWER_IS_BETTER = frozenset({"ibs", "logrank_p"})
+# the paired comparisons, in the report's order: how the single-teacher baseline is chosen
+BASELINES = (
+    ("val", "best single teacher, chosen on validation"),
+    ("oracle", "best single teacher on test (oracle, optimistic)"),
+)
+
+
+def per_fold_table(runs: dict[str, ModelRun], spec: TaskSpec) -> pd.DataFrame:
+    counts = ("n_cases", "n_events") if spec.kind == "survival" else ("n_cases",)
+    rows = []
+    for name, run in runs.items():
+        for k, m in enumerate(run.metrics):
+            reasons = m.get("reasons") or {}
+            for metric in (*spec.record.scalars, *counts):
+                rows.append(
+                    {
+                        "fold": k,
+                        "model": name,
+                        "metric": metric,
+                        "test": m.get(metric),
+                        "val": (m.get("val") or {}).get(metric),
+                        "reason": reasons.get(metric, ""),
+                    }
+                )
+            if m.get("selected_epoch") is not None:
+                rows.append(
+                    {
+                        "fold": k,
+                        "model": name,
+                        "metric": "selected_epoch",
+                        "test": m["selected_epoch"],
+                        "val": None,
+                        "reason": "",
+                    }
+                )
+    return pd.DataFrame(rows, columns=["fold", "model", "metric", "test", "val", "reason"])
+
+
+def summary_table(
+    runs: dict[str, ModelRun], pooled: dict[str, pd.DataFrame], spec: TaskSpec, cfg: EvalConfig
+) -> pd.DataFrame:
+    rows = []
+    ci_metrics = spec.record.ci_metrics
+    for name, run in runs.items():
+        pm, pr = pooled_metrics(pooled[name], spec, only=ci_metrics)
+        n = len(pooled[name])
+
+        arrays = prediction_arrays(pooled[name], spec, "risk_rank")
+
+        def stat(idx, arrays=arrays):
+            return arrays_metrics(arrays, spec, idx, only=ci_metrics)[0]
+
+        # whole cases: a tile task's images of one case together (one row per case: None)
+        clusters = case_clusters(pooled[name]["case_id"])
+        cis = bootstrap_ci(stat, n, cfg.n_boot, cfg.seed, cfg.level, clusters)
+        for metric in spec.record.scalars:
+            vals = [m.get(metric) for m in run.metrics]
+            ok = [float(v) for v in vals if v is not None]
+            reasons = _fold_reasons(run.metrics, metric)
+            lo, hi, nv = cis.get(metric, (None, None, 0))
+            if metric in ci_metrics and pm.get(metric) is None:
+                reasons.append(f"pooled: {pr.get(metric, 'undefined')}")
+            rows.append(
+                {
+                    "model": name,
+                    "metric": metric,
+                    "mean": float(np.mean(ok)) if ok else None,
+                    "sd": float(np.std(ok, ddof=1)) if len(ok) > 1 else None,
+                    "n_folds": len(ok),
+                    "pooled": pm.get(metric) if metric in ci_metrics else None,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "n_boot": nv if metric in ci_metrics else 0,
+                    "val_mean": _mean([(m.get("val") or {}).get(metric) for m in run.metrics]),
+                    "missing": "; ".join(reasons),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _fold_reasons(metrics: list[dict], metric: str) -> list[str]:
+    """Why a metric is missing, folds with the same reason together."""
+    by_reason: dict[str, list[int]] = {}
+    for k, m in enumerate(metrics):
+        if m.get(metric) is None:
+            reason = (m.get("reasons") or {}).get(metric, "not computed")
+            by_reason.setdefault(reason, []).append(k)
+    return [
+        f"fold{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))}: {reason}"
+        for reason, ks in by_reason.items()
+    ]
+
+
+def _mean(vals) -> float | None:
+    ok = [float(v) for v in vals if v is not None]
+    return float(np.mean(ok)) if ok else None
+
+
+def choose_baselines(summary: pd.DataFrame, singles: list[str], metric: str) -> dict:
+    """The single teacher with the best mean validation score (ties: config order), and the
+    best on test (oracle)."""
+    s = summary[(summary["metric"] == metric) & summary["model"].isin(singles)].set_index("model")
+    sign = -1 if metric in LOWER_IS_BETTER else 1
+    out = {}
+    for key, col in (("val", "val_mean"), ("oracle", "mean")):
+        scored = [
+            (sign * s.loc[m, col], -i, m)
+            for i, m in enumerate(singles)
+            if m in s.index and pd.notna(s.loc[m, col])
+        ]
+        out[key] = max(scored)[2] if scored else None
+    return out
+
+
+def compare(
+    a: ModelRun, b: ModelRun, spec: TaskSpec, metric: str, label: str, cfg: EvalConfig
+) -> Paired:
+    unit = spec.record.unit
+    fa = [df.set_index(unit) for df in a.predictions]
+    fb = [df.set_index(unit) for df in b.predictions]
+    ids = []
+    for k, (x, y) in enumerate(zip(fa, fb, strict=True)):
+        if sorted(x.index) != sorted(y.index):
+            raise ValueError(
+                f"fold {k}: {a.name} and {b.name} were tested on different cases — were "
+                "they trained on the same splits?"
+            )
+        ids.append(sorted(x.index))
+    fa = [x.loc[i].reset_index() for x, i in zip(fa, ids, strict=True)]
+    fb = [y.loc[i].reset_index() for y, i in zip(fb, ids, strict=True)]
+
+    def metric_of(tables):
+        arrays = [prediction_arrays(t, spec) for t in tables]
+
+        def f(k, idx):
+            return arrays_metrics(arrays[k], spec, idx, only=(metric,))[0].get(metric)
+
+        return f
+
+    per_fold, mean, (lo, hi, nv) = paired_bootstrap(
+        metric_of(fa),
+        metric_of(fb),
+        [len(i) for i in ids],
+        cfg.n_boot,
+        cfg.seed,
+        cfg.level,
+        [case_clusters(t["case_id"]) for t in fa],  # whole cases (None: one row per case)
+    )
+    p, note = wilcoxon_p(per_fold)
+    return Paired(a.name, b.name, metric, label, per_fold, mean, lo, hi, nv, p, note)
+
+
+def paired_comparisons(
+    runs: dict[str, ModelRun], student: str, chosen: dict, spec: TaskSpec, cfg: EvalConfig
+) -> list[Paired]:
+    """The student against each chosen baseline (:data:`BASELINES`); a teacher chosen twice is
+    compared once, with both labels."""
+    if student not in runs:
+        return []
+    pairs: list[Paired] = []
+    done: dict[str, Paired] = {}
+    for key, label in BASELINES:
+        b = chosen.get(key)
+        if b is None:
+            continue
+        if b not in done:
+            done[b] = compare(runs[student], runs[b], spec, spec.primary_metric, label, cfg)
+            pairs.append(done[b])
+        else:  # the same teacher: one comparison, both labels
+            done[b].label += " (also the best on test)"
+    return pairs
+
+
+def comparison_table(pairs: list[Paired], n_folds: int) -> pd.DataFrame:
+    rows = []
+    for p in pairs:
+        row = {"comparison": p.label, "student": p.a, "baseline": p.b, "metric": p.metric}
+        row.update({f"delta_fold_{k}": p.per_fold[k] for k in range(n_folds)})
+        row.update(
+            {
+                "mean_delta": p.mean,
+                "ci_low": p.ci_low,
+                "ci_high": p.ci_high,
+                "n_boot": p.n_valid,
+                "wilcoxon_p": p.wilcoxon_p,
+                "note": p.note,
+            }
+        )
+        rows.append(row)
+    cols = ["comparison", "student", "baseline", "metric"]
+    cols += [f"delta_fold_{k}" for k in range(n_folds)]
+    cols += ["mean_delta", "ci_low", "ci_high", "n_boot", "wilcoxon_p", "note"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def dataset_table(splits_dir) -> pd.DataFrame:
+    p = Path(splits_dir) / "summary.tsv"
+    if not p.exists():
+        raise ValueError(f"{p} is missing — run make_splits for this task first")
+    return pd.read_csv(p, sep="\t")
