@@ -32,7 +32,9 @@ class TaskKind:
     # metrics with a pooled bootstrap CI; the others need per-fold training data (IPCW
     # weights, time grids, the training median risk) that has no pooled equivalent
     ci_metrics: tuple[str, ...]
-    tile: bool = False  # ROI images (one vector per image) instead of slide bags
+    # the models' family (shazam.models.registry.FAMILY): slide bags, or ROI images (one
+    # vector per image, listed by the task itself: no slide sheet)
+    family: str = "slide"
 
 
 TASK_KINDS = {
@@ -50,7 +52,7 @@ TASK_KINDS = {
         "balanced_accuracy",
         CLASSIFICATION_SCALARS,
         ("balanced_accuracy", "auc_macro"),
-        tile=True,
+        family="tile",
     ),
 }
 TASK_TYPES = tuple(TASK_KINDS)
@@ -92,8 +94,13 @@ class TaskSpec:
         return self.record.objective
 
     @property
+    def family(self) -> str:
+        """``slide`` or ``tile``: which models the task trains (see the model registry)."""
+        return self.record.family
+
+    @property
     def is_tile(self) -> bool:
-        return self.record.tile
+        return self.family == "tile"
 
     @property
     def primary_metric(self) -> str:

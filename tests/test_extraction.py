@@ -200,20 +200,27 @@ def test_cli_unknown_teacher(tmp_path):
     assert p.returncode == 2 and "unknown teacher 'virchow3'" in p.stderr
 
 
-def test_cli_defaults_are_extract_params_and_the_parser_needs_no_torch():
+def test_cli_reads_the_extraction_section_into_extract_params_without_torch():
     code = (
         "import sys; from shazam.cli import build_parser; "
-        "from shazam.extraction import ExtractParams; "
+        "from shazam.extraction import ExtractParams; from shazam.io import parse_section; "
         "a = build_parser().parse_args(['extract', '--teacher', 't', '--out', 'o', "
-        "'--slide', 's', '--slide-id', 's', '--patches', 'p']); "
+        "'--slide', 's', '--slide-id', 's', '--patches', 'p', "
+        "'--extraction', '{\"levels\": [\"high\"], \"batch_size\": 8}']); "
         "assert 'torch' not in sys.modules, 'torch imported'; "
-        "d = ExtractParams(); "
-        "assert (a.batch_size, a.num_workers, a.precision, tuple(a.levels.split(',')), "
-        "a.dtype, a.on_bad_patch, a.device) == (d.batch_size, d.num_workers, d.precision, "
-        "d.levels, d.dtype, d.on_bad_patch, d.device)"
+        "p = parse_section(ExtractParams, a.extraction, 'extraction'); "
+        "assert p == ExtractParams(batch_size=8, levels=('high',)), p"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+def test_a_config_section_with_an_unknown_key_names_it():
+    from shazam.extraction import ExtractParams
+    from shazam.io import parse_section
+
+    with pytest.raises(ValueError, match="section `extraction`: unknown key.*batchsize"):
+        parse_section(ExtractParams, '{"batchsize": 8}', "extraction")
 
 
 def test_fast_and_openslide_paths_give_the_same_patches(make_slide, tmp_path):

@@ -12,7 +12,7 @@ from ..metrics import classification_metrics
 from ..models import registry
 from ..tasks import TaskSpec
 from .document import METRIC_LABELS
-from .runs import ModelRun, _class_arrays, family
+from .runs import ModelRun, _class_arrays
 from .stats import Paired
 
 FIGURE_CAPTIONS = {
@@ -140,7 +140,7 @@ def fig_roc(pooled: dict[str, pd.DataFrame], summary: pd.DataFrame, spec: TaskSp
     from sklearn.metrics import roc_curve
 
     plt = _plt()
-    student = registry.FAMILY[family(spec)].student
+    student = registry.FAMILY[spec.family].student
     fig, ax = plt.subplots(figsize=(5, 5))
     s = summary[summary["metric"] == "auc_macro"].set_index("model")
     for name, df in pooled.items():

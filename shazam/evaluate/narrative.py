@@ -17,7 +17,7 @@ from ..models import registry
 from ..tasks import TaskSpec
 from .document import METRIC_LABELS, Doc, _ci, _fmt, _none, _signed
 from .figures import FIGURE_CAPTIONS
-from .runs import ModelRun, family
+from .runs import ModelRun
 from .stats import EvalConfig, Paired
 from .tables import LOWER_IS_BETTER
 
@@ -111,7 +111,7 @@ class ReportContext:
 
     @property
     def words(self) -> Wording:
-        return WORDING[family(self.spec)]
+        return WORDING[self.spec.family]
 
     @property
     def outcome(self) -> Outcome:
@@ -185,7 +185,7 @@ def _estimate(ctx: ReportContext, model: str) -> str:
 
 
 def _answer_lines(ctx: ReportContext) -> list[str]:
-    label, student = ctx.label, registry.FAMILY[family(ctx.spec)].student
+    label, student = ctx.label, registry.FAMILY[ctx.spec.family].student
     if student not in ctx.runs:
         n = len(ctx.teachers)
         best = ctx.chosen.get("val")

@@ -14,7 +14,7 @@ from ..tasks import TaskSpec
 from .figures import draw_figures
 from .narrative import ReportContext, build_document
 from .provenance import software_versions, teacher_facts
-from .runs import family, load_runs, pooled_predictions, single_teachers
+from .runs import load_runs, pooled_predictions, single_teachers
 from .stats import EvalConfig
 from .tables import (
     choose_baselines,
@@ -48,7 +48,7 @@ def evaluate_task(
     fig_dir.mkdir(parents=True, exist_ok=True)
     for old in fig_dir.glob("*.png"):  # a figure that no longer applies must not linger
         old.unlink()
-    student = registry.FAMILY[family(spec)].student
+    student = registry.FAMILY[spec.family].student
     runs = load_runs(spec, models, models_dir, sheet, splits_dir)
     singles = single_teachers(spec, models)
     pooled = {n: pooled_predictions(r, spec) for n, r in runs.items()}

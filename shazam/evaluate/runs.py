@@ -27,11 +27,6 @@ from ..tasks import TaskSpec
 from .stats import rank_normalise
 
 
-def family(spec: TaskSpec) -> str:
-    """The task's family of models (:mod:`shazam.models.registry`): ``slide`` or ``tile``."""
-    return registry.family_of(spec.is_tile)
-
-
 @dataclass
 class ModelRun:
     """One model's outputs over the folds of a task."""
@@ -244,5 +239,5 @@ def load_runs(
 
 def single_teachers(spec: TaskSpec, models: list[str]) -> list[str]:
     """The single-teacher baselines among ``models`` (of the task's family), in their order."""
-    prefix = registry.FAMILY[family(spec)].single
+    prefix = registry.FAMILY[spec.family].single
     return [m for m in models if m.startswith(prefix)]

@@ -120,15 +120,11 @@ def check_ablations(names: list[str]) -> None:
         )
 
 
-def family_of(tile: bool) -> str:
-    return "tile" if tile else "slide"
-
-
 def roster(teachers: list[str], ablations=(), tile: bool = False) -> list[str]:
     """The models a task trains, in report order: one single-teacher model per teacher; with
     2+ teachers the early-fusion baseline, the student and its configured ablations (a tile
     task has the ablations registered with ``tile=True``)."""
-    f = FAMILY[family_of(tile)]
+    f = FAMILY["tile" if tile else "slide"]
     names = [f"{f.single}{t}" for t in teachers]
     if len(teachers) > 1:
         names += [f.fusion, f.student]
