@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .tasks import join_errors
+
 SLIDE_ID_PATTERN = r"[A-Za-z0-9._-]+"
 _SLIDE_ID_RE = re.compile(rf"^{SLIDE_ID_PATTERN}$")
 SHEET_COLUMNS = ("slide_id", "path", "case_id")
@@ -88,52 +90,11 @@ def load_sheet(path: str | os.PathLike, check_files: bool = True):
     seen: dict[str, int] = {}
     has_mpp = "mpp" in df.columns
     for i, row in df.iterrows():
-        sid = row["slide_id"].strip()
-        if not sid:
-            errors.append(f"{where(i, 'slide_id')}: empty slide id")
-        elif not _SLIDE_ID_RE.match(sid):
-            errors.append(
-                f"{where(i, 'slide_id')}: '{sid}' has characters outside [A-Za-z0-9._-]; "
-                "rename the slide id (the file name may stay as it is)"
-            )
-        elif sid in seen:
-            first = seen[sid] + 2
-            errors.append(f"{where(i, 'slide_id')}: duplicate slide id '{sid}' (see line {first})")
-        else:
-            seen[sid] = i
-        if not row["case_id"].strip():
-            errors.append(f"{where(i, 'case_id')}: empty case id for slide '{sid}'")
-        p = row["path"].strip()
-        if not p:
-            errors.append(f"{where(i, 'path')}: empty path for slide '{sid}'")
-            resolved.append("")
-        else:
-            full = Path(os.path.expanduser(p))
-            if not full.is_absolute():
-                full = base / full
-            full_s = os.path.normpath(full)
-            if check_files and not os.path.exists(full_s):
-                errors.append(f"{where(i, 'path')}: file not found for slide '{sid}': {full_s}")
-            resolved.append(full_s)
-        mpp = math.nan
-        if has_mpp and row["mpp"].strip():
-            try:
-                mpp = float(row["mpp"])
-            except ValueError:
-                mpp = -1.0
-            if not (mpp > 0 and math.isfinite(mpp)):
-                errors.append(
-                    f"{where(i, 'mpp')}: '{row['mpp']}' is not a positive number "
-                    "(µm per pixel at level 0; leave empty to use the slide's metadata)"
-                )
-                mpp = math.nan
+        full, mpp = _check_row(i, row, base, has_mpp, check_files, seen, where, errors)
+        resolved.append(full)
         mpps.append(mpp)
     if errors:
-        shown = errors[:20]
-        more = f"\n  … and {len(errors) - 20} more" if len(errors) > 20 else ""
-        raise SheetError(
-            f"{len(errors)} problem(s) in slide sheet {path}:\n  " + "\n  ".join(shown) + more
-        )
+        raise SheetError(join_errors(errors, f"slide sheet {path}"))
     import pandas as pd
 
     out = pd.DataFrame(
@@ -145,6 +106,49 @@ def load_sheet(path: str | os.PathLike, check_files: bool = True):
         }
     )
     return out
+
+
+def _check_row(i, row, base: Path, has_mpp: bool, check_files: bool, seen: dict, where, errors):
+    """(resolved path, MPP or NaN) of one sheet row; its problems are appended to ``errors``."""
+    sid = row["slide_id"].strip()
+    if not sid:
+        errors.append(f"{where(i, 'slide_id')}: empty slide id")
+    elif not _SLIDE_ID_RE.match(sid):
+        errors.append(
+            f"{where(i, 'slide_id')}: '{sid}' has characters outside [A-Za-z0-9._-]; "
+            "rename the slide id (the file name may stay as it is)"
+        )
+    elif sid in seen:
+        first = seen[sid] + 2
+        errors.append(f"{where(i, 'slide_id')}: duplicate slide id '{sid}' (see line {first})")
+    else:
+        seen[sid] = i
+    if not row["case_id"].strip():
+        errors.append(f"{where(i, 'case_id')}: empty case id for slide '{sid}'")
+    p = row["path"].strip()
+    if not p:
+        errors.append(f"{where(i, 'path')}: empty path for slide '{sid}'")
+        full_s = ""
+    else:
+        full = Path(os.path.expanduser(p))
+        if not full.is_absolute():
+            full = base / full
+        full_s = os.path.normpath(full)
+        if check_files and not os.path.exists(full_s):
+            errors.append(f"{where(i, 'path')}: file not found for slide '{sid}': {full_s}")
+    mpp = math.nan
+    if has_mpp and row["mpp"].strip():
+        try:
+            mpp = float(row["mpp"])
+        except ValueError:
+            mpp = -1.0
+        if not (mpp > 0 and math.isfinite(mpp)):
+            errors.append(
+                f"{where(i, 'mpp')}: '{row['mpp']}' is not a positive number "
+                "(µm per pixel at level 0; leave empty to use the slide's metadata)"
+            )
+            mpp = math.nan
+    return full_s, mpp
 
 
 def sheet_frame(slide_id=(), path=(), case_id=()):
