@@ -215,25 +215,9 @@ def cmd_train(a: argparse.Namespace) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     spec = TaskSpec.from_json(a.spec)
-    if spec.is_tile:
-        from .training import train_tile_fold
-
-        cfg = TrainConfig.for_tiles(json.loads(a.train), json.loads(a.tile_train or "{}"))
-        m = train_tile_fold(
-            a.model, spec, a.fold_csv, a.teachers.split(","), a.out_dir, cfg,
-            features_root=a.features_root, log=log.info,
-            shazam_cfg=json.loads(a.shazam) if a.shazam else None,
-        )  # fmt: skip
-        log.info(
-            "%s on %s (%s): selected epoch %s, val balanced_accuracy %s, test %s",
-            a.model, spec.name, a.fold_csv, m["selected_epoch"],
-            m["val"].get("balanced_accuracy"), m.get("balanced_accuracy"),
-        )  # fmt: skip
-        return
-    if not a.slides:
-        raise ValueError(f"task {spec.name}: --slides is needed for slide-level tasks")
-    cfg = TrainConfig.from_dict(json.loads(a.train))
-    sheet = load_sheet(a.slides, check_files=False)
+    cfg = TrainConfig.for_task(spec, json.loads(a.train), json.loads(a.tile_train or "{}"))
+    # a slide task's cases come from the sheet (train_fold says so when it is missing)
+    sheet = load_sheet(a.slides, check_files=False) if a.slides else None
     m = train_fold(
         a.model, spec, a.fold_csv, sheet, a.teachers.split(","), a.out_dir, cfg,
         features_root=a.features_root, log=log.info,

@@ -1,22 +1,31 @@
-"""Case-level feature bags held in memory as 16-bit floats, batched as packed rows + a mask.
+"""Feature stores: what the training engine reads, held in memory as 16-bit floats.
 
-Bags are read as float16; an engine that computes in bf16 converts its store to bfloat16 once
-(same memory) so that batches need no conversion.
+One interface, :class:`FeatureStore` (eva's idea: one abstract base that owns the contract, one
+subclass per kind of data), two stores:
 
-A case's bag is the union of its slides' patches. When several teachers are used together the
-bag keeps the patches every teacher has (normally all of them: the teachers read the same
-patch file; a patch skipped as unreadable for one teacher is dropped for all).
+* :class:`BagStore` — slide tasks: a case's bag is the union of its slides' patches, batched
+  as packed rows + a mask. When several teachers are used together the bag keeps the patches
+  every teacher has (normally all of them: the teachers read the same patch file; a patch
+  skipped as unreadable for one teacher is dropped for all).
+* :class:`TileStore` — tile tasks: one vector per ROI image; an image is a bag of one.
+
+:func:`open_store` opens the store of a :class:`~shazam.tasks.TaskSpec` (the paths come from
+:mod:`shazam.layout`). Features are read as float16; an engine that computes in bf16 converts
+its store to bfloat16 once (same memory) so that batches need no conversion.
 """
 
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 
 import numpy as np
+import pandas as pd
 import torch
 
 from . import layout
 from .formats import read_bag_part, read_tile_features
+from .tasks import TaskSpec
 
 
 def key(teacher: str, level: str) -> str:
@@ -123,7 +132,116 @@ def standardize_store(store, ids: list[str]) -> Standardizer:
     return sc
 
 
-class BagStore:
+class FeatureStore(ABC):
+    """What the training engine (and the standardisation) needs of a store of features.
+
+    Items (cases of a slide task, images of a tile task) are named by id. Features are kept per
+    ``teacher:level`` key (:func:`key`), 16-bit, rows aligned across keys.
+
+    Attributes: ``keys`` (every ``teacher:level``, teacher-major), ``teachers``, ``levels``,
+    ``dims`` (``key`` → feature width) and ``standardizer`` (set once by
+    :func:`standardize_store`)."""
+
+    keys: list[str]
+    teachers: list[str]
+    levels: tuple[str, ...]
+    dims: dict[str, int]
+    standardizer: Standardizer | None = None
+
+    def _set_keys(self, keys) -> None:
+        """``keys`` and the ``teachers`` and ``levels`` they name, in first-seen order."""
+        self.keys = list(keys)
+        self.teachers = list(dict.fromkeys(k.split(":")[0] for k in self.keys))
+        self.levels = tuple(dict.fromkeys(k.split(":")[1] for k in self.keys))
+
+    @classmethod
+    @abstractmethod
+    def for_task(
+        cls,
+        spec: TaskSpec,
+        teachers: list[str],
+        root: str | os.PathLike = layout.RESULTS,
+        levels=("high",),
+        sheet: pd.DataFrame | None = None,
+        cases=None,
+    ) -> tuple[FeatureStore, pd.DataFrame]:
+        """(the store of ``spec``'s features of ``teachers`` under ``root``, the frame of the
+        rows it was built from). Slide tasks need the ``sheet`` and the ``cases`` to load."""
+
+    @abstractmethod
+    def size(self, item: str) -> int:
+        """Feature rows of one item (patches of a case's bag; 1 for an image)."""
+
+    @abstractmethod
+    def chunks(self, ids: list[str], k: str):
+        """The rows of ``ids`` for one key, as (n, C) pieces (the standardisation's input)."""
+
+    @abstractmethod
+    def apply_standardizer(self, sc: Standardizer) -> None:
+        """Transform every row in place (computed in float32, kept in the store's dtype)."""
+
+    @abstractmethod
+    def to_dtype(self, dtype: torch.dtype) -> FeatureStore:
+        """Convert the features in place, e.g. to bfloat16 once for an engine that computes in
+        bf16, instead of once per batch; returns the store."""
+
+    @abstractmethod
+    def batch(
+        self,
+        ids: list[str],
+        max_patches: int | None = None,
+        rng: np.random.Generator | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        reuse: bool = False,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Packed features {key: (M, C)} in ``dtype`` on ``device`` — the rows of every item,
+        item after item, no padding — and the mask (B, N) that places them (row-major) in a
+        padded batch. ``max_patches`` + ``rng``: subsample larger items (training). ``reuse``:
+        the returned tensors may live in buffers kept by the store, overwritten by the next
+        ``reuse`` call (a training loop that finishes each step before asking for the next)."""
+
+    def _deliver(self, k: str, rows: torch.Tensor, device, dtype: torch.dtype, reuse: bool):
+        """One key's gathered rows on ``device`` in ``dtype``; with ``reuse`` a conversion on
+        the CPU goes into a kept buffer too (e.g. float16 rows for an fp32 step: 200 MB fresh
+        pages per step otherwise)."""
+        rows = rows.to(device, non_blocking=True)
+        if reuse and rows.dtype != dtype and rows.device.type == "cpu":
+            return self._buffer(k, tuple(rows.shape), dtype, True).copy_(rows)
+        return rows.to(dtype)
+
+    def _buffer(self, k: str, shape: tuple[int, int], dtype: torch.dtype, reuse: bool):
+        """An uninitialised (rows, C) tensor: new, or the front of a kept buffer per key and
+        dtype, grown when a batch needs more rows."""
+        if not reuse:
+            return torch.empty(shape, dtype=dtype)
+        bufs = self.__dict__.setdefault("_buffers", {})
+        buf = bufs.get((k, dtype))
+        if buf is None or buf.shape[0] < shape[0]:
+            buf = bufs[(k, dtype)] = torch.empty(shape, dtype=dtype)
+        return buf[: shape[0]]
+
+
+def store_class(spec: TaskSpec) -> type[FeatureStore]:
+    """The store of a task's model family: case bags (slide), images (tile)."""
+    return {"slide": BagStore, "tile": TileStore}[spec.family]
+
+
+def open_store(
+    spec: TaskSpec,
+    teachers: list[str],
+    root: str | os.PathLike = layout.RESULTS,
+    levels=("high",),
+    sheet: pd.DataFrame | None = None,
+    cases=None,
+) -> tuple[FeatureStore, pd.DataFrame]:
+    """The feature store of a task and the frame of its rows (see ``FeatureStore.for_task``):
+    slide tasks, the sheet's rows of ``cases``; tile tasks, the images (``image_id``,
+    ``case_id``, ``y``)."""
+    return store_class(spec).for_task(spec, teachers, root, levels, sheet, cases)
+
+
+class BagStore(FeatureStore):
     """``bags[case]["teacher:level"]`` = 16-bit tensor (N, C), rows aligned across teachers
     (and levels, which share their teacher's rows)."""
 
@@ -140,25 +258,11 @@ class BagStore:
         self.keys = [key(t, lv) for t in self.teachers for lv in self.levels]
         self.bags: dict[str, dict[str, torch.Tensor]] = {}
         self.dims: dict[str, int] = {}
-        wanted = set(cases)
-        by_case: dict[str, list[str]] = {}
-        for cid, sid in zip(sheet["case_id"], sheet["slide_id"], strict=True):
-            if cid in wanted:
-                by_case.setdefault(cid, []).append(sid)
-        missing = sorted(wanted - set(by_case))
-        if missing:
-            raise ValueError(f"cases without slides in the sheet: {', '.join(missing[:5])}")
+        by_case = _slides_by_case(sheet, cases)
         for cid in sorted(by_case):
             parts: dict[str, list[np.ndarray]] = {k: [] for k in self.keys}
             for sid in sorted(by_case[cid]):
-                per_t = {}
-                for t in self.teachers:
-                    path = layout.at(layout.FEATURES, root, teacher=t, slide=sid)
-                    feats, coords = read_bag_part(path, self.levels)
-                    per_t[t] = (feats, coords)
-                    for lv in self.levels:
-                        self.dims.setdefault(key(t, lv), feats[lv].shape[1])
-                for t, rows in _align(per_t).items():
+                for t, rows in _align(self._read_slide(sid, root)).items():
                     for lv in self.levels:
                         parts[key(t, lv)].append(rows[lv])
             self.bags[cid] = {
@@ -170,22 +274,40 @@ class BagStore:
                 for k, p in parts.items()
             }
 
+    def _read_slide(self, slide: str, root) -> dict[str, tuple[dict, np.ndarray]]:
+        """{teacher: ({level: features}, coords)} of one slide; notes each key's width."""
+        per_t = {}
+        for t in self.teachers:
+            path = layout.at(layout.FEATURES, root, teacher=t, slide=slide)
+            feats, coords = read_bag_part(path, self.levels)
+            per_t[t] = (feats, coords)
+            for lv in self.levels:
+                self.dims.setdefault(key(t, lv), feats[lv].shape[1])
+        return per_t
+
+    @classmethod
+    def for_task(cls, spec, teachers, root=layout.RESULTS, levels=("high",), sheet=None,
+                 cases=None):  # fmt: skip
+        """The bags of ``cases`` (the sheet's slides of each, from ``layout.FEATURES``) and the
+        sheet's rows of those cases."""
+        if sheet is None or cases is None:
+            raise ValueError(f"task {spec.name}: a slide task's store needs the sheet and cases")
+        store = cls(sheet, teachers, cases, levels, root)
+        return store, sheet[sheet["case_id"].isin(set(cases))]
+
     @classmethod
     def from_arrays(cls, bags: dict[str, dict[str, torch.Tensor]]) -> BagStore:
         """A store over bags already in memory: ``bags[case]["teacher:level"]`` = (N, C)
         float16 tensors (synthetic cohorts, benchmarks); keys must be the same for every case."""
         store = cls.__new__(cls)
         first = next(iter(bags.values()))
-        store.keys = list(first)
-        store.teachers = list(dict.fromkeys(k.split(":")[0] for k in store.keys))
-        store.levels = tuple(dict.fromkeys(k.split(":")[1] for k in store.keys))
+        store._set_keys(first)
         store.dims = {k: int(v.shape[1]) for k, v in first.items()}
         store.bags = bags
         return store
 
     def to_dtype(self, dtype: torch.dtype) -> BagStore:
-        """Convert every bag in place (one bag at a time: no second copy of the store), e.g. to
-        bfloat16 once for an engine that computes in bf16, instead of once per batch."""
+        """One bag at a time: no second copy of the store."""
         for bag in self.bags.values():
             for k, v in bag.items():
                 if v.dtype != dtype:
@@ -196,35 +318,41 @@ class BagStore:
         return int(next(iter(self.bags[case].values())).shape[0])
 
     def chunks(self, cases: list[str], k: str):
-        """The rows of ``cases`` for one key, bag by bag."""
+        """Bag by bag."""
         for c in cases:
             yield self.bags[c][k]
 
     def apply_standardizer(self, sc: Standardizer) -> None:
-        """In place, bag by bag (computed in float32, kept in the store's dtype)."""
+        """Bag by bag."""
         for bag in self.bags.values():
             for k, v in bag.items():
                 bag[k] = sc.apply(k, v)
 
-    def batch(
-        self,
-        cases: list[str],
-        max_patches: int | None = None,
-        rng: np.random.Generator | None = None,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        reuse: bool = False,
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Packed features {teacher: (M, C)} in ``dtype`` — the real patches of all bags, bag
-        after bag, no padding — and the mask (B, N) that places them (row-major) in a padded
-        batch. With ``max_patches`` and ``rng``, larger bags are randomly subsampled (training).
-        Rows are gathered straight into one 16-bit buffer and converted once, on ``device``.
+    def batch(self, cases, max_patches=None, rng=None, device="cpu", dtype=torch.float32,
+              reuse=False):  # fmt: skip
+        """Rows are gathered straight into one 16-bit buffer per key and converted once, on
+        ``device``. ``reuse`` gathers into a buffer kept by the store (grown when needed): a
+        batch of 8 bags × 4,096 patches × 1,536 dims is 100 MB, and a fresh buffer is fresh
+        pages from the OS every step, whose first touch cost more than the gather itself."""
+        rows = self._subsample(cases, max_patches, rng)
+        lens = [len(r) if r is not None else self.size(c) for c, r in zip(cases, rows, strict=True)]
+        mask = torch.arange(max(max(lens), 1))[None, :] < torch.tensor(lens)[:, None]
+        ends = np.cumsum(lens).tolist()
+        feats = {}
+        for k in self.keys:
+            first = self.bags[cases[0]][k]
+            packed = self._buffer(k, (ends[-1], first.shape[1]), first.dtype, reuse)
+            for c, r, e, n in zip(cases, rows, ends, lens, strict=True):
+                if r is None:
+                    packed[e - n : e] = self.bags[c][k]
+                else:
+                    torch.index_select(self.bags[c][k], 0, r, out=packed[e - n : e])
+            feats[k] = self._deliver(k, packed, device, dtype, reuse)
+        return feats, mask.to(device)
 
-        ``reuse``: gather into a buffer kept by the store (grown when needed) instead of a new
-        one. A batch of 8 bags × 4,096 patches × 1,536 dims is 100 MB: a fresh buffer is fresh
-        pages from the OS every step, whose first touch cost more than the gather itself. The
-        returned tensors are then overwritten by the next ``reuse`` call — for a training
-        loop that finishes each batch's forward and backward before asking for the next."""
+    def _subsample(self, cases, max_patches, rng) -> list[torch.Tensor | None]:
+        """Per case: sorted random rows when its bag is larger than ``max_patches`` (and an
+        ``rng`` is given), else None (the whole bag). Draws in case order."""
         rows = []
         for c in cases:
             n = self.size(c)
@@ -232,38 +360,20 @@ class BagStore:
                 rows.append(torch.from_numpy(np.sort(rng.choice(n, max_patches, replace=False))))
             else:
                 rows.append(None)
-        lens = [len(r) if r is not None else self.size(c) for c, r in zip(cases, rows, strict=True)]
-        mask = torch.arange(max(max(lens), 1))[None, :] < torch.tensor(lens)[:, None]
-        ends = np.cumsum(lens).tolist()
-        feats = {}
-        for k in self.keys:
-            first = self.bags[cases[0]][k]
-            shape = (ends[-1], first.shape[1])
-            packed = self._buffer(k, shape, first.dtype, reuse)
-            for c, r, e, n in zip(cases, rows, ends, lens, strict=True):
-                if r is None:
-                    packed[e - n : e] = self.bags[c][k]
-                else:
-                    torch.index_select(self.bags[c][k], 0, r, out=packed[e - n : e])
-            packed = packed.to(device, non_blocking=True)
-            if reuse and packed.dtype != dtype and packed.device.type == "cpu":
-                # the converted copy too (e.g. float16 rows for an fp32 step): 200 MB fresh
-                # pages per step otherwise
-                feats[k] = self._buffer(k, shape, dtype, True).copy_(packed)
-            else:
-                feats[k] = packed.to(dtype)
-        return feats, mask.to(device)
+        return rows
 
-    def _buffer(self, k: str, shape: tuple[int, int], dtype: torch.dtype, reuse: bool):
-        """An uninitialised (rows, C) tensor: new, or the front of a kept buffer per key and
-        dtype, grown when a batch needs more rows."""
-        if not reuse:
-            return torch.empty(shape, dtype=dtype)
-        bufs = self.__dict__.setdefault("_buffers", {})
-        buf = bufs.get((k, dtype))
-        if buf is None or buf.shape[0] < shape[0]:
-            buf = bufs[(k, dtype)] = torch.empty(shape, dtype=dtype)
-        return buf[: shape[0]]
+
+def _slides_by_case(sheet, cases) -> dict[str, list[str]]:
+    """{case: its slide ids} for ``cases``; every case must have a slide in the sheet."""
+    wanted = set(cases)
+    by_case: dict[str, list[str]] = {}
+    for cid, sid in zip(sheet["case_id"], sheet["slide_id"], strict=True):
+        if cid in wanted:
+            by_case.setdefault(cid, []).append(sid)
+    missing = sorted(wanted - set(by_case))
+    if missing:
+        raise ValueError(f"cases without slides in the sheet: {', '.join(missing[:5])}")
+    return by_case
 
 
 def _align(per_teacher: dict[str, tuple[dict, np.ndarray]]) -> dict[str, dict]:
@@ -282,20 +392,29 @@ def _align(per_teacher: dict[str, tuple[dict, np.ndarray]]) -> dict[str, dict]:
     return out
 
 
-class TileStore:
+class TileStore(FeatureStore):
     """One vector per image and teacher level, kept as one float16 (N, C) tensor per
-    ``teacher:level`` key. Same interface as :class:`~shazam.bags.BagStore`, so the training
-    engine runs unchanged: an image is a bag of one (mask (B, 1) all true)."""
+    ``teacher:level`` key; an image is a bag of one (mask (B, 1) all true)."""
 
     def __init__(self, arrays: dict[str, np.ndarray | torch.Tensor], ids: list[str]):
-        self.keys = list(arrays)
-        self.teachers = list(dict.fromkeys(k.split(":")[0] for k in self.keys))
-        self.levels = tuple(dict.fromkeys(k.split(":")[1] for k in self.keys))
+        self._set_keys(arrays)
         self.data = {
             k: torch.as_tensor(np.asarray(v), dtype=torch.float16) for k, v in arrays.items()
         }
         self.dims = {k: int(v.shape[1]) for k, v in self.data.items()}
         self.index = {i: r for r, i in enumerate(ids)}
+
+    @classmethod
+    def for_task(cls, spec, teachers, root=layout.RESULTS, levels=("high",), sheet=None,
+                 cases=None):  # fmt: skip
+        """Every image of the task, from its ``layout.TILE_FEATURES`` file per teacher (a tile
+        task has no sheet; ``cases`` must be None: the store holds all images)."""
+        if cases is not None:
+            raise ValueError(f"task {spec.name}: a tile store holds every image of the task")
+        files = {
+            t: layout.at(layout.TILE_FEATURES, root, task=spec.name, teacher=t) for t in teachers
+        }
+        return cls.from_files(files, levels)
 
     @classmethod
     def from_files(cls, files: dict[str, str | os.PathLike], levels=("high",)):
@@ -318,29 +437,29 @@ class TileStore:
     def size(self, _image: str) -> int:
         return 1
 
+    def _rows(self, images: list[str]) -> torch.Tensor:
+        return torch.as_tensor([self.index[i] for i in images], dtype=torch.long)
+
     def chunks(self, images: list[str], k: str):
-        """The rows of ``images`` for one key, in pieces of up to 65,536."""
-        rows = torch.as_tensor([self.index[i] for i in images], dtype=torch.long)
+        """In pieces of up to 65,536 images."""
+        rows = self._rows(images)
         for s in range(0, len(rows), 65536):
             yield self.data[k].index_select(0, rows[s : s + 65536])
 
-    def apply_standardizer(self, sc) -> None:
+    def apply_standardizer(self, sc: Standardizer) -> None:
         self.data = {k: sc.apply(k, v) for k, v in self.data.items()}
 
     def to_dtype(self, dtype: torch.dtype) -> TileStore:
-        """Convert the features in place (see ``BagStore.to_dtype``)."""
         self.data = {k: v.to(dtype) for k, v in self.data.items()}
         return self
 
-    def batch(
-        self, ids: list[str], max_patches=None, rng=None, device="cpu", dtype=torch.float32,
-        reuse=False,
-    ):  # fmt: skip
-        """(features of ``ids``, all-true mask (B, 1)); ``reuse`` is accepted for the engine's
-        interface (one vector per image: nothing large to keep)."""
-        rows = torch.as_tensor([self.index[i] for i in ids], dtype=torch.long)
+    def batch(self, ids, max_patches=None, rng=None, device="cpu", dtype=torch.float32,
+              reuse=False):  # fmt: skip
+        """An all-true mask (B, 1); ``max_patches`` and ``rng`` do nothing (one row per image)
+        and ``reuse`` keeps no buffer (nothing large to keep)."""
+        rows = self._rows(ids)
         feats = {
-            k: v.index_select(0, rows).to(device, non_blocking=True).to(dtype)
+            k: self._deliver(k, v.index_select(0, rows), device, dtype, False)
             for k, v in self.data.items()
         }
         return feats, torch.ones(len(ids), 1, dtype=torch.bool, device=device)

@@ -23,7 +23,7 @@ from shazam.tiles import (
     load_tile_dataset,
     tile_splits,
 )
-from shazam.training import TrainConfig, train_tile_fold
+from shazam.training import TrainConfig, train_fold
 
 CPU = ExtractParams(batch_size=3, num_workers=0, device="cpu", dtype="float32")
 
@@ -278,14 +278,15 @@ def test_train_tile_fold_writes_slide_model_outputs_and_learns(tmp_path, model):
     split = ["test"] * 8 + ["val"] * 4 + ["train"] * (len(cases) - 12)
     fold = tmp_path / "fold_0.csv"
     pd.DataFrame({"case_id": cases, "split": split}).to_csv(fold, index=False)
-    cfg = TrainConfig.for_tiles(
+    cfg = TrainConfig.for_task(
+        spec,
         {"epochs": 25, "lr": 3e-3, "dropout": 0.0, "d_model": 16},
         {"batch_size": 8, "patience": 5},
     )
     assert cfg.accumulate == cfg.batch_bags == 8
     out = tmp_path / "out"
-    m = train_tile_fold(
-        model, spec, fold, ["a", "b"], out, cfg, features_root=tmp_path, log=lambda *_: None,
+    m = train_fold(
+        model, spec, fold, None, ["a", "b"], out, cfg, features_root=tmp_path, log=lambda *_: None,
         shazam_cfg={"d_model": 16, "layers": 1},
     )  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == sorted(
