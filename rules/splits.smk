@@ -9,7 +9,9 @@ for task in TASKS:
             slides=task_sheet(task),
             imported=task_split_inputs(task),
         output:
-            folds=[layout.FOLD.format(task=task, fold=k) for k in range(task_folds(task))],
+            folds=[
+                layout.FOLD.format(task=task, fold=k) for k in range(task_folds(task))
+            ],
             summary=layout.SPLITS_SUMMARY.format(task=task),
         log:
             f"logs/make_splits/{task}.log",
@@ -21,7 +23,9 @@ for task in TASKS:
         params:
             version=SHAZAM_VERSION,
             spec=task_spec_json(task),
-            slides=lambda wildcards, input: f"--slides {input.slides}" if input.slides else "",
+            slides=lambda wildcards, input: (
+                f"--slides {input.slides}" if input.slides else ""
+            ),
             out_dir=lambda wildcards, output: os.path.dirname(output.summary),
         shell:
             "shazam splits --spec {params.spec:q} {params.slides}"

@@ -129,18 +129,11 @@ def _extract_params(a: argparse.Namespace):
     import torch
 
     from .extraction import ExtractParams
+    from .io import parse_section
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    return ExtractParams(
-        batch_size=a.batch_size,
-        num_workers=a.num_workers,
-        precision=a.precision,
-        levels=tuple(a.levels.split(",")),
-        dtype=a.dtype,
-        on_bad_patch=a.on_bad_patch,
-        device=a.device,
-    )
+    return parse_section(ExtractParams, a.extraction, "extraction")
 
 
 def cmd_extract(a: argparse.Namespace) -> None:
@@ -156,8 +149,8 @@ def cmd_extract(a: argparse.Namespace) -> None:
 
 
 def cmd_extract_tiles(a: argparse.Namespace) -> None:
+    from .extraction import extract_tiles
     from .tasks import TaskSpec
-    from .tiles import extract_tiles
 
     spec = TaskSpec.from_json(a.spec)
     res = extract_tiles(
@@ -177,28 +170,14 @@ def cmd_export_pt(a: argparse.Namespace) -> None:
 
 
 def cmd_splits(a: argparse.Namespace) -> None:
-    from .cohorts import build_cohort
     from .slides import load_sheet
-    from .splits import import_splits, make_splits, summarize, write_splits
+    from .splits import summarize, task_folds, write_splits
     from .tasks import TaskSpec
 
     spec = TaskSpec.from_json(a.spec)
-    if spec.is_tile:  # image datasets: no slide sheet
-        from .tiles import tile_splits
-
-        cohort, folds = tile_splits(spec)
-        log.info("%s (%s)", cohort.report(), spec.splits or "generated folds")
-    else:
-        if not a.slides:
-            raise ValueError(f"task {spec.name}: --slides is needed for slide-level tasks")
-        sheet = load_sheet(a.slides, check_files=False)
-        cohort = build_cohort(spec, sheet)
-        log.info("%s", cohort.report())
-        if spec.splits:
-            folds = import_splits(spec.splits, cohort, sheet)
-            log.info("imported %d folds from %s", len(folds), spec.splits)
-        else:
-            folds = make_splits(cohort)
+    sheet = load_sheet(a.slides, check_files=False) if a.slides else None
+    cohort, folds = task_folds(spec, sheet)  # a slide task without a sheet: a clear error
+    log.info("%s (%d folds: %s)", cohort.report(), len(folds), spec.splits or "generated")
     write_splits(folds, cohort, a.out_dir)
     log.info("splits for task %s:\n%s", spec.name, summarize(folds, cohort).to_string(index=False))
 
@@ -235,17 +214,19 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     import json
 
     from .evaluate import EvalConfig, evaluate_task
+    from .io import parse_section
     from .slides import load_sheet
     from .tasks import TaskSpec
 
     spec = TaskSpec.from_json(a.spec)
-    if not spec.is_tile and not a.slides:
+    if a.slides is None and spec.family == "slide":
         raise SystemExit(f"error: task {spec.name} is a slide task: give its --slides sheet")
-    sheet = None if spec.is_tile else load_sheet(a.slides, check_files=False)
+    sheet = load_sheet(a.slides, check_files=False) if a.slides else None
     head = evaluate_task(
         spec, a.models.split(","), a.teachers.split(",") if a.teachers else [],
         sheet, a.models_dir, a.splits_dir, a.out_dir,
-        feature_files=a.feature_files, cfg=EvalConfig(a.n_boot, a.seed, a.level),
+        feature_files=a.feature_files,
+        cfg=parse_section(EvalConfig, a.evaluation, "evaluation"),
         settings=json.loads(a.shazam) if a.shazam else None,
     )  # fmt: skip
     log.info("report for task %s in %s: %s", spec.name, a.out_dir, json.dumps(head))
@@ -316,13 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--teacher", required=True)
         e.add_argument("--out", required=True)
         e.add_argument("--weights", type=_optional_str, default=None)
-        e.add_argument("--batch-size", type=int, default=128)
-        e.add_argument("--num-workers", type=int, default=4)
-        e.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-        e.add_argument("--levels", default="low,mid,high")
-        e.add_argument("--dtype", default="float16", choices=("float16", "float32"))
-        e.add_argument("--on-bad-patch", default="fail", choices=("fail", "skip"))
-        e.add_argument("--device", default="auto")
+        e.add_argument("--extraction", default="{}", help=SECTION_HELP.format(section="extraction"))
         e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
 
     e = sub.add_parser("extract", help="features of one teacher for one slide")
@@ -386,9 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--feature-files", nargs="*", default=[], help="one feature file per teacher (versions)"
     )
     ev.add_argument("--shazam", default=None, help="the config's shazam section as JSON")
-    ev.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
-    ev.add_argument("--seed", type=int, default=42, help="bootstrap seed")
-    ev.add_argument("--level", type=float, default=0.95, help="confidence level")
+    ev.add_argument("--evaluation", default="{}", help=SECTION_HELP.format(section="evaluation"))
     ev.set_defaults(func=cmd_evaluate)
 
     va = sub.add_parser("validate", help="known-answer checks on synthetic cohorts (rule validate)")

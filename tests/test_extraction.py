@@ -206,7 +206,7 @@ def test_cli_reads_the_extraction_section_into_extract_params_without_torch():
         "from shazam.extraction import ExtractParams; from shazam.io import parse_section; "
         "a = build_parser().parse_args(['extract', '--teacher', 't', '--out', 'o', "
         "'--slide', 's', '--slide-id', 's', '--patches', 'p', "
-        "'--extraction', '{\"levels\": [\"high\"], \"batch_size\": 8}']); "
+        '\'--extraction\', \'{"levels": ["high"], "batch_size": 8}\']); '
         "assert 'torch' not in sys.modules, 'torch imported'; "
         "p = parse_section(ExtractParams, a.extraction, 'extraction'); "
         "assert p == ExtractParams(batch_size=8, levels=('high',)), p"

@@ -1,4 +1,5 @@
-"""Tile-level (ROI) path: listing, extraction, splits, the v1 classifier and its training."""
+"""Tile-level (ROI) path: extraction, splits, the v1 classifier and its training (the image
+listing: test_images.py)."""
 
 import json
 
@@ -10,19 +11,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from shazam.extraction import ExtractParams
+from shazam.extraction import ExtractParams, extract_tiles
 from shazam.formats import export_pt, read_tile_features, write_tile_features
 from shazam.losses import cosine_huber
 from shazam.models import registry
 from shazam.models.tile import ShazamV1
+from shazam.splits import task_folds
 from shazam.stores import TileStore
 from shazam.tasks import LabelError, TaskSpec
-from shazam.tiles import (
-    extract_tiles,
-    fit_image,
-    load_tile_dataset,
-    tile_splits,
-)
 from shazam.training import TrainConfig, train_fold
 
 CPU = ExtractParams(batch_size=3, num_workers=0, device="cpu", dtype="float32")
@@ -103,40 +99,6 @@ def test_tile_model_names_and_baselines():
         registry.build("shazam-v1-nogate", dims, 4, ["x", "y"])
 
 
-# --------------------------------------------------------------------------- listing
-
-
-def test_fit_image_resize_and_crop():
-    img = Image.fromarray(np.zeros((10, 30, 3), dtype=np.uint8))
-    assert fit_image(img, 16, "resize", 1.0).shape == (16, 16, 3)
-    # crop at scale 1: 10 rows, centred in 16 with white above and below; 30 columns cropped
-    a = fit_image(img, 16, "crop", 1.0)
-    assert a.shape == (16, 16, 3)
-    assert (a[3:13] == 0).all() and (a[:3] == 255).all() and (a[13:] == 255).all()
-    # at scale 2 the image (20 x 60) covers the whole window
-    assert (fit_image(img, 16, "crop", 2.0) == 0).all()
-
-
-def test_csv_listing_reports_every_problem_with_line_and_column(tmp_path):
-    textured(8, 8, (200, 100, 200), 0).save(tmp_path / "a.png")
-    (tmp_path / "t.csv").write_text(
-        "path,label,case_id\na.png,A,c1\nmissing.png,B,c2\na.png,B,c3\nb.png,C,c4\n"
-    )
-    with pytest.raises(LabelError) as e:
-        load_tile_dataset(tile_spec(tmp_path / "t.csv"))
-    msg = str(e.value)
-    assert "line 3, column path: file" in msg and "missing.png not found" in msg
-    assert "line 4, column path: duplicate image 'a.png' (see line 2)" in msg
-    assert "line 5, column label: label 'C' is not one of the task's classes" in msg
-
-
-def test_folder_listing_needs_one_subfolder_per_class(tmp_path):
-    (tmp_path / "A").mkdir()
-    (tmp_path / "X").mkdir()
-    with pytest.raises(LabelError, match="missing: B; not a class: X"):
-        load_tile_dataset(tile_spec(tmp_path))
-
-
 # --------------------------------------------------------------------------- extraction
 
 
@@ -210,7 +172,7 @@ def _csv_dataset(tmp_path, n_cases=12, per_case=2, split=None):
 
 def test_generated_folds_are_case_level_and_stratified(tmp_path):
     spec = tile_spec(_csv_dataset(tmp_path), folds=3)
-    cohort, folds = tile_splits(spec)
+    cohort, folds = task_folds(spec)
     assert len(cohort.cases) == 12 and (cohort.cases["n_slides"] == 2).all()
     tested = []
     for f in folds:
@@ -223,7 +185,7 @@ def test_generated_folds_are_case_level_and_stratified(tmp_path):
     (tmp_path / "t.csv").write_text(
         "path,label\n" + "".join(f"c{c}_0.png,{'AB'[c % 2]}\n" for c in range(12))
     )
-    cohort, _ = tile_splits(tile_spec(tmp_path / "t.csv", folds=3))
+    cohort, _ = task_folds(tile_spec(tmp_path / "t.csv", folds=3))
     assert list(cohort.cases["case_id"]) == sorted(f"c{c}_0.png" for c in range(12))
 
 
@@ -231,7 +193,7 @@ def test_dataset_split_is_kept_and_val_is_carved_from_train(tmp_path):
     csv = _csv_dataset(tmp_path, split=lambda c: "test" if c >= 8 else "train")
     spec = tile_spec(csv, splits="dataset", val_fraction=0.25)
     assert spec.n_folds == 1
-    _, folds = tile_splits(spec)
+    _, folds = task_folds(spec)
     (f,) = folds
     split = dict(zip(f["case_id"], f["split"], strict=True))
     assert all(split[f"case{c}"] == "test" for c in range(8, 12))
@@ -241,7 +203,7 @@ def test_dataset_split_is_kept_and_val_is_carved_from_train(tmp_path):
     df.loc[0, "split"] = "test"
     df.to_csv(csv, index=False)
     with pytest.raises(LabelError, match="case0 \\(test, train\\)"):
-        tile_splits(spec)
+        task_folds(spec)
 
 
 # --------------------------------------------------------------------------- training
