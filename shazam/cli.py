@@ -247,12 +247,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shazam", description=__doc__.splitlines()[0])
-    p.add_argument("--version", action="version", version=f"shazam {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_demo(sub) -> None:
     d = sub.add_parser(
         "demo", help="write the embedded synthetic demo cohort (rule make_demo_data)"
     )
@@ -260,7 +255,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--cases", type=int, default=32)
     d.set_defaults(func=cmd_demo)
-
     dt = sub.add_parser(
         "demo-tiles", help="write the demo's ROI image dataset (rule make_demo_tiles)"
     )
@@ -269,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--cases", type=int, default=16)
     dt.set_defaults(func=cmd_demo_tiles)
 
+
+def _add_tiling(sub) -> None:
     t = sub.add_parser("tile", help="segment tissue and write the patch grid of one slide")
     t.add_argument("--slide", required=True, help="slide file")
     t.add_argument("--slide-id", required=True)
@@ -279,7 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out-thumbnail", required=True)
     t.add_argument("--tiling", default="{}", help=SECTION_HELP.format(section="tiling"))
     t.set_defaults(func=cmd_tile)
+    q = sub.add_parser("tiling-qc", help="collect per-slide tiling QC into one table")
+    q.add_argument("--out", required=True, help="cohort QC table (.tsv)")
+    q.add_argument("qc", nargs="+", help="per-slide QC JSON files")
+    q.set_defaults(func=cmd_tiling_qc)
 
+
+def _add_teachers(sub) -> None:
     tc = sub.add_parser("teachers", help="the teacher registry")
     tsub = tc.add_subparsers(dest="teachers_command", required=True)
     tl = tsub.add_parser("list", help="name, dims per level, input size, weight source")
@@ -293,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--batch", type=int, default=2)
     tk.set_defaults(func=cmd_teachers_check)
 
-    def extraction_args(e):
+
+def _add_extraction(sub) -> None:
+    def common(e):
         e.add_argument("--teacher", required=True)
         e.add_argument("--out", required=True)
         e.add_argument("--weights", type=_optional_str, default=None)
@@ -301,20 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
 
     e = sub.add_parser("extract", help="features of one teacher for one slide")
-    extraction_args(e)
+    common(e)
     e.add_argument("--slide", required=True)
     e.add_argument("--slide-id", required=True)
     e.add_argument("--patches", required=True, help="patch file from `shazam tile`")
     e.set_defaults(func=cmd_extract)
-
     et = sub.add_parser(
         "extract-tiles", help="features of one teacher for every image of a tile task"
     )
-    extraction_args(et)
+    common(et)
     et.add_argument("--spec", required=True, help="the tile task definition as JSON")
     et.add_argument("--target-mpp", type=float, default=0.5, help="µm/px the teacher expects")
     et.set_defaults(func=cmd_extract_tiles)
-
     ep = sub.add_parser(
         "export-pt", help="a tile feature file as the seed's (features, labels) .pt tuple"
     )
@@ -322,31 +324,34 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--out", required=True, help="the .pt to write (tensors only)")
     ep.set_defaults(func=cmd_export_pt)
 
+
+def _add_splits(sub) -> None:
     sp = sub.add_parser("splits", help="validate a task's labels and write its fold splits")
     sp.add_argument("--spec", required=True, help="the task definition as JSON (from the config)")
     sp.add_argument("--slides", default=None, help="slide sheet (slide-level tasks)")
     sp.add_argument("--out-dir", required=True, help="results/splits/{task}")
     sp.set_defaults(func=cmd_splits)
 
+
+def _add_training(sub) -> None:
+    from .models import registry
+
     tr = sub.add_parser("train", help="train one slide- or tile-level model on one fold")
-    tr.add_argument(
-        "--model",
-        required=True,
-        help="abmil-<teacher>, concat, shazam[-ablation]; tiles: mlp-<teacher>, concat-mlp, "
-        "shazam-v1[-nodistill]",
-    )
-    tr.add_argument("--shazam", default=None, help="the config's shazam section as JSON")
+    tr.add_argument("--model", required=True, help=f"a model name ({registry.grammar()})")
+    tr.add_argument("--shazam", default=None, help=SECTION_HELP.format(section="shazam"))
     tr.add_argument("--spec", required=True, help="the task definition as JSON")
-    tr.add_argument("--train", required=True, help="the training config as JSON")
+    tr.add_argument("--train", required=True, help=SECTION_HELP.format(section="training"))
     tr.add_argument("--fold-csv", required=True)
     tr.add_argument("--slides", default=None, help="slide sheet (slide-level tasks)")
-    tr.add_argument("--tile-train", default=None, help="the config's tile_training as JSON")
+    tr.add_argument("--tile-train", default=None, help=SECTION_HELP.format(section="tile_training"))
     tr.add_argument("--teachers", required=True, help="comma-separated teachers of the run")
     tr.add_argument("--features-root", default="results")
     tr.add_argument("--out-dir", required=True)
     tr.add_argument("--threads", type=int, default=0)
     tr.set_defaults(func=cmd_train)
 
+
+def _add_evaluate(sub) -> None:
     ev = sub.add_parser(
         "evaluate", help="compare a task's models (CIs, paired test, figures, report)"
     )
@@ -360,10 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--feature-files", nargs="*", default=[], help="one feature file per teacher (versions)"
     )
-    ev.add_argument("--shazam", default=None, help="the config's shazam section as JSON")
+    ev.add_argument("--shazam", default=None, help=SECTION_HELP.format(section="shazam"))
     ev.add_argument("--evaluation", default="{}", help=SECTION_HELP.format(section="evaluation"))
     ev.set_defaults(func=cmd_evaluate)
 
+
+def _add_validate(sub) -> None:
     va = sub.add_parser("validate", help="known-answer checks on synthetic cohorts (rule validate)")
     va.add_argument("--out", default="results/validate", help="summary.tsv and cohorts/ go here")
     va.add_argument("--quick", action="store_true", help="CI size: a few minutes on 2 cores")
@@ -372,10 +379,27 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: default)")
     va.set_defaults(func=cmd_validate)
 
-    q = sub.add_parser("tiling-qc", help="collect per-slide tiling QC into one table")
-    q.add_argument("--out", required=True, help="cohort QC table (.tsv)")
-    q.add_argument("qc", nargs="+", help="per-slide QC JSON files")
-    q.set_defaults(func=cmd_tiling_qc)
+
+# one adder per workflow stage, in the order of the pipeline
+STAGES = (
+    _add_demo,
+    _add_tiling,
+    _add_teachers,
+    _add_extraction,
+    _add_splits,
+    _add_training,
+    _add_evaluate,
+    _add_validate,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shazam", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"shazam {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in STAGES:
+        add(sub)
     return p
 
 

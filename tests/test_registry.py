@@ -1,6 +1,5 @@
 """The model registry (one owner of model names), the task kinds and the results layout."""
 
-import dataclasses
 import re
 import subprocess
 import sys
@@ -92,12 +91,30 @@ def test_student_defaults_are_the_config_schemas():
         assert (s[k] if k != "d_model" else s[k] or want) == v, k
 
 
-def test_tiling_defaults_are_the_config_schemas():
+def _section_class(section):
+    from shazam.evaluate import EvalConfig
+    from shazam.extraction import ExtractParams
     from shazam.tiling import TilingParams
+    from shazam.training import TrainConfig
 
-    defaults = {f.name: f.default for f in dataclasses.fields(TilingParams)}
-    for k, v in schema_defaults("tiling").items():
-        assert defaults[k] == v, k
+    return {
+        "tiling": TilingParams,
+        "extraction": ExtractParams,
+        "training": TrainConfig,
+        "evaluation": EvalConfig,
+    }[section]
+
+
+@pytest.mark.parametrize("section", ["tiling", "extraction", "training", "evaluation"])
+def test_config_section_defaults_are_the_package_dataclasses(section):
+    """The schema fills a section's defaults for the workflow, the dataclass for the CLI and
+    the library: the two must agree, and every schema key must be a dataclass field (the CLI
+    reads the section with shazam.io.parse_section, which rejects unknown keys)."""
+    from shazam.io import parse_section
+
+    cls = _section_class(section)
+    defaults = schema_defaults(section)
+    assert parse_section(cls, defaults, section) == cls(), section
 
 
 def test_task_kinds_say_what_each_stage_branches_on():
