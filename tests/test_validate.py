@@ -10,14 +10,13 @@ import pytest
 from shazam import cli
 from shazam.formats import read_feature_file
 from shazam.validate import (
-    DIMS,
-    QUICK,
     SCENARIOS,
     Validator,
     run,
     run_scenario,
     with_run,
 )
+from shazam.validate.cohorts import DIMS, QUICK
 
 
 @pytest.fixture(scope="module")
