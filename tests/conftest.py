@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from shazam.tasks import TaskSpec
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -39,6 +42,20 @@ def tissue_image(h, w, seed=0, tissue_box=None):
         )
         img[y0:y1, x0:x1] = np.clip(patch, 0, 255)
     return img
+
+
+def tile_spec(images, **kw):
+    """A two-class tile task over ``images`` (a class folder or a CSV)."""
+    return TaskSpec.from_config(
+        "roi", {"type": "tile_classification", "images": str(images), "classes": ["B", "A"], **kw}
+    )
+
+
+def textured(h, w, colour, seed):
+    """A noisy ``colour`` image of h × w pixels."""
+    rng = np.random.default_rng(seed)
+    img = np.asarray(colour)[None, None, :] + rng.integers(-30, 30, size=(h, w, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
 @pytest.fixture

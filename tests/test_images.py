@@ -2,22 +2,11 @@
 
 import numpy as np
 import pytest
+from conftest import textured, tile_spec
 from PIL import Image
 
 from shazam.images import fit_image, load_images
-from shazam.tasks import LabelError, TaskSpec
-
-
-def tile_spec(images, **kw):
-    return TaskSpec.from_config(
-        "roi", {"type": "tile_classification", "images": str(images), "classes": ["B", "A"], **kw}
-    )
-
-
-def textured(h, w, colour, seed):
-    rng = np.random.default_rng(seed)
-    img = np.asarray(colour)[None, None, :] + rng.integers(-30, 30, size=(h, w, 3))
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+from shazam.tasks import LabelError
 
 
 def test_fit_image_resize_and_crop():

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from conftest import textured, tile_spec
 
 from shazam.extraction import ExtractParams, extract_tiles
 from shazam.formats import export_pt, read_tile_features, write_tile_features
@@ -22,18 +22,6 @@ from shazam.tasks import LabelError, TaskSpec
 from shazam.training import TrainConfig, train_fold
 
 CPU = ExtractParams(batch_size=3, num_workers=0, device="cpu", dtype="float32")
-
-
-def tile_spec(images, **kw):
-    return TaskSpec.from_config(
-        "roi", {"type": "tile_classification", "images": str(images), "classes": ["B", "A"], **kw}
-    )
-
-
-def textured(h, w, colour, seed):
-    rng = np.random.default_rng(seed)
-    img = np.asarray(colour)[None, None, :] + rng.integers(-30, 30, size=(h, w, 3))
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
 # --------------------------------------------------------------------------- the v1 model
