@@ -12,7 +12,7 @@ from shazam import layout
 from shazam.models import registry
 from shazam.tasks import TASK_KINDS, TaskSpec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
 
 
