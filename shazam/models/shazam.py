@@ -23,6 +23,7 @@ from torch import nn
 
 from ..losses import cosine_huber
 from .abmil import Dropout, GatedAttentionPool, unpack
+from .registry import StudentSettings as S  # the student's defaults, written once
 
 LEVEL_ORDER = ("low", "mid", "high")
 
@@ -35,13 +36,13 @@ class Shazam(nn.Module):
         levels: list[str],
         n_out: int,
         d: int = 128,
-        layers: int = 4,
-        heads: int = 1,
-        feed_forward: bool = True,
+        layers: int = S.layers,
+        heads: int = S.heads,
+        feed_forward: bool = S.feed_forward,
         dropout: float = 0.25,
-        gate: bool = True,
-        distill_weight: float = 0.01,
-        distill_target: str = "teacher",
+        gate: bool = S.gate,
+        distill_weight: float = S.distill_weight,
+        distill_target: str = S.distill_target,
         gate_arrangement: str = "pre_attention",
     ):
         super().__init__()

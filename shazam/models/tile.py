@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import cosine_huber
+from .registry import StudentSettings as S  # the student's defaults, written once
 
 
 def mapper(c: int, d: int, dropout: float = 0.0) -> nn.Sequential:
@@ -74,11 +75,11 @@ class ShazamV1(nn.Module):
         dims: dict[str, int],  # "teacher:level" -> C, one key per teacher
         n_out: int,
         d: int = 128,
-        layers: int = 4,
-        heads: int = 1,
-        feed_forward: bool = True,
+        layers: int = S.layers,
+        heads: int = S.heads,
+        feed_forward: bool = S.feed_forward,
         dropout: float = 0.25,
-        distill_weight: float = 0.01,
+        distill_weight: float = S.distill_weight,
     ):
         super().__init__()
         self.keys = list(dims)

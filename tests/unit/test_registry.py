@@ -21,9 +21,11 @@ def schema_defaults(section: str) -> dict:
     return {k: v["default"] for k, v in props.items() if "default" in v}
 
 
-def test_listing_models_and_wildcards_imports_no_torch():
+def test_parsing_the_workflow_and_listing_models_imports_no_torch():
     code = (
+        # what rules/common.smk imports while Snakemake parses the DAG, and the CLI
         "import sys, shazam, shazam.cli, shazam.tasks, shazam.layout, shazam.formats\n"
+        "import shazam.demo, shazam.slides, shazam.teachers\n"
         "from shazam.models import registry\n"
         "print(registry.roster(['a', 'b'], ['shazam-nodistill']))\n"
         "print(registry.wildcard_regex('slide', ['a', 'b']), registry.grammar())\n"
