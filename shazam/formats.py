@@ -153,8 +153,10 @@ def export_pt(features_h5: str | os.PathLike, out_pt: str | os.PathLike) -> tupl
     feats, rows, _ = read_tile_features(features_h5)
     x = torch.from_numpy(np.ascontiguousarray(feats["high"], dtype=np.float32))
     y = torch.from_numpy(rows["y"].to_numpy(dtype=np.int64))
-    with atomic_path(out_pt) as tmp:
-        torch.save((x, y), tmp)
+    with atomic_path(out_pt) as tmp, open(tmp, "wb") as f:
+        # a file object, not the path: torch names the archive's records after a path (here
+        # the random temporary name), so the same features would give different bytes
+        torch.save((x, y), f)
     return tuple(x.shape)
 
 

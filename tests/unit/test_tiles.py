@@ -129,6 +129,9 @@ def test_folder_dataset_with_mixed_sizes_extracts_in_listing_order(tmp_path):
     assert x.dtype == torch.float32 and y.dtype == torch.int64 and y.tolist() == [0, 0, 1, 1]
     np.testing.assert_array_equal(x.numpy(), feats["high"].astype(np.float32))
     assert [p.name for p in tmp_path.glob(".f.pt*")] == []  # no temporary left behind
+    # the same features give the same bytes (the archive is not named after the temporary)
+    export_pt(out, tmp_path / "g.pt")
+    assert (tmp_path / "f.pt").read_bytes() == (tmp_path / "g.pt").read_bytes()
 
 
 def test_unreadable_image_is_named(tmp_path):
