@@ -9,7 +9,7 @@ subclass per kind of data), two stores:
   skipped as unreadable for one teacher is dropped for all).
 * :class:`TileStore` — tile tasks: one vector per ROI image; an image is a bag of one.
 
-:func:`open_store` opens the store of a :class:`~shazam.tasks.TaskSpec` (the paths come from
+``Store.for_task`` opens the store of a :class:`~shazam.tasks.TaskSpec` (the paths come from
 :mod:`shazam.layout`). Features are read as float16; an engine that computes in bf16 converts
 its store to bfloat16 once (same memory) so that batches need no conversion.
 """
@@ -220,25 +220,6 @@ class FeatureStore(ABC):
         if buf is None or buf.shape[0] < shape[0]:
             buf = bufs[(k, dtype)] = torch.empty(shape, dtype=dtype)
         return buf[: shape[0]]
-
-
-def store_class(spec: TaskSpec) -> type[FeatureStore]:
-    """The store of a task's model family: case bags (slide), images (tile)."""
-    return {"slide": BagStore, "tile": TileStore}[spec.family]
-
-
-def open_store(
-    spec: TaskSpec,
-    teachers: list[str],
-    root: str | os.PathLike = layout.RESULTS,
-    levels=("high",),
-    sheet: pd.DataFrame | None = None,
-    cases=None,
-) -> tuple[FeatureStore, pd.DataFrame]:
-    """The feature store of a task and the frame of its rows (see ``FeatureStore.for_task``):
-    slide tasks, the sheet's rows of ``cases``; tile tasks, the images (``image_id``,
-    ``case_id``, ``y``)."""
-    return store_class(spec).for_task(spec, teachers, root, levels, sheet, cases)
 
 
 class BagStore(FeatureStore):

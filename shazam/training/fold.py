@@ -28,7 +28,7 @@ from ..cohorts import build_cohort
 from ..io import atomic_path, write_json_atomic
 from ..losses import survival_bins
 from ..splits import read_fold
-from ..stores import FeatureStore, open_store
+from ..stores import BagStore, FeatureStore, TileStore
 from ..tasks import TaskSpec
 from .engine import Engine, Targets, TrainConfig
 
@@ -123,7 +123,7 @@ def slide_items(spec, model_name, teachers, fold_csv, sheet, labels, root, shaza
         levels = list(s.levels)
         settings = {k: v for k, v in s.as_dict().items() if k != "d_model"}  # as recorded
     all_ids = [c for v in ids.values() for c in v]
-    store, _ = open_store(spec, used, root, levels, sheet, all_ids)
+    store, _ = BagStore.for_task(spec, used, root, levels, sheet, all_ids)
     meta = {"teachers": used, "shazam": settings,
             "bins": None if edges is None else [float(e) for e in edges]}  # fmt: skip
     return FoldItems(store, Targets(spec, cases, edges), ids, meta)
@@ -136,7 +136,7 @@ def tile_items(spec, model_name, teachers, fold_csv, sheet, labels, root, shazam
 
     name = registry.parse(model_name)
     used = name.teachers(teachers)
-    store, rows = open_store(spec, used, root)
+    store, rows = TileStore.for_task(spec, used, root)
     split = _fold_split(fold_csv)
     unknown = sorted(set(rows["case_id"]) - set(split))
     if unknown:
