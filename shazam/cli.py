@@ -69,8 +69,25 @@ def cmd_tile(a: argparse.Namespace) -> None:
         qc.get("mpp_source", "?"),
         qc["seconds"],
     )
-    if qc["status"] == "skipped":
-        log.warning("slide %s skipped: %s", a.slide_id, qc["reason"])
+    if qc["status"] in ("skipped", "too_small"):
+        log.warning("slide %s %s: %s", a.slide_id, qc["status"].replace("_", " "), qc["reason"])
+    if qc.get("traceback") and _traceback_to_log(a):
+        log.warning("traceback of the failure (also in %s):\n%s", a.out_qc, qc["traceback"])
+
+
+def _traceback_to_log(a: argparse.Namespace) -> bool:
+    """Whether the traceback of an unexpected failure is written to stderr: with ``-v``, or
+    when stderr is a regular file — a workflow job's log (the rules send it there) — never
+    to a terminal or a pipe, which get the one-line ``error:`` message only."""
+    if getattr(a, "verbose", False):
+        return True
+    import os
+    import stat
+
+    try:
+        return stat.S_ISREG(os.fstat(sys.stderr.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def cmd_tiling_qc(a: argparse.Namespace) -> None:
@@ -421,6 +438,15 @@ def main(argv: list[str] | None = None) -> int:
             if "on_bad_patch" in str(e)
             else " — fix or replace the file, or set tiling.on_bad_slide: skip"
         )
+        cause = e.__cause__  # an unexpected exception: its traceback is for the log
+        if cause is not None:
+            if _traceback_to_log(args):
+                log.error(
+                    "traceback of the failure (the error line follows):",
+                    exc_info=(type(cause), cause, cause.__traceback__),
+                )
+            else:
+                hint += " (`shazam -v ...` prints the traceback)"
         print(f"error: {e}{hint}", file=sys.stderr)
         return 2
     except (SheetError, LabelError, ValueError, UnknownTeacherError) as e:

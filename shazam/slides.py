@@ -175,6 +175,31 @@ class MPP:
     source: str  # override | metadata | objective_power | default
 
 
+def describe_mpp_source(mpp: MPP, properties: Mapping[str, str] | None = None) -> str:
+    """Where an MPP came from, in words, for messages ('the slide sheet's `mpp` column', ...)."""
+    props = properties or {}
+    if mpp.source == "override":
+        return "the slide sheet's `mpp` column"
+    if mpp.source == "metadata":
+        return "the slide's metadata (openslide.mpp-x/mpp-y)"
+    if mpp.source == "objective_power":
+        power = props.get("openslide.objective-power", "?")
+        return f"the slide's objective power ({power}×, at {MICRONS_AT_1X:g} µm / power)"
+    if mpp.source == "default":
+        return "tiling.default_mpp"
+    return mpp.source
+
+
+def mpp_override_hint(mpp: MPP) -> str:
+    """What to do about a wrong MPP: the sheet's `mpp` column overrides every other source."""
+    if mpp.source == "override":
+        return "correct this slide's value in the slide sheet's `mpp` column"
+    return (
+        "if the file is a real scan, give its level-0 µm/px in the slide sheet's `mpp` column, "
+        "which overrides this value"
+    )
+
+
 def resolve_mpp(
     properties: Mapping[str, str],
     override: float | None = None,
@@ -320,6 +345,8 @@ class Slide:
         ow, oh = w // factor, h // factor
         out = np.empty((oh, ow, 3), dtype=np.uint8)
         ds = self.level_downsamples[level]
+        if ow == 0 or oh == 0:  # smaller than one output pixel (tiling calls it too_small)
+            return out
         rows = max(1, max_strip_pixels // (ow * factor * factor))  # output rows per strip
         for oy in range(0, oh, rows):
             n = min(rows, oh - oy)

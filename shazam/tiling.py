@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,7 +27,14 @@ from scipy import ndimage
 from . import __version__
 from .formats import write_patch_file
 from .io import atomic_path, write_json_atomic
-from .slides import BadSlideError, Slide, magnification
+from .slides import (
+    MPP,
+    BadSlideError,
+    Slide,
+    describe_mpp_source,
+    magnification,
+    mpp_override_hint,
+)
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,23 @@ class TilingParams:
     min_saturation: int = 20
     min_component_area_um2: float = 10_000.0
     max_hole_area_um2: float = 5_000.0
+    # a level-0 MPP outside [min_mpp, max_mpp] is not a whole-slide scan (a 72-dpi TIFF says
+    # 352.8 µm/px): such a slide is a bad slide until the sheet's `mpp` column gives its scale
+    min_mpp: float = 0.05
+    max_mpp: float = 10.0
+    # a patch narrower than this many level-0 pixels would feed the teacher up-sampled pixels
+    min_patch_px_level0: int = 32
 
     def __post_init__(self):
+        if not 0 < self.min_mpp < self.max_mpp:
+            raise ValueError(
+                "tiling.min_mpp and tiling.max_mpp must satisfy 0 < min_mpp < max_mpp, got "
+                f"{self.min_mpp} and {self.max_mpp}"
+            )
+        if self.min_patch_px_level0 < 1:
+            raise ValueError(
+                f"tiling.min_patch_px_level0 must be at least 1, got {self.min_patch_px_level0}"
+            )
         if self.patch_size <= 0:
             raise ValueError(f"tiling.patch_size must be positive, got {self.patch_size}")
         if not 0 <= self.overlap < self.patch_size:
@@ -270,8 +293,13 @@ def tile_slide(
 ) -> dict:
     """Tile one slide; write patch file, QC record and QC thumbnail. Returns the QC record.
 
-    A bad slide raises :class:`BadSlideError` when ``params.on_bad_slide == 'fail'`` (nothing is
-    written); with ``'skip'`` it writes a valid empty patch file and a QC record that says why.
+    Every failure while opening, segmenting or tiling the slide goes through
+    ``params.on_bad_slide``: with ``'fail'`` it raises :class:`BadSlideError` (nothing is
+    written; an unexpected exception is its ``__cause__``, with the traceback), with ``'skip'``
+    it writes a valid empty patch file and a QC record that says why (status ``skipped``, plus
+    the ``traceback`` of an unexpected exception). A slide smaller than one patch is no failure:
+    status ``too_small`` and an empty patch file under either policy, like ``no_tissue``.
+    Errors writing the outputs are not the slide's and propagate unchanged.
     """
     t0 = time.perf_counter()
     qc: dict = {
@@ -282,16 +310,25 @@ def tile_slide(
         "params": asdict(params),
         "warnings": [],
     }
+    stage = "opening"
     try:
         with Slide(slide_id, path, mpp_override, params.default_mpp) as slide:
+            stage = "segmenting and tiling"
             result = _tile_open_slide(slide, params, qc)
-    except BadSlideError as e:
+    except MemoryError:
+        raise  # the machine's limit, not the slide's: the job may succeed with more memory
+    except Exception as e:
+        bad = e if isinstance(e, BadSlideError) else _unexpected(slide_id, path, stage, e)
         if params.on_bad_slide == "fail":
-            raise
-        qc.update(status="skipped", reason=e.reason, n_patches=0)
-        attrs = _empty_attrs(slide_id, params, out_h5, e.reason)
+            if bad is e:
+                raise
+            raise bad from e
+        qc.update(status="skipped", reason=bad.reason, n_patches=0)
+        if bad is not e:
+            qc["traceback"] = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        attrs = _empty_attrs(slide_id, params, out_h5, bad.reason)
         write_patch_file(out_h5, np.zeros((0, 2)), np.zeros(0), attrs)
-        _draw_thumbnail(out_png, None, None, [], 1, (1, 1), reason=f"skipped: {e.reason}")
+        _draw_thumbnail(out_png, None, None, [], 1, (1, 1), reason=f"skipped: {bad.reason}")
         qc["seconds"] = round(time.perf_counter() - t0, 4)
         write_json_atomic(out_json, qc)
         return qc
@@ -300,36 +337,87 @@ def tile_slide(
     attrs["status"] = qc["status"]
     attrs["reason"] = qc.get("reason") or ""
     write_patch_file(out_h5, coords, fractions, attrs)
-    _draw_thumbnail(
-        out_png,
-        thumb_rgb,
-        mask,
-        coords,
-        attrs["patch_size_level0"],
-        (attrs["level0_width"], attrs["level0_height"]),
-    )
+    if thumb_rgb is None:  # too small: no image worth drawing
+        _draw_thumbnail(out_png, None, None, [], 1, (1, 1), reason=f"too small: {qc['reason']}")
+    else:
+        _draw_thumbnail(
+            out_png,
+            thumb_rgb,
+            mask,
+            coords,
+            attrs["patch_size_level0"],
+            (attrs["level0_width"], attrs["level0_height"]),
+        )
     qc["seconds"] = round(time.perf_counter() - t0, 4)
     write_json_atomic(out_json, qc)
     return qc
+
+
+def _unexpected(slide_id: str, path, stage: str, e: BaseException) -> BadSlideError:
+    """A bad-slide error for an exception of a kind the reader does not know: its type, its
+    message's first line and the innermost frame it came from, on one line."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" in {frames[-1].name} ({Path(frames[-1].filename).name}:{frames[-1].lineno})"
+    return BadSlideError(
+        slide_id,
+        path,
+        f"unexpected error while {stage}: {type(e).__name__}"
+        f"{': ' + msg if msg else ''}{where if frames else ''}",
+    )
+
+
+def check_scale(slide_id: str, path, mpp: MPP, size0: int, p: TilingParams, props=None) -> None:
+    """Refuse (:class:`BadSlideError`) a level-0 MPP outside ``[min_mpp, max_mpp]`` or a
+    patch narrower than ``min_patch_px_level0`` level-0 pixels; the message gives the value,
+    where it came from, and that the sheet's ``mpp`` column overrides it."""
+    src = describe_mpp_source(mpp, props)
+    hint = mpp_override_hint(mpp)
+    if not p.min_mpp <= mpp.value <= p.max_mpp:
+        raise BadSlideError(
+            slide_id,
+            path,
+            f"implausible scale: {mpp.value:.4g} µm/px at level 0 (from {src}) is outside "
+            f"{p.min_mpp:g}–{p.max_mpp:g} µm/px (tiling.min_mpp, tiling.max_mpp), the range "
+            f"of a whole-slide scan; {hint}",
+        )
+    if size0 < p.min_patch_px_level0:
+        raise BadSlideError(
+            slide_id,
+            path,
+            f"patch too coarse for the scan: {p.patch_size} px at {p.target_mpp:g} µm/px is "
+            f"{size0} level-0 px at {mpp.value:.4g} µm/px (from {src}), under "
+            f"tiling.min_patch_px_level0 = {p.min_patch_px_level0}; {hint}",
+        )
+
+
+def _too_small(w0: int, h0: int, mpp: float, size0: int, p: TilingParams, seg) -> str:
+    """Why a slide cannot hold one patch or one segmentation pixel ('' when it can)."""
+    seg_level, factor, (lw, lh), px_um = seg
+    size = f"{w0} × {h0} px at level 0 ({w0 * mpp:.4g} × {h0 * mpp:.4g} µm at {mpp:.4g} µm/px)"
+    if w0 < size0 or h0 < size0:
+        return (
+            f"slide is {size}, smaller than one patch: {p.patch_size} px at "
+            f"{p.target_mpp:g} µm/px = {size0} × {size0} level-0 px ({size0 * mpp:.4g} µm)"
+        )
+    if lw // factor == 0 or lh // factor == 0:
+        return (
+            f"slide is {size}, smaller than one pixel of the tissue mask "
+            f"({factor} px of level {seg_level} = {px_um:.4g} µm)"
+        )
+    return ""
 
 
 def _tile_open_slide(slide: Slide, p: TilingParams, qc: dict):
     w0, h0 = slide.dimensions
     mpp = slide.mpp.value
     level_mpps = slide.level_mpps
+    size0, step0 = patch_geometry(mpp, p.target_mpp, p.patch_size, p.overlap)
+    check_scale(slide.slide_id, slide.path, slide.mpp, size0, p, slide.properties)
     # the mask must resolve a patch with a few pixels at least
     seg_mpp = min(p.seg_mpp, p.target_mpp * p.patch_size / 4)
     seg_level, factor = choose_seg_level(level_mpps, seg_mpp)
-    seg_rgb = slide.read_level_downsampled(seg_level, factor)
     px_um = level_mpps[seg_level] * factor
-    mask, thr = segment_tissue(seg_rgb, px_um, p)
-
-    size0, step0 = patch_geometry(mpp, p.target_mpp, p.patch_size, p.overlap)
-    grid = grid_coords(w0, h0, size0, step0)
-    frac_all = tissue_fractions(mask, grid, size0, (w0, h0))
-    keep = frac_all >= p.min_tissue_fraction
-    coords, fractions = grid[keep], frac_all[keep]
-
     patch_level = slide.best_level(p.target_mpp)
     ds = slide.level_downsamples[patch_level]
     if mpp > p.target_mpp * 1.02:
@@ -337,13 +425,7 @@ def _tile_open_slide(slide: Slide, p: TilingParams, qc: dict):
             f"slide is scanned at {mpp:.3f} µm/px, coarser than target {p.target_mpp} µm/px: "
             "patches will be upsampled"
         )
-    status = "ok" if len(coords) else "no_tissue"
-    qc.update(
-        status=status,
-        reason="" if status == "ok" else "no patch reaches tiling.min_tissue_fraction",
-        n_patches=int(len(coords)),
-        n_grid=int(len(grid)),
-        tissue_fraction=round(float(mask.mean()), 5),
+    geometry = dict(
         mpp=mpp,
         mpp_source=slide.mpp.source,
         vendor=slide.vendor,
@@ -355,7 +437,6 @@ def _tile_open_slide(slide: Slide, p: TilingParams, qc: dict):
         seg_level=seg_level,
         seg_reduction=factor,
         seg_mpp=px_um,
-        saturation_threshold=thr,
     )
     lw, lh = slide.level_dimensions[patch_level]
     attrs = {
@@ -382,6 +463,28 @@ def _tile_open_slide(slide: Slide, p: TilingParams, qc: dict):
         "seg_mpp": float(px_um),
         "shazam_version": __version__,
     }
+    seg = (seg_level, factor, slide.level_dimensions[seg_level], px_um)
+    small = _too_small(w0, h0, mpp, size0, p, seg)
+    if small:
+        qc.update(status="too_small", reason=small, n_patches=0, n_grid=0, **geometry)
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.float32), attrs, None, None
+
+    seg_rgb = slide.read_level_downsampled(seg_level, factor)
+    mask, thr = segment_tissue(seg_rgb, px_um, p)
+    grid = grid_coords(w0, h0, size0, step0)
+    frac_all = tissue_fractions(mask, grid, size0, (w0, h0))
+    keep = frac_all >= p.min_tissue_fraction
+    coords, fractions = grid[keep], frac_all[keep]
+    status = "ok" if len(coords) else "no_tissue"
+    qc.update(
+        status=status,
+        reason="" if status == "ok" else "no patch reaches tiling.min_tissue_fraction",
+        n_patches=int(len(coords)),
+        n_grid=int(len(grid)),
+        tissue_fraction=round(float(mask.mean()), 5),
+        **geometry,
+        saturation_threshold=thr,
+    )
     return coords, fractions, attrs, _thumbnail_rgb(slide, seg_rgb, px_um), mask
 
 

@@ -17,6 +17,7 @@ and runs it over either (:func:`embed_batches`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import sys
 from dataclasses import dataclass
@@ -30,6 +31,19 @@ from ..images import WHITE, fit_image
 from ..slides import JpegTiledLevel, rgba_to_rgb
 from ..teachers import TeacherSpec
 from .params import ExtractParams
+
+log = logging.getLogger(__name__)
+
+
+def error_reason(e: BaseException) -> str:
+    """One line for a read error: the exception's first message line, prefixed with its type
+    when that is not an OpenSlide or OS error (whose messages say what they are)."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    name = type(e).__name__
+    if name.startswith("OpenSlide") or isinstance(e, OSError):
+        return msg or name
+    return f"{name}: {msg}" if msg else name
+
 
 # --------------------------------------------------------------------------- slide patches
 
@@ -198,8 +212,9 @@ class PatchBatches(torch.utils.data.Dataset):
                 for k in range(i, j):
                     try:
                         put(k, self._read(c[k, 0], c[k, 1], s, s))
-                    except Exception as e:
-                        errors.append((lo + k, str(e).splitlines()[0] if str(e) else repr(e)))
+                    except Exception as e:  # any kind: the caller's on_bad_patch decides
+                        log.debug("patch %d at level-0 %s", lo + k, tuple(c[k]), exc_info=True)
+                        errors.append((lo + k, error_reason(e)))
                         out[k] = 255
                         self._reopen()
         return torch.from_numpy(out), torch.arange(lo, hi), errors
@@ -234,7 +249,7 @@ class ImageBatches(torch.utils.data.Dataset):
                 with Image.open(self.paths[k]) as img:
                     out[k - lo] = fit_image(img, self.side, self.fit, self.scale)
             except Exception as e:
-                errors.append((k, str(e).splitlines()[0] if str(e) else repr(e)))
+                errors.append((k, error_reason(e)))
         return torch.from_numpy(out), torch.arange(lo, hi), errors
 
 

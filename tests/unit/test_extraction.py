@@ -173,6 +173,36 @@ def test_bad_patch_fails_naming_slide_and_coordinate(make_slide, tmp_path):
         assert f["skipped_coords"][:].tolist() == [[768, 512]]
 
 
+def test_unexpected_patch_read_error_goes_through_on_bad_patch(make_slide, tmp_path, monkeypatch):
+    """Any exception reading a patch (not only OpenSlide's) is the patch policy's: fail names
+    the slide, the patch and the exception; skip records the patch as skipped."""
+    from shazam.extraction.batches import PatchBatches
+
+    good = make_slide()
+    patches = _tile(good, tmp_path, "S")
+    read = PatchBatches._read
+
+    def flaky(self, x, y, w, h):  # any read covering level-0 (768, 512) (level 0, 1:1 here)
+        if x <= 768 < x + w and y <= 512 < y + h:
+            raise RuntimeError("decoder state lost\nsecond line")
+        return read(self, x, y, w, h)
+
+    monkeypatch.setattr(PatchBatches, "_read", flaky)
+    with pytest.raises(BadSlideError) as e:
+        extract_slide("toy_cnn", "S", good, patches, tmp_path / "f.h5", P, progress=False)
+    msg = str(e.value)
+    assert msg.startswith(f"slide S ({good}): cannot read patch ")
+    assert "at level-0 (768, 512): RuntimeError: decoder state lost — set" in msg
+    assert "extraction.on_bad_patch: skip" in msg and "\n" not in msg
+    assert not (tmp_path / "f.h5").exists()
+    params = ExtractParams(num_workers=0, on_bad_patch="skip")
+    res = extract_slide("toy_cnn", "S", good, patches, tmp_path / "f.h5", params, progress=False)
+    assert res["n_skipped"] == 1
+    with h5py.File(tmp_path / "f.h5") as f:
+        assert f["skipped_coords"][:].tolist() == [[768, 512]]
+        assert len(f["coords"]) == len(read_patch_file(patches)[0]) - 1
+
+
 def test_device_locks_spread_jobs_over_gpus(tmp_path):
     i0, h0 = acquire_device_lock(2, tmp_path)
     # a second process must get the other device while the first holds its lock

@@ -4,12 +4,15 @@ import numpy as np
 import pytest
 
 from shazam.slides import (
+    MPP,
     BadSlideError,
     SheetError,
     Slide,
     best_level,
+    describe_mpp_source,
     load_sheet,
     magnification,
+    mpp_override_hint,
     resolve_mpp,
 )
 
@@ -243,3 +246,22 @@ def test_fast_jpeg_reader_declines_other_compressions(tmp_path):
     tifffile.imwrite(p, img, tile=(256, 256), compression="zlib", photometric="rgb")
     osr = openslide.OpenSlide(str(p))
     assert JpegTiledLevel.open(str(p), osr.level_dimensions[0], osr, 0) is None
+
+
+def test_mpp_sources_in_words_and_the_override_hint():
+    power = {"openslide.objective-power": "40"}
+    assert describe_mpp_source(MPP(0.25, "objective_power"), power).startswith(
+        "the slide's objective power (40×"
+    )
+    assert describe_mpp_source(MPP(0.5, "override")) == "the slide sheet's `mpp` column"
+    assert "metadata" in describe_mpp_source(MPP(0.5, "metadata"))
+    assert describe_mpp_source(MPP(0.5, "default")) == "tiling.default_mpp"
+    assert "`mpp` column" in mpp_override_hint(MPP(352.8, "metadata"))
+    assert mpp_override_hint(MPP(0.001, "override")).startswith("correct")
+
+
+def test_downsampled_read_of_a_slide_smaller_than_the_factor_is_empty(make_slide):
+    """It divided by zero on a 16 x 16 px slide; tiling calls such a slide too_small."""
+    with Slide("T", make_slide(img=np.full((16, 16, 3), 200, np.uint8), n_levels=1)) as s:
+        assert s.read_level_downsampled(0, 32).shape == (0, 0, 3)
+        assert s.read_level_downsampled(0, 4).shape == (4, 4, 3)

@@ -343,3 +343,233 @@ def test_slide_without_pyramid_is_reduced_strip_by_strip(make_slide, tmp_path):
         read_patch_file(tmp_path / "a.h5")[0], read_patch_file(tmp_path / "r.h5")[0]
     )
     assert ref["n_patches"] == q["n_patches"]
+
+
+# ------------------------------------------------------------------ every failure, one policy
+
+
+def _outs(out):
+    return out / "b.h5", out / "b.json", out / "b.png"
+
+
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+def test_tiny_slide_is_too_small_under_either_policy(make_slide, tmp_path, policy):
+    """16 × 16 px (it crashed read_level_downsampled with ZeroDivisionError): not a broken
+    file but one without room for a patch, so like no_tissue an empty file and its own status."""
+    p = make_slide("tiny.svs", img=np.full((16, 16, 3), 200, np.uint8), n_levels=1)
+    out = tmp_path / "o"
+    q = tile_slide("T", p, *_outs(out), TilingParams(on_bad_slide=policy))
+    assert q["status"] == "too_small" and q["n_patches"] == 0
+    assert "16 × 16 px at level 0" in q["reason"] and "256 × 256 level-0 px" in q["reason"]
+    coords, attrs = read_patch_file(out / "b.h5")
+    assert coords.shape == (0, 2) and attrs["status"] == "too_small"
+    assert CLAM_ATTRS | MAG_ATTRS <= set(attrs) and attrs["patch_size_level0"] == 256
+    assert (out / "b.png").exists()
+    table = summarize_qc([out / "b.json"], out / "qc.tsv")
+    assert (
+        table.loc[0, "status"] == "too_small" and "smaller than one patch" in table.loc[0, "reason"]
+    )
+
+
+def test_slide_smaller_than_the_mask_grid_is_too_small():
+    from shazam.tiling import _too_small
+
+    p = TilingParams(patch_size=16)
+    # one patch fits (16 px) but the level read for the mask has 20 // 32 = 0 mask pixels
+    why = _too_small(20, 20, 0.5, 16, p, (0, 32, (20, 20), 16.0))
+    assert "smaller than one pixel of the tissue mask" in why and "20 × 20 px" in why
+    assert _too_small(2048, 1536, 0.5, 256, TilingParams(), (2, 1, (128, 96), 8.0)) == ""
+
+
+def _boom(*a, **k):
+    return 1 // 0
+
+
+@pytest.mark.parametrize("where", ["read_level_downsampled", "open"])
+def test_unexpected_error_fails_as_a_bad_slide(make_slide, tmp_path, monkeypatch, where):
+    p = make_slide()
+    if where == "open":
+        import openslide
+
+        monkeypatch.setattr(openslide, "OpenSlide", _boom)
+        stage = "while opening"
+    else:
+        monkeypatch.setattr(Slide, "read_level_downsampled", _boom)
+        stage = "while segmenting and tiling"
+    out = tmp_path / "o"
+    with pytest.raises(BadSlideError) as e:
+        tile_slide("U1", p, *_outs(out))
+    msg = str(e.value)
+    assert msg.startswith(f"slide U1 ({p}): unexpected error {stage}: ZeroDivisionError")
+    assert "_boom (test_tiling.py:" in msg and "\n" not in msg
+    assert isinstance(e.value.__cause__, ZeroDivisionError)  # the traceback, for the log
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unexpected_error_skip_is_recorded_with_its_traceback(make_slide, tmp_path, monkeypatch):
+    monkeypatch.setattr(Slide, "read_level_downsampled", _boom)
+    out = tmp_path / "o"
+    q = tile_slide("U2", make_slide(), *_outs(out), TilingParams(on_bad_slide="skip"))
+    assert q["status"] == "skipped" and "ZeroDivisionError" in q["reason"]
+    rec = json.loads((out / "b.json").read_text())
+    assert rec["traceback"].startswith("Traceback") and "1 // 0" in rec["traceback"]
+    coords, attrs = read_patch_file(out / "b.h5")
+    assert coords.shape == (0, 2) and attrs["status"] == "skipped"
+    table = summarize_qc([out / "b.json"], out / "qc.tsv")
+    assert table.loc[0, "status"] == "skipped" and "ZeroDivisionError" in table.loc[0, "reason"]
+
+
+def test_memory_error_is_not_the_slides_fault(make_slide, tmp_path, monkeypatch):
+    def oom(*a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr(Slide, "read_level_downsampled", oom)
+    with pytest.raises(MemoryError):
+        tile_slide("M", make_slide(), *_outs(tmp_path), TilingParams(on_bad_slide="skip"))
+
+
+# the tile command as the workflow runs it, with one reader method made to crash
+_CLI_BOOM = """
+import sys
+from shazam import cli, slides
+slides.Slide.read_level_downsampled = lambda *a, **k: 1 // 0
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _tile_cmd(slide, out, *extra):
+    return [
+        sys.executable, "-c", _CLI_BOOM, *extra, "tile", "--slide", str(slide), "--slide-id",
+        "S7", "--out-h5", str(out / "a.h5"), "--out-qc", str(out / "a.json"),
+        "--out-thumbnail", str(out / "a.png"),
+    ]  # fmt: skip
+
+
+def test_cli_unexpected_error_one_line_on_terminal_traceback_in_log(make_slide, tmp_path):
+    slide = make_slide()
+    # to a terminal or pipe: the one line only
+    p = subprocess.run(_tile_cmd(slide, tmp_path), capture_output=True, text=True)
+    assert p.returncode == 2
+    err = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "Traceback" not in p.stderr
+    assert "slide S7" in err[0] and str(slide) in err[0] and "ZeroDivisionError" in err[0]
+    assert "-v" in err[0] and "tiling.on_bad_slide: skip" in err[0]
+    # as the rule runs it (`> {log} 2>&1`): the traceback in the log, then the same one line
+    log = tmp_path / "tile.log"
+    with open(log, "w") as fh:
+        rc = subprocess.run(_tile_cmd(slide, tmp_path), stdout=fh, stderr=subprocess.STDOUT)
+    assert rc.returncode == 2
+    lines = log.read_text().splitlines()
+    assert (
+        "Traceback (most recent call last):" in lines and "in _tile_open_slide" in log.read_text()
+    )
+    assert [ln for ln in lines if ln.startswith("error:")] == [lines[-1]]
+    assert lines[-1].startswith(err[0].split(" (`shazam -v")[0])
+    assert not list(tmp_path.glob("a.*"))
+    # -v: the traceback on stderr too
+    p = subprocess.run(_tile_cmd(slide, tmp_path, "-v"), capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" in p.stderr
+
+
+def test_cli_unexpected_error_under_skip_exits_0(make_slide, tmp_path):
+    cmd = [*_tile_cmd(make_slide(), tmp_path), "--tiling", '{"on_bad_slide": "skip"}']
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "slide S7 skipped: unexpected error" in p.stderr and "Traceback" not in p.stderr
+    assert json.loads((tmp_path / "a.json").read_text())["status"] == "skipped"
+
+
+# ------------------------------------------------------------------ implausible scale
+
+
+def _generic_tiff(path, img, dpi=72):
+    """A tiled generic TIFF whose resolution tag says ``dpi`` (OpenSlide: vendor generic-tiff,
+    MPP = 25,400 / dpi)."""
+    tifffile.imwrite(
+        path, img, tile=(256, 256), photometric="rgb", compression="jpeg",
+        resolution=(dpi, dpi), resolutionunit="INCH",
+    )  # fmt: skip
+    return path
+
+
+@pytest.fixture
+def tiff_72dpi(tmp_path):
+    img = tissue_image(1536, 2048, tissue_box=(512, 384, 1536, 1152))
+    return _generic_tiff(tmp_path / "export.tif", img)
+
+
+def test_72_dpi_tiff_is_refused_with_the_override_hint(tiff_72dpi, tmp_path):
+    with Slide("X", tiff_72dpi) as s:
+        assert s.mpp.source == "metadata" and round(s.mpp.value, 1) == 352.8
+    with pytest.raises(BadSlideError) as e:
+        tile_slide("X", tiff_72dpi, *_outs(tmp_path / "o"))
+    msg = str(e.value)
+    assert "implausible scale: 352.8 µm/px" in msg and "metadata" in msg
+    assert "slide sheet's `mpp` column" in msg and "overrides" in msg
+    assert "tiling.max_mpp" in msg and "\n" not in msg
+    q = tile_slide("X", tiff_72dpi, *_outs(tmp_path / "s"), TilingParams(on_bad_slide="skip"))
+    assert q["status"] == "skipped" and "352.8" in q["reason"]
+
+
+def test_72_dpi_tiff_with_the_sheets_mpp_tiles_correctly(tiff_72dpi, make_slide, tmp_path):
+    q = tile_slide("X", tiff_72dpi, *_outs(tmp_path / "x"), mpp_override=0.5)
+    assert q["status"] == "ok" and q["mpp_source"] == "override" and q["n_patches"] > 0
+    ref = tile_slide("R", make_slide("r.svs"), *_outs(tmp_path / "r"))
+    np.testing.assert_array_equal(
+        read_patch_file(tmp_path / "x" / "b.h5")[0], read_patch_file(tmp_path / "r" / "b.h5")[0]
+    )
+    # the same through the command line (the workflow passes the sheet's mpp as --mpp)
+    out = tmp_path / "c"
+    p = subprocess.run(
+        [sys.executable, "-m", "shazam", "tile", "--slide", str(tiff_72dpi), "--slide-id", "X",
+         "--mpp", "0.5", "--out-h5", str(out / "a.h5"), "--out-qc", str(out / "a.json"),
+         "--out-thumbnail", str(out / "a.png")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert json.loads((out / "a.json").read_text())["n_patches"] == ref["n_patches"]
+
+
+def test_cli_72_dpi_tiff_one_line(tiff_72dpi, tmp_path):
+    p = subprocess.run(
+        [sys.executable, "-m", "shazam", "tile", "--slide", str(tiff_72dpi), "--slide-id", "X",
+         "--out-h5", str(tmp_path / "a.h5"), "--out-qc", str(tmp_path / "a.json"),
+         "--out-thumbnail", str(tmp_path / "a.png")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert p.returncode == 2
+    err = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "352.8" in err[0] and "`mpp` column" in err[0]
+    assert "Traceback" not in p.stderr
+
+
+def test_implausible_sheet_mpp_says_correct_the_column(make_slide, tmp_path):
+    with pytest.raises(BadSlideError, match=r"0\.001 µm/px .*from the slide sheet's `mpp` column"):
+        tile_slide("S", make_slide(), *_outs(tmp_path), mpp_override=0.001)
+    with pytest.raises(BadSlideError, match="correct this slide's value"):
+        tile_slide("S", make_slide(), *_outs(tmp_path), mpp_override=50.0)
+
+
+def test_implausible_objective_power_names_it(make_slide, tmp_path):
+    p = make_slide("p.svs", mpp=None, power=0.5)  # 10 µm / 0.5 = 20 µm/px
+    with pytest.raises(BadSlideError, match=r"20 µm/px .*objective power \(0\.5×"):
+        tile_slide("S", p, *_outs(tmp_path))
+
+
+def test_patch_with_too_few_level0_pixels_is_refused(make_slide, tmp_path):
+    p = make_slide("coarse.svs", mpp=5.0, power=None)  # plausible, but 256 px at 0.5 = 26 px
+    with pytest.raises(BadSlideError) as e:
+        tile_slide("S", p, *_outs(tmp_path / "o"))
+    msg = str(e.value)
+    assert "26 level-0 px at 5 µm/px" in msg and "tiling.min_patch_px_level0 = 32" in msg
+    assert "`mpp` column" in msg
+    q = tile_slide("S", p, *_outs(tmp_path / "o"), TilingParams(min_patch_px_level0=16))
+    assert q["status"] in ("ok", "no_tissue") and q["patch_size_level0"] == 26
+
+
+@pytest.mark.parametrize(
+    "kw", [{"min_mpp": 0}, {"min_mpp": 2.0, "max_mpp": 1.0}, {"min_patch_px_level0": 0}]
+)
+def test_scale_limits_are_checked(kw):
+    with pytest.raises(ValueError, match="tiling.m"):
+        TilingParams(**kw)
