@@ -297,8 +297,9 @@ def tile_slide(
     ``params.on_bad_slide``: with ``'fail'`` it raises :class:`BadSlideError` (nothing is
     written; an unexpected exception is its ``__cause__``, with the traceback), with ``'skip'``
     it writes a valid empty patch file and a QC record that says why (status ``skipped``, plus
-    the ``traceback`` of an unexpected exception). A slide smaller than one patch is no failure:
-    status ``too_small`` and an empty patch file under either policy, like ``no_tissue``.
+    the ``traceback`` of an unexpected exception). A slide smaller than one patch (most often
+    not a slide at all: a label, a macro image, a thumbnail) fails under ``'fail'`` and under
+    ``'skip'`` gets a status of its own, ``too_small``, with an empty patch file.
     Errors writing the outputs are not the slide's and propagate unchanged.
     """
     t0 = time.perf_counter()
@@ -466,6 +467,8 @@ def _tile_open_slide(slide: Slide, p: TilingParams, qc: dict):
     seg = (seg_level, factor, slide.level_dimensions[seg_level], px_um)
     small = _too_small(w0, h0, mpp, size0, p, seg)
     if small:
+        if p.on_bad_slide == "fail":  # most likely not a slide at all (a label, a thumbnail)
+            raise BadSlideError(slide.slide_id, slide.path, f"too small to tile: {small}")
         qc.update(status="too_small", reason=small, n_patches=0, n_grid=0, **geometry)
         return np.zeros((0, 2), np.int64), np.zeros(0, np.float32), attrs, None, None
 

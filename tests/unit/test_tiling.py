@@ -352,13 +352,16 @@ def _outs(out):
     return out / "b.h5", out / "b.json", out / "b.png"
 
 
-@pytest.mark.parametrize("policy", ["fail", "skip"])
-def test_tiny_slide_is_too_small_under_either_policy(make_slide, tmp_path, policy):
-    """16 × 16 px (it crashed read_level_downsampled with ZeroDivisionError): not a broken
-    file but one without room for a patch, so like no_tissue an empty file and its own status."""
+def test_tiny_slide_is_too_small_a_listed_status_under_skip_and_an_error_under_fail(
+    make_slide, tmp_path
+):
+    """16 × 16 px (it crashed read_level_downsampled with ZeroDivisionError)."""
     p = make_slide("tiny.svs", img=np.full((16, 16, 3), 200, np.uint8), n_levels=1)
     out = tmp_path / "o"
-    q = tile_slide("T", p, *_outs(out), TilingParams(on_bad_slide=policy))
+    with pytest.raises(BadSlideError, match="slide T .*too small to tile: slide is 16 × 16 px"):
+        tile_slide("T", p, *_outs(out), TilingParams(on_bad_slide="fail"))
+    assert not (out / "b.h5").exists() and not (out / "b.json").exists()
+    q = tile_slide("T", p, *_outs(out), TilingParams(on_bad_slide="skip"))
     assert q["status"] == "too_small" and q["n_patches"] == 0
     assert "16 × 16 px at level 0" in q["reason"] and "256 × 256 level-0 px" in q["reason"]
     coords, attrs = read_patch_file(out / "b.h5")
