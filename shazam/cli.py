@@ -453,6 +453,12 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("details", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only or vanished folder: the machine's, not ours
+        if _traceback_to_log(args):
+            log.error("traceback of the failure (the error line follows):", exc_info=True)
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: cannot read or write a file{where}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except Exception as e:
         from .teachers.build import TeacherWeightsError
 

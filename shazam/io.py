@@ -28,6 +28,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, target)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        if e.filename in (None, os.fspath(tmp_path)):  # name the output, not the temporary
+            raise OSError(e.errno, e.strerror or str(e), os.fspath(target)) from e
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()

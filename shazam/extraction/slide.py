@@ -49,7 +49,7 @@ def extract_slide(
         if bad:
             log.warning(
                 "slide %s: dropped %d unreadable patch(es), first at %s: %s",
-                slide_id, len(bad), tuple(coords[bad[0][0]]), bad[0][1],
+                slide_id, len(bad), tuple(coords[bad[0][0]].tolist()), bad[0][1],
             )  # fmt: skip
         keep = np.ones(len(coords), dtype=bool)
         keep[[r for r, _ in bad]] = False

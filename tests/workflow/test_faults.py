@@ -305,7 +305,10 @@ def check_full_disk(wd, monkeypatch, tmp_path):
         assert p.returncode != 0
         log = f"logs/extract_features/{teacher}/{sid}.log"
         assert "Error in rule extract_features" in p.stderr and rel in p.stderr and log in p.stderr
-        assert "No space left on device" in (wd / log).read_text()
+        text = (wd / log).read_text()
+        assert error_lines(text) == [
+            f"error: cannot read or write a file ({rel}): No space left on device"
+        ]
         assert not feat.exists() and not temp_files(feat)
         # a model: four files written, the fifth (metrics.json, written last) fails
         full_disk(m, tmp_path, metrics)
