@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,12 +46,68 @@ def _timm_kwargs(spec: TeacherSpec) -> dict:
 
 
 def build_architecture(spec: TeacherSpec) -> nn.Module:
-    """The timm architecture with initial weights (fixed-seed for toy teachers)."""
+    """The timm architecture with initial weights (fixed-seed for toy teachers).
+
+    This is the slow path: timm initialises every parameter (17 s for Virchow2 on a CPU).
+    Teachers with weights go through :func:`empty_architecture` instead."""
     import timm
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed if spec.seed is not None else 0)
         model = timm.create_model(spec.arch, pretrained=False, **_timm_kwargs(spec))
+    return model.eval()
+
+
+def empty_architecture(spec: TeacherSpec) -> nn.Module:
+    """The architecture on the meta device: shapes only, no memory, no initialisation."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(spec.arch, pretrained=False, **_timm_kwargs(spec))
+    return model.eval()
+
+
+def random_architecture(spec: TeacherSpec, seed: int = 0) -> nn.Module:
+    """Real architecture, random weights, quickly: allocated empty, then every floating
+    parameter drawn N(0, 0.02²) from a seeded generator (for architecture checks and
+    benchmarks; timm's own truncated-normal init of a 1B-parameter ViT takes minutes)."""
+    model = empty_architecture(spec).to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in (*model.parameters(), *model.buffers()):
+            if t.is_floating_point():
+                t.normal_(0.0, 0.02, generator=gen)
+            else:
+                t.zero_()
+    return model
+
+
+def assign_weights(spec: TeacherSpec, model: nn.Module, sd: dict, source: str) -> nn.Module:
+    """Put a state dict into an architecture built on the meta device (``assign=True``: the
+    tensors are adopted, not copied, so a memory-mapped file stays mapped). A checkpoint
+    stored in another float dtype is cast to the architecture's, as a copying load would."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shape:
+        raise TeacherWeightsError(
+            f"teacher {spec.name}: {source} does not match the {spec.arch} architecture "
+            f"({len(missing)} missing keys e.g. {missing[:3]}, {len(unexpected)} unexpected "
+            f"e.g. {unexpected[:3]}, {len(shape)} of another shape e.g. {shape[:3]}); is it "
+            "the right checkpoint for this teacher?"
+        )
+    sd = {
+        k: v.to(own[k].dtype) if v.is_floating_point() and v.dtype != own[k].dtype else v
+        for k, v in sd.items()
+    }
+    model.load_state_dict(sd, strict=True, assign=True)
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:  # a tensor outside the state dict (none in the registry's timm models today)
+        raise TeacherWeightsError(
+            f"teacher {spec.name}: {len(left)} tensor(s) are not in {source} and have no "
+            f"value, e.g. {left[:3]}"
+        )
     return model.eval()
 
 
@@ -157,15 +214,20 @@ def file_sha256(path: Path) -> str:
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:
-    """Tensors from a safetensors file, or from a torch checkpoint loaded with
-    ``weights_only=True`` (never arbitrary pickles). Common wrappers are unwrapped."""
+    """Tensors from a safetensors file (memory-mapped: pages are read when first used and
+    shared by every process on the node), or from a torch checkpoint loaded with
+    ``weights_only=True`` (never arbitrary pickles; mapped too when its format allows).
+    Common wrappers are unwrapped."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         sd = load_file(str(path), device="cpu")
     else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # the legacy (pre-zip) format cannot be mapped
+            sd = torch.load(path, map_location="cpu", weights_only=True)
         for key in ("state_dict", "model", "teacher"):
             if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
                 sd = sd[key]
@@ -177,21 +239,18 @@ def build_model(
     weights: str | os.PathLike | None = None,
     random_weights: bool = False,
 ) -> tuple[nn.Module, Weights]:
-    """Architecture + weights. ``random_weights`` skips loading (architecture checks)."""
-    model = build_architecture(spec)
+    """Architecture + weights. ``random_weights`` gives the real architecture with random
+    weights (architecture checks). A teacher with a weight file is built on the meta device
+    and adopts the file's tensors: no random initialisation, no second copy."""
     if random_weights:
-        return model, Weights("random", None, f"random:{spec.name}")
+        return random_architecture(spec), Weights("random", None, f"random:{spec.name}")
     w = resolve_weights(spec, weights)
-    if w.path is not None:
-        sd = load_state_dict(w.path)
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise TeacherWeightsError(
-                f"teacher {spec.name}: {w.path} does not match the {spec.arch} architecture "
-                f"({len(missing)} missing keys e.g. {missing[:3]}, {len(unexpected)} unexpected "
-                f"e.g. {unexpected[:3]}); is it the right checkpoint for this teacher?"
-            )
-    return model.eval(), w
+    if w.path is None:  # built-in toy weights: the fixed-seed initialisation is the weights
+        return build_architecture(spec), w
+    t0 = time.perf_counter()
+    model = assign_weights(spec, empty_architecture(spec), load_state_dict(w.path), w.path)
+    log.debug("teacher %s built from %s in %.2fs", spec.name, w.path, time.perf_counter() - t0)
+    return model, w
 
 
 # --------------------------------------------------------------------------- input views
@@ -251,8 +310,10 @@ class LevelExtractor(nn.Module):
                 self._handles.append(blocks[idx].register_forward_hook(self._hook(lv)))
 
     def _hook(self, level: str):
+        captured = self._captured  # not self: no model <-> hook reference cycle
+
         def fn(_module, _inputs, output):
-            self._captured[level] = output
+            captured[level] = output
 
         return fn
 
@@ -279,12 +340,16 @@ class LevelExtractor(nn.Module):
         return {lv: out[lv] for lv in self.levels}
 
 
-def check(spec: TeacherSpec, batch: int = 2) -> dict[str, list[int]]:
+def check(spec: TeacherSpec, batch: int = 2, meta: bool = False) -> dict[str, list[int]]:
     """Build the real architecture with random weights (offline), run one batch, return the
-    output shape of every level."""
-    model, _ = build_model(spec, random_weights=True)
-    ext = LevelExtractor(spec, model)
-    x = torch.randn(batch, 3, spec.input_size, spec.input_size)
+    output shape of every level. ``meta``: shapes only, on the meta device (no memory, no
+    arithmetic; every layer's shape logic still runs)."""
+    if meta:
+        model, x = empty_architecture(spec), torch.empty(batch, 3, *[spec.input_size] * 2)
+        x = x.to("meta")
+    else:
+        model, _ = build_model(spec, random_weights=True)
+        x = torch.randn(batch, 3, spec.input_size, spec.input_size)
     with torch.inference_mode():
-        out = ext(x)
+        out = LevelExtractor(spec, model)(x)
     return {lv: list(t.shape) for lv, t in out.items()}
