@@ -22,6 +22,7 @@ wildcard_constraints:
     teacher="|".join(TEACHERS) or "NO_TEACHER",
     task="|".join(TASKS) or "NO_TASK",
     fold=r"\d+",
+    group=r"g[0-9a-f]{12}",
     shazam_model=registry.student_regex("slide"),
     tile_model=registry.wildcard_regex("tile", TEACHERS),
 

@@ -12,6 +12,7 @@ from snakemake.utils import validate
 
 from shazam import layout
 from shazam.demo import demo_plan, demo_tiles_plan
+from shazam.extraction.groups import group_of, slide_groups
 from shazam.models import registry
 from shazam.slides import load_sheet, sheet_frame
 from shazam.tasks import TaskSpec
@@ -90,6 +91,10 @@ _SLIDE_ARGS = {
     for sid, case, mpp in zip(SLIDES["slide_id"], SLIDES["case_id"], SLIDES["mpp"])
 }
 
+# extraction jobs: stable groups of slides, one model load each (shazam.extraction.groups)
+EXTRACT_GROUPS = slide_groups(SLIDE_IDS, config["extraction"]["slides_per_job"])
+GROUP_OF = group_of(EXTRACT_GROUPS)
+
 TEACHER_FEATURES = {
     t: [layout.FEATURES.format(teacher=t, slide=sid) for sid in SLIDE_IDS]
     for t in TEACHERS
@@ -104,6 +109,28 @@ def slide_path(wildcards):
 def slide_args(wildcards):
     """`--case-id C --mpp M` of a slide for `shazam tile` (one look-up instead of two)."""
     return _SLIDE_ARGS[wildcards.slide]
+
+
+def group_patches(wildcards):
+    return [layout.PATCHES.format(slide=s) for s in EXTRACT_GROUPS[wildcards.group]]
+
+
+def group_slides(wildcards):
+    return [_SLIDE_PATH[s] for s in EXTRACT_GROUPS[wildcards.group]]
+
+
+def group_staged(wildcards):
+    return [
+        layout.STAGED_FEATURES.format(teacher=wildcards.teacher, slide=s)
+        for s in EXTRACT_GROUPS[wildcards.group]
+    ]
+
+
+def slide_group_table(wildcards):
+    """The table of the extraction job that holds this slide's features."""
+    return layout.FEATURE_GROUP.format(
+        teacher=wildcards.teacher, group=GROUP_OF[wildcards.slide]
+    )
 
 
 def section_json(section):
@@ -226,7 +253,7 @@ def final_outputs():
         for t in TEACHERS
     ]
     return (
-        ([layout.QC_TABLE] if SLIDE_IDS else [])
+        ([layout.QC_TABLE, layout.EXTRACTION_QC] if SLIDE_IDS else [])
         + ALL_FEATURES
         + tile_features
         + exports

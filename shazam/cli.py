@@ -154,15 +154,34 @@ def _extract_params(a: argparse.Namespace):
 
 
 def cmd_extract(a: argparse.Namespace) -> None:
-    from .extraction import extract_slide
+    from .extraction.slide import SlideJob, extract_slides
 
-    params = _extract_params(a)
-    res = extract_slide(a.teacher, a.slide_id, a.slide, a.patches, a.out, params, weights=a.weights)
-    log.info(
-        "%s/%s: %d patches (%d skipped) in %.1fs, %s patches/s on %s",
-        a.teacher, a.slide_id, res["n_patches"], res["n_skipped"], res["seconds"],
-        res["patches_per_s"], res["device"],
-    )  # fmt: skip
+    n = len(a.slide_id)
+    if not (len(a.slide) == len(a.patches) == len(a.out) == n):
+        raise ValueError(
+            f"extract: give as many --slide ({len(a.slide)}), --patches ({len(a.patches)}) and "
+            f"--out ({len(a.out)}) as --slide-id ({n}), in the same order"
+        )
+    jobs = [SlideJob(*row) for row in zip(a.slide_id, a.slide, a.patches, a.out, strict=True)]
+    rows = extract_slides(a.teacher, jobs, _extract_params(a), weights=a.weights)
+    for r in rows:
+        log.info(
+            "%s/%s: %s, %d patches (%d skipped) in %.1fs%s on %s",
+            a.teacher, r["slide_id"], r["status"], r["n_patches"], r["n_skipped_patches"],
+            r["seconds"], " (up to date, kept)" if r["reused"] else "", r["device"],
+        )  # fmt: skip
+    if a.table:
+        from .extraction.groups import write_group_table
+
+        write_group_table(rows, a.table, a.group)
+
+
+def cmd_extraction_qc(a: argparse.Namespace) -> None:
+    from .extraction.groups import summarize_group_tables
+
+    df = summarize_group_tables(a.tables, a.out)
+    counts = df["status"].value_counts().to_dict()
+    log.info("extraction QC for %d slide x teacher: %s -> %s", len(df), counts, a.out)
 
 
 def cmd_extract_tiles(a: argparse.Namespace) -> None:
@@ -316,21 +335,30 @@ def _add_teachers(sub) -> None:
 def _add_extraction(sub) -> None:
     def common(e):
         e.add_argument("--teacher", required=True)
-        e.add_argument("--out", required=True)
         e.add_argument("--weights", type=_optional_str, default=None)
         e.add_argument("--extraction", default="{}", help=SECTION_HELP.format(section="extraction"))
         e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
 
-    e = sub.add_parser("extract", help="features of one teacher for one slide")
+    e = sub.add_parser(
+        "extract", help="features of one teacher for one or more slides (one model load)"
+    )
     common(e)
-    e.add_argument("--slide", required=True)
-    e.add_argument("--slide-id", required=True)
-    e.add_argument("--patches", required=True, help="patch file from `shazam tile`")
+    e.add_argument("--slide-id", nargs="+", required=True)
+    e.add_argument("--slide", nargs="+", required=True, help="slide files, one per --slide-id")
+    e.add_argument("--patches", nargs="+", required=True, help="patch files from `shazam tile`")
+    e.add_argument("--out", nargs="+", required=True, help="feature files, one per slide")
+    e.add_argument("--table", default=None, help="also write the per-slide table (.tsv) here")
+    e.add_argument("--group", default="", help="the group name written into --table")
     e.set_defaults(func=cmd_extract)
+    q = sub.add_parser("extraction-qc", help="collect the extraction jobs' tables into one")
+    q.add_argument("--out", required=True, help="cohort extraction table (.tsv)")
+    q.add_argument("tables", nargs="+", help="per-job tables from `shazam extract --table`")
+    q.set_defaults(func=cmd_extraction_qc)
     et = sub.add_parser(
         "extract-tiles", help="features of one teacher for every image of a tile task"
     )
     common(et)
+    et.add_argument("--out", required=True)
     et.add_argument("--spec", required=True, help="the tile task definition as JSON")
     et.add_argument("--target-mpp", type=float, default=0.5, help="µm/px the teacher expects")
     et.set_defaults(func=cmd_extract_tiles)
@@ -435,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     except BadSlideError as e:
         hint = (
             ""
-            if "on_bad_patch" in str(e)
+            if "on_bad_patch" in str(e) or "on_bad_slide" in str(e)
             else " — fix or replace the file, or set tiling.on_bad_slide: skip"
         )
         cause = e.__cause__  # an unexpected exception: its traceback is for the log

@@ -17,8 +17,13 @@ PATCHES = "results/patches/{slide}.h5"
 TILING_QC = "results/qc/tiling/{slide}.json"
 THUMBNAIL = "results/qc/tiling/{slide}.png"
 QC_TABLE = "results/qc/tiling.tsv"
-# extraction (rules extract_features, extract_tile_features, export_tile_pt)
+# extraction (rules extract_features, feature_file, extraction_qc, extract_tile_features,
+# export_tile_pt): a job extracts a group of slides (shazam.extraction.groups) into the staged
+# files and lists them in its group table; each slide's feature file is then a hard link
 FEATURES = "results/features/{teacher}/{slide}.h5"
+FEATURE_GROUP = "results/features/{teacher}/groups/{group}.tsv"
+STAGED_FEATURES = "results/features/{teacher}/staged/{slide}.h5"
+EXTRACTION_QC = "results/qc/extraction.tsv"
 TILE_FEATURES = "results/tile_features/{task}/{teacher}.h5"
 TILE_PT = "results/tile_features/{task}/{teacher}.pt"
 # splits (rule make_splits_{task})

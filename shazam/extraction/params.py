@@ -19,10 +19,19 @@ class ExtractParams:
     dtype: str = "float16"  # storage dtype of the feature datasets
     on_bad_patch: str = "fail"  # fail | skip
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    on_bad_slide: str = "fail"  # fail | skip: a slide that cannot be read at all
+    slides_per_job: int = 8  # slides per workflow job (one model load; see extraction.groups)
+
+    # what changes no feature value: left out of rerun triggers and source fingerprints
+    NOT_IN_FEATURES = ("batch_size", "num_workers", "slides_per_job")
 
     def __post_init__(self):
         if self.on_bad_patch not in ON_BAD_PATCH:
             raise ValueError(f"extraction.on_bad_patch must be fail or skip: {self.on_bad_patch}")
+        if self.on_bad_slide not in ON_BAD_PATCH:
+            raise ValueError(f"extraction.on_bad_slide must be fail or skip: {self.on_bad_slide}")
+        if self.slides_per_job < 1:
+            raise ValueError(f"extraction.slides_per_job must be at least 1: {self.slides_per_job}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"extraction.precision must be auto|fp32|bf16|fp16: {self.precision}")
         if self.dtype not in DTYPES:

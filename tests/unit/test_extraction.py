@@ -166,7 +166,7 @@ def test_bad_patch_fails_naming_slide_and_coordinate(make_slide, tmp_path):
     res = extract_slide("toy_cnn", "S", bad, patches, tmp_path / "f.h5", params, progress=False)
     coords, _ = read_patch_file(patches)
     feats, fcoords, attrs = read_feature_file(tmp_path / "f.h5")
-    assert res["n_skipped"] == 1 and attrs["n_skipped_patches"] == 1
+    assert res["n_skipped_patches"] == 1 and attrs["n_skipped_patches"] == 1
     assert len(fcoords) == len(coords) - 1 and [768, 512] not in fcoords.tolist()
     assert len(feats) == len(fcoords)
     with h5py.File(tmp_path / "f.h5") as f:
@@ -197,7 +197,7 @@ def test_unexpected_patch_read_error_goes_through_on_bad_patch(make_slide, tmp_p
     assert not (tmp_path / "f.h5").exists()
     params = ExtractParams(num_workers=0, on_bad_patch="skip")
     res = extract_slide("toy_cnn", "S", good, patches, tmp_path / "f.h5", params, progress=False)
-    assert res["n_skipped"] == 1
+    assert res["n_skipped_patches"] == 1
     with h5py.File(tmp_path / "f.h5") as f:
         assert f["skipped_coords"][:].tolist() == [[768, 512]]
         assert len(f["coords"]) == len(read_patch_file(patches)[0]) - 1

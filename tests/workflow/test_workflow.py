@@ -44,7 +44,15 @@ def test_dry_run_lists_expected_jobs(fresh_workdir):
     assert counts["make_demo_data"] == 1
     assert counts["tile_slide"] == n
     assert counts["tiling_qc"] == 1
-    assert counts["extract_features"] == 2 * n  # toy_vit and toy_cnn
+    # toy_vit and toy_cnn: one job per group of slides, one linked feature file per slide
+    from shazam.extraction.groups import slide_groups
+
+    cfg = _demo_config(REPO)
+    groups = slide_groups(
+        [s.slide_id for s in demo_plan(0, 32)], cfg["extraction"]["slides_per_job"]
+    )
+    assert counts["extract_features"] == 2 * len(groups) < 2 * n
+    assert counts["feature_file"] == 2 * n and counts["extraction_qc"] == 1
     assert counts["make_splits_subtype"] == counts["make_splits_os"] == 1
     assert counts["train_baseline"] == 2 * 2 * 5  # tasks x teachers x folds
     assert counts["train_fusion"] == 2 * 5
