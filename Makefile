@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The demo's GPU jobs (toy teachers, toy models) are small enough to share a device, and on a
+# CPU-only machine there is none to share: they may run side by side, one per core.
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) --resources gpu=$(CORES)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

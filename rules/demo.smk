@@ -7,7 +7,7 @@ rule make_demo_data:
         "results/benchmarks/make_demo_data/make_demo_data.tsv"
     conda:
         "../envs/shazam.yaml"
-    threads: 1
+    threads: 2
     resources:
         mem_mb=2000,
         runtime=15,
@@ -17,7 +17,8 @@ rule make_demo_data:
         seed=DEMO["seed"],
         cases=DEMO["cases"],
     shell:
-        "shazam demo --out {params.out} --seed {params.seed} --cases {params.cases} > {log} 2>&1"
+        "shazam demo --out {params.out} --seed {params.seed} --cases {params.cases}"
+        " --workers {threads} > {log} 2>&1"
 
 
 rule make_demo_tiles:

@@ -25,7 +25,9 @@ for rule_name, (model, features) in SLIDE_TRAINING.items():
             f"results/benchmarks/{rule_name}/{{task}}/{model}/fold_{{fold}}.tsv"
         conda:
             "../envs/shazam.yaml"
-        threads: 2
+        # one thread: a CPU-only run trains folds side by side (the job is mostly start-up
+        # on a small cohort); on a GPU the CPU threads do not limit training
+        threads: 1
         resources:
             gpu=1,
             mem_mb=16000,

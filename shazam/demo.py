@@ -208,20 +208,34 @@ def write_svs(
                 )
 
 
-def write_demo(out_dir: str | os.PathLike, seed: int = 0, n_cases: int = 32) -> pd.DataFrame:
+def _write_demo_slide(out: Path, seed: int, s: DemoSlide) -> None:
+    srng = np.random.default_rng([seed, _stable_hash(s.slide_id)])
+    rgb = render_tissue(srng, None if s.blank else s.colour, s.texture, s.mpp)
+    write_svs(
+        out / "slides" / s.filename,
+        rgb,
+        mpp=s.mpp if s.mpp_in_metadata else None,
+        objective_power=round(10 / s.mpp),
+    )
+
+
+def write_demo(
+    out_dir: str | os.PathLike, seed: int = 0, n_cases: int = 32, workers: int = 1
+) -> pd.DataFrame:
     """Write the demo cohort under ``out_dir``: ``slides/*.svs``, ``slides.tsv``,
-    ``labels_subtype.csv`` and ``labels_os.csv``. Returns the slide sheet."""
+    ``labels_subtype.csv`` and ``labels_os.csv``. Returns the slide sheet. Each slide has its
+    own random stream, so ``workers`` processes write the same bytes as one."""
     out = Path(out_dir)
     plan = demo_plan(seed, n_cases)
-    for s in plan:
-        srng = np.random.default_rng([seed, _stable_hash(s.slide_id)])
-        rgb = render_tissue(srng, None if s.blank else s.colour, s.texture, s.mpp)
-        write_svs(
-            out / "slides" / s.filename,
-            rgb,
-            mpp=s.mpp if s.mpp_in_metadata else None,
-            objective_power=round(10 / s.mpp),
-        )
+    if workers > 1:
+        import functools
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(functools.partial(_write_demo_slide, out, seed), plan))
+    else:
+        for s in plan:
+            _write_demo_slide(out, seed, s)
     sheet = pd.DataFrame(
         {
             "slide_id": [s.slide_id for s in plan],

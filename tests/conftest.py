@@ -78,5 +78,5 @@ def demo_run(tmp_path_factory):
     """The default config's whole workflow (the embedded demo) run once in a scratch folder."""
     wd = tmp_path_factory.mktemp("demo_run")
     shutil.copytree(REPO / "config", wd / "config")
-    p = run_snakemake(wd, "--cores", "2")
+    p = run_snakemake(wd, "--cores", "2", "--resources", "gpu=2")  # as `make demo` runs it
     return wd, p

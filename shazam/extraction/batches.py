@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..device import autocast_dtype, select_device
+from ..device import autocast_dtype, process_age, select_device
 from ..images import WHITE, fit_image
 from ..slides import JpegTiledLevel, rgba_to_rgb
 from ..teachers import TeacherSpec
@@ -310,13 +310,22 @@ def load_extractor(spec, weights, levels, device) -> tuple:
     return LevelExtractor(spec, model, levels).to(device), wsrc.identity
 
 
+_FIRST_BATCH_SEEN = False
+
+
 def embed_batches(loader, ext, device, amp, feats: dict, resize_to, on_errors=None, bar=None):
     """Run a teacher over a loader of ``(uint8 (B, S, S, 3), row indices, errors)`` batches —
     slide patches or tile images alike — and write every level into ``feats[level][rows]``.
     ``on_errors(errors)`` sees each batch's read errors first (and may raise)."""
+    global _FIRST_BATCH_SEEN
     spec = ext.spec
     with torch.inference_mode():
         for batch, idx, errors in loader:
+            if not _FIRST_BATCH_SEEN:  # the job's set-up cost, once per process
+                _FIRST_BATCH_SEEN = True
+                age = process_age()
+                if age is not None:
+                    log.info("first batch ready %.2fs after the process started", age)
             if errors and on_errors is not None:
                 on_errors(errors)
             x = prepare(batch, spec.input_size, resize_to, spec.mean, spec.std, device, spec.view)

@@ -282,8 +282,8 @@ def _group_error(failed: list, n_jobs: int, teacher: str) -> BadSlideError:
 def source_fingerprint(run: TeacherRun, job: SlideJob) -> str:
     """A digest of everything a slide's features depend on: the patch file's bytes, the slide
     file's size and modification time, the teacher (weights identity, levels, precision,
-    device type, storage dtype), ``on_bad_patch`` and the package version. Batch size, loader
-    workers and grouping do not change features and are left out."""
+    device type, storage dtype), ``on_bad_patch``, and the versions of the package, torch and
+    timm. Batch size, loader workers and grouping do not change features and are left out."""
     h = hashlib.sha256()
     with open(job.patches, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -293,8 +293,12 @@ def source_fingerprint(run: TeacherRun, job: SlideJob) -> str:
         slide = [st.st_size, st.st_mtime_ns]
     except OSError:
         slide = None
+    import timm
+    import torch
+
     key = {
         "patches_sha256": h.hexdigest(),
+        "libraries": [torch.__version__, timm.__version__],
         "slide": slide,
         "teacher": run.meta(),
         "on_bad_patch": run.params.on_bad_patch,

@@ -157,7 +157,7 @@ class Engine:
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
             train_loss = self._train_epoch(train_ids, opt, sched, rng)
-            val = self.evaluate(val_ids)
+            val = self.evaluate(val_ids, only=(self.metric_name,))  # what selection reads
             key = self._selection_key(val)
             row = {
                 "epoch": epoch,
@@ -242,18 +242,23 @@ class Engine:
         lg = torch.stack([logits[c] for c in ids]) if ids else torch.zeros(0)
         return {"logits": lg, "loss": sum(losses) / max(len(ids), 1), "gate": gates}
 
-    def evaluate(self, ids: list[str], train_ids: list[str] | None = None) -> dict:
+    def evaluate(
+        self, ids: list[str], train_ids: list[str] | None = None, only: tuple | None = None
+    ) -> dict:
         """Loss, metrics (and why any is missing) and predictions of ``ids``. ``train_ids``
-        (survival): the metrics that need training data too (val during training has none)."""
+        (survival): the metrics that need training data too (val during training has none).
+        ``only``: just these metrics (per-epoch validation needs the selection metric)."""
         p = self.predict(ids)
         cases = self.targets.cases.loc[ids]
         if self.spec.kind == "classification":
             prob = torch.softmax(p["logits"], dim=1).numpy()
-            m, r = classification_metrics(cases["y"].to_numpy(), prob, len(self.spec.classes))
+            m, r = classification_metrics(
+                cases["y"].to_numpy(), prob, len(self.spec.classes), only=only
+            )
             return {"loss": p["loss"], "metrics": m, "reasons": r, "prob": prob, "gate": p["gate"]}
-        return self._evaluate_survival(p, cases, train_ids)
+        return self._evaluate_survival(p, cases, train_ids, only)
 
-    def _evaluate_survival(self, p: dict, cases: pd.DataFrame, train_ids) -> dict:
+    def _evaluate_survival(self, p: dict, cases: pd.DataFrame, train_ids, only=None) -> dict:
         h, s, risk = (x.numpy() for x in survival_from_logits(p["logits"]))
         tr = self.targets.cases.loc[train_ids] if train_ids else None
         train_risk = self.train_risk(train_ids) if train_ids else None
@@ -273,6 +278,7 @@ class Engine:
             None if tr is None else tr["event"].to_numpy(),
             None if tr is None else tr["time"].to_numpy(),
             train_risk,
+            only=only,
         )
         if tr is None:  # val during training: metrics needing training data are not computed
             for k in ("c_index_ipcw", "ibs", "td_auc_mean", "logrank_p"):
