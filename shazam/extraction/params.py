@@ -20,10 +20,7 @@ class ExtractParams:
     on_bad_patch: str = "fail"  # fail | skip
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     on_bad_slide: str = "fail"  # fail | skip: a slide that cannot be read at all
-    slides_per_job: int = 8  # slides per workflow job (one model load; see extraction.groups)
-
-    # what changes no feature value: left out of rerun triggers and source fingerprints
-    NOT_IN_FEATURES = ("batch_size", "num_workers", "slides_per_job")
+    slides_per_job: int = 32  # slides per workflow job (one model load; see extraction.groups)
 
     def __post_init__(self):
         if self.on_bad_patch not in ON_BAD_PATCH:
