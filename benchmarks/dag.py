@@ -10,7 +10,8 @@ What it does, per N:
    a slide sheet (two slides per case), a classification label file and a config with the two
    toy teachers, one task with 5 folds, and the Shazam student with no ablations;
 2. writes the bare Snakefile: the same rules with the same input/output patterns
-   (tile_slide per slide, extract_features per teacher and slide, tiling_qc, make_splits,
+   (tile_slide per slide, extract_features per teacher and group of 32 slides, feature_file
+   per teacher and slide, tiling_qc, make_splits,
    train_baseline per teacher and fold, train_fusion and train_shazam per fold, all) whose
    input functions are dictionary look-ups and whose shell commands only `touch`;
 3. runs `snakemake -n --quiet all` on each (in a fresh process, bare first then ours,
@@ -49,11 +50,16 @@ with open(config["slides"]) as f:
         SLIDES[row["slide_id"]] = os.path.join(os.path.dirname(config["slides"]), row["path"])
 TEACHERS = config["teachers"]
 FOLDS = range(config["folds"])
+# extraction groups of 32 slides in id order (ours cuts them by hash: same job shape)
+_ids = sorted(SLIDES)
+GROUPS = {f"g{k:012d}": _ids[k * 32 : (k + 1) * 32] for k in range((len(_ids) + 31) // 32)}
+GROUP_OF = {s: g for g, members in GROUPS.items() for s in members}
 
 wildcard_constraints:
     slide=r"[A-Za-z0-9._-]+",
     teacher="|".join(TEACHERS),
     fold=r"\\d+",
+    group=r"g\\d{12}",
 
 FEATURES = expand("results/features/{teacher}/{slide}.h5", teacher=TEACHERS, slide=SLIDES)
 
@@ -80,9 +86,15 @@ rule tiling_qc:
     shell: "touch {output}"
 
 rule extract_features:
-    input: "results/patches/{slide}.h5", lambda wc: SLIDES[wc.slide]
+    input: lambda wc: expand("results/patches/{s}.h5", s=GROUPS[wc.group]),
+           lambda wc: [SLIDES[s] for s in GROUPS[wc.group]]
+    output: "results/features/{teacher}/groups/{group}.tsv"
+    log: "logs/extract_features/{teacher}/{group}.log"
+    shell: "touch {output}"
+
+rule feature_file:
+    input: lambda wc: f"results/features/{wc.teacher}/groups/{GROUP_OF[wc.slide]}.tsv"
     output: "results/features/{teacher}/{slide}.h5"
-    log: "logs/extract_features/{teacher}/{slide}.log"
     shell: "touch {output}"
 
 rule make_splits:

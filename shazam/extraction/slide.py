@@ -90,12 +90,14 @@ def extract_slides(
         )  # fmt: skip
         for job in jobs:
             fp = source_fingerprint(run, job)
-            if _up_to_date(job.out, fp):
+            if _up_to_date(job.out, fp, params.on_bad_patch):
                 log.info("slide %s: %s is up to date (same inputs), kept", job.slide_id, job.out)
                 rows.append(_record(job, teacher, run, reused=True))
                 continue
             try:
                 rows.append(_extract_one(run, job, fp, progress))
+            except _WriteError as e:  # a full disk fails every slide: stop here
+                raise e.__cause__ from None
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as e:  # isolate: the other slides go on
@@ -105,7 +107,10 @@ def extract_slides(
                     log.error("slide %s failed: %s", job.slide_id, error_reason(e))
                     failed.append((job, e))
     if failed:
-        raise _group_error(failed, len(jobs), run.spec.name) from failed[0][1]
+        first = failed[0][1]  # an unexpected error keeps its traceback (for the job's log)
+        raise _group_error(failed, len(jobs), run.spec.name) from (
+            None if isinstance(first, BadSlideError) else first
+        )
     return rows
 
 
@@ -113,7 +118,31 @@ def extract_slides(
 
 
 def _extract_one(run: TeacherRun, job: SlideJob, fingerprint: str, progress: bool) -> dict:
+    """Compute one slide's features, then write them (a write error is the machine's, not the
+    slide's: it is raised apart, see :func:`extract_slides`)."""
     t0 = time.perf_counter()
+    file = _compute(run, job, fingerprint, progress)
+    try:
+        write_feature_file(job.out, *file)
+    except OSError as e:
+        raise _WriteError(e) from e
+    seconds = time.perf_counter() - t0
+    n, n_bad = len(file[0]), file[3]["n_skipped_patches"]
+    return {
+        **_record(job, run.spec.name, run),
+        "n_patches": int(n),
+        "n_skipped_patches": int(n_bad),
+        "seconds": round(seconds, 3),
+        "patches_per_s": round(n / seconds, 1) if seconds > 0 else None,
+    }
+
+
+class _WriteError(Exception):
+    """An output could not be written (full disk, vanished folder): stops the job."""
+
+
+def _compute(run: TeacherRun, job: SlideJob, fingerprint: str, progress: bool) -> tuple:
+    """The arguments of :func:`write_feature_file` for one slide."""
     spec = run.spec
     coords, attrs = read_patch_file(job.patches)
     if len(coords):
@@ -127,24 +156,13 @@ def _extract_one(run: TeacherRun, job: SlideJob, fingerprint: str, progress: boo
         )  # fmt: skip
     keep = np.ones(len(coords), dtype=bool)
     keep[[r for r, _ in bad]] = False
-    kept = coords[keep]
     meta = {
         **_meta(run, job, fingerprint),
         "n_skipped_patches": len(bad),
         "input_size": spec.input_size,
         "view": spec.view,
     }
-    write_feature_file(
-        job.out, kept, attrs, {lv: a[keep] for lv, a in feats.items()}, meta, bad, coords
-    )
-    seconds = time.perf_counter() - t0
-    return {
-        **_record(job, run.spec.name, run),
-        "n_patches": int(len(kept)),
-        "n_skipped_patches": len(bad),
-        "seconds": round(seconds, 3),
-        "patches_per_s": round(len(kept) / seconds, 1) if seconds > 0 else None,
-    }
+    return coords[keep], attrs, {lv: a[keep] for lv, a in feats.items()}, meta, bad, coords
 
 
 def _check_opens(job: SlideJob) -> None:
@@ -282,8 +300,9 @@ def _group_error(failed: list, n_jobs: int, teacher: str) -> BadSlideError:
 def source_fingerprint(run: TeacherRun, job: SlideJob) -> str:
     """A digest of everything a slide's features depend on: the patch file's bytes, the slide
     file's size and modification time, the teacher (weights identity, levels, precision,
-    device type, storage dtype), ``on_bad_patch``, and the versions of the package, torch and
-    timm. Batch size, loader workers and grouping do not change features and are left out."""
+    device type, storage dtype) and the versions of the package, torch and timm. Batch size,
+    loader workers and grouping change no feature and are left out; so is ``on_bad_patch``,
+    which changes a file only when a patch was dropped (see :func:`_up_to_date`)."""
     h = hashlib.sha256()
     with open(job.patches, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -301,24 +320,26 @@ def source_fingerprint(run: TeacherRun, job: SlideJob) -> str:
         "libraries": [torch.__version__, timm.__version__],
         "slide": slide,
         "teacher": run.meta(),
-        "on_bad_patch": run.params.on_bad_patch,
         "version": __version__,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def _up_to_date(path: str, fingerprint: str) -> bool:
+def _up_to_date(path: str, fingerprint: str, on_bad_patch: str) -> bool:
     """A complete feature file (files are written atomically) with this fingerprint, that is
-    not a recorded skip (a skipped slide is always tried again)."""
+    not a recorded skip (a skipped slide is always tried again) and, under ``on_bad_patch:
+    fail``, dropped no patch."""
     if not os.path.exists(path):
         return False
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            attrs = f.attrs
-            return attrs.get("source_fingerprint") == fingerprint and (
-                attrs.get("status") != SKIPPED
+            a = f.attrs
+            return (
+                a.get("source_fingerprint") == fingerprint
+                and a.get("status") != SKIPPED
+                and (on_bad_patch == "skip" or int(a.get("n_skipped_patches", 0)) == 0)
             )
     except Exception:  # unreadable: compute it again
         return False

@@ -8,13 +8,13 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import textured
 
 from shazam.extraction import ExtractParams, extract_slide
 from shazam.extraction.groups import slide_groups, summarize_group_tables, write_group_table
 from shazam.extraction.slide import SlideJob, extract_slides
 from shazam.slides import BadSlideError
 from shazam.tiling import TilingParams, tile_slide
-from conftest import textured
 
 P = ExtractParams(batch_size=16, num_workers=0)
 IDS = [f"TCGA-{i:04d}-{j:02d}" for i in range(400) for j in range(2)]

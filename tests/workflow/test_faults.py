@@ -13,10 +13,11 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from conftest import BIN, REPO, run_snakemake
-from test_operations import _job_pids, copy_run, planned, run_config, sheet_ids
+from test_operations import _job_pids, copy_run, group_table, planned, run_config, sheet_ids
 
 
 @pytest.fixture
@@ -78,7 +79,10 @@ def check_slide_truncated_mid_run(wd):
     sid, slide, coords, _ = tiled_slide(wd)
     teacher = run_config(wd)[0][0]
     feat = wd / f"results/features/{teacher}/{sid}.h5"
-    log = wd / f"logs/extract_features/{teacher}/{sid}.log"
+    table_rel = group_table(wd, teacher, sid)  # the slide's extraction job (its group)
+    table = wd / table_rel
+    log = wd / f"logs/extract_features/{teacher}/{table.stem}.log"
+    staged = wd / f"results/features/{teacher}/staged/{sid}.h5"
     before = datasets(feat)
     good, st = slide.read_bytes(), slide.stat()
     # tiling has read the slide; a half-finished copy then replaces it (its time kept, so
@@ -87,17 +91,19 @@ def check_slide_truncated_mid_run(wd):
     os.utime(slide, ns=(st.st_atime_ns, st.st_mtime_ns))
     target = str(feat.relative_to(wd))
 
-    # on_bad_patch: fail (the default): one line naming the slide and its path
-    p = run_snakemake(wd, target, "-f", "--cores", "1", check=False)
+    # on_bad_patch: fail (the default): one line naming the slide and its path; the group's
+    # other slides are kept (their inputs did not change), and the job writes no table
+    p = run_snakemake(wd, target, "--cores", "1", "--forcerun", table_rel, check=False)
     assert p.returncode != 0
-    assert "Error in rule extract_features" in p.stderr and target in p.stderr
+    assert "Error in rule extract_features" in p.stderr and table_rel in p.stderr
     text = log.read_text()
     error = error_lines(text)
     assert len(error) == 1, text
     assert f"slide {sid} ({slide.relative_to(wd)})" in error[0]
     assert "cannot read patch" in error[0] and "on_bad_patch: skip" in error[0]
+    assert "other slide(s) of this" in error[0] and "up to date (same inputs), kept" in text
     assert "Traceback" not in text
-    assert not feat.exists() and not temp_files(feat)
+    assert not table.exists() and not temp_files(staged) and not temp_files(table)
 
     # on_bad_patch: skip: the feature file records every patch as skipped, none as features
     p = run_snakemake(wd, target, "--cores", "1", *own_config(wd, "skip.yaml", SKIP_PATCHES))
@@ -105,7 +111,7 @@ def check_slide_truncated_mid_run(wd):
     assert len(skipped["coords"]) == 0 and len(skipped["features"]) == 0
     assert sorted(map(tuple, skipped["skipped_coords"])) == sorted(map(tuple, coords))
     assert f"slide {sid}: dropped {len(coords)} unreadable patch(es)" in log.read_text()
-    assert not temp_files(feat)
+    assert not temp_files(staged)
 
     # the slide restored: a plain rerun redoes the extraction (its setting changed back) and
     # gives the features of the first run
@@ -152,7 +158,8 @@ def check_corrupt_level0_tile(wd):
     assert int(attrs["patch_level"]) == 0  # extraction reads level 0, tiling a low level
     teacher = run_config(wd)[0][0]
     feat = wd / f"results/features/{teacher}/{sid}.h5"
-    log = wd / f"logs/extract_features/{teacher}/{sid}.log"
+    table_rel = group_table(wd, teacher, sid)
+    log = wd / f"logs/extract_features/{teacher}/{Path(table_rel).stem}.log"
     before = datasets(feat)
     good = slide.read_bytes()
     bad = corrupt_level0_tile(slide, coords, int(attrs["patch_size_level0"]))
@@ -167,14 +174,14 @@ def check_corrupt_level0_tile(wd):
     retiled = datasets(wd / f"results/patches/{sid}.h5")["coords"]
     assert_same({"coords": retiled}, {"coords": coords})
     # ... and extraction stops at the first patch on the bad tile, naming slide and patch
-    assert "Error in rule extract_features" in p.stderr and target in p.stderr
+    assert "Error in rule extract_features" in p.stderr and table_rel in p.stderr
     text = log.read_text()
     error = error_lines(text)
     assert len(error) == 1 and "Traceback" not in text, text
     assert f"slide {sid} ({slide.relative_to(wd)})" in error[0]
     where = [f"at level-0 ({x}, {y})" for x, y in bad]
     assert "cannot read patch" in error[0] and any(w in error[0] for w in where), error[0]
-    assert not feat.exists() and not temp_files(feat)
+    assert not (wd / table_rel).exists() and not temp_files(wd / table_rel)
 
     # on_bad_patch: skip: exactly the patches on that tile are dropped and recorded
     run_snakemake(wd, target, "--cores", "1", *own_config(wd, "skip.yaml", SKIP_PATCHES))
@@ -208,9 +215,10 @@ def check_feature_file_deleted_before_training(wd):
     before = datasets(feat)
     feat.unlink()
 
-    # Snakemake plans that one file again and the models that read it, nothing else upstream
+    # Snakemake plans that one file again (a link to the job's staged file: no extraction)
+    # and the models that read it, nothing else upstream
     jobs = planned(wd)
-    assert jobs.pop("extract_features") == [rel]
+    assert jobs.pop("feature_file") == [rel] and "extract_features" not in jobs
     assert "tile_slide" not in jobs and "extract_tile_features" not in jobs
     assert not any(r.startswith(("make_splits", "make_demo_data")) for r in jobs)
     models = {
@@ -293,23 +301,28 @@ def check_full_disk(wd, monkeypatch, tmp_path):
     teacher = teachers[-1]
     feat = wd / f"results/features/{teacher}/{sid}.h5"
     rel = str(feat.relative_to(wd))
+    table_rel = group_table(wd, teacher, sid)
+    staged_rel = f"results/features/{teacher}/staged/{sid}.h5"
+    staged = wd / staged_rel
     before = datasets(feat)
+    staged.unlink()  # the job must compute it (the group's other slides are kept)
     model = wd / f"results/models/{tasks[0]}/abmil-{teacher}/fold_1"
     model_files = ("model.safetensors", "config.json", "history.csv", "predictions.csv")
     metrics = str((model / "metrics.json").relative_to(wd))
 
     with monkeypatch.context() as m:
         # the feature file: one HDF5 write
-        full_disk(m, tmp_path, rel)
-        p = run_snakemake(wd, rel, "-f", "--cores", "1", check=False)
+        full_disk(m, tmp_path, staged_rel)
+        p = run_snakemake(wd, rel, "--cores", "1", "--forcerun", table_rel, check=False)
         assert p.returncode != 0
-        log = f"logs/extract_features/{teacher}/{sid}.log"
-        assert "Error in rule extract_features" in p.stderr and rel in p.stderr and log in p.stderr
+        log = f"logs/extract_features/{teacher}/{Path(table_rel).stem}.log"
+        assert "Error in rule extract_features" in p.stderr and log in p.stderr
         text = (wd / log).read_text()
         assert error_lines(text) == [
-            f"error: cannot read or write a file ({rel}): No space left on device"
+            f"error: cannot read or write a file ({staged_rel}): No space left on device"
         ]
-        assert not feat.exists() and not temp_files(feat)
+        assert not staged.exists() and not temp_files(staged)
+        assert not (wd / table_rel).exists()
         # a model: four files written, the fifth (metrics.json, written last) fails
         full_disk(m, tmp_path, metrics)
         p = run_snakemake(wd, metrics, "-f", "--cores", "1", check=False)

@@ -74,9 +74,12 @@ def test_slurm_sbatch_for_extract_features_requests_a_gpu(tmp_path, monkeypatch)
     assert p.returncode != 0  # the stand-in refuses every job
     sbatch = [ln for ln in calls.read_text().splitlines() if ln.startswith("sbatch ")]
     assert len(sbatch) == 3, p.stdout + p.stderr  # first try + the profile's 2 retries
+    from shazam.extraction.groups import slide_groups
+
+    (group,) = slide_groups(["S1"], 32)
     for attempt, call in enumerate(sbatch, start=1):
         head = call.split("--wrap")[0]
-        assert "--comment rule_extract_features_wildcards_toy_vit_S1" in head
+        assert f"--comment rule_extract_features_wildcards_toy_vit_{group}" in head
         assert " --gpus=1" in head  # from the rule's gpu=1
         assert " -p gpu " in head and "--cpus-per-gpu=8" in head  # from the profile
         assert f" --mem {32000 * attempt} " in head and f" -t {120 * attempt} " in head
@@ -170,6 +173,22 @@ def tile_tasks(wd):
     return [k for k, v in conf["tasks"].items() if v.get("type") == "tile_classification"]
 
 
+def extraction_groups(wd):
+    """{group: slide ids} of the finished run's extraction jobs."""
+    import yaml
+
+    from shazam.extraction.groups import slide_groups
+
+    conf = yaml.safe_load((wd / "config/config.yaml").read_text())
+    return slide_groups(sheet_ids(wd), conf["extraction"]["slides_per_job"])
+
+
+def group_table(wd, teacher, sid):
+    """The table of the extraction job (group) that holds ``sid`` in the finished run."""
+    group = next(g for g, members in extraction_groups(wd).items() if sid in members)
+    return f"results/features/{teacher}/groups/{group}.tsv"
+
+
 def copy_run(src, dst):
     """A finished run with its .snakemake metadata and file times (copy2 keeps mtimes)."""
     shutil.copytree(src, dst, symlinks=True)
@@ -193,13 +212,17 @@ def check_replacing_one_slide(wd):
     jobs = planned(wd, "--until", "extract_features")
     assert jobs.pop("tile_slide") == [f"results/patches/{sid}.h5"]
     teachers, tasks = run_config(wd)
-    assert sorted(jobs.pop("extract_features")) == sorted(
-        f"results/features/{t}/{sid}.h5" for t in teachers
-    )
+    # one extraction job per teacher: the slide's group (it keeps the group's other slides)
+    tables = sorted(group_table(wd, t, sid) for t in teachers)
+    assert sorted(jobs.pop("extract_features")) == tables
     assert set(jobs) <= {"all"}, jobs  # nothing downstream with --until
     jobs = planned(wd)
     assert jobs["tile_slide"] == [f"results/patches/{sid}.h5"]
-    assert len(jobs["extract_features"]) == len(teachers) and "tiling_qc" in jobs
+    assert sorted(jobs["extract_features"]) == tables and "tiling_qc" in jobs
+    group = next(g for g in extraction_groups(wd).values() if sid in g)
+    assert sorted(jobs["feature_file"]) == sorted(
+        f"results/features/{t}/{s}.h5" for t in teachers for s in group
+    )
     assert not any(r.startswith(("make_splits", "make_demo_data")) for r in jobs)
     # every model consumes every slide's features: all of them are retrained
     models = {o.split("/fold_")[0].split("models/")[1] for r in TRAIN_RULES for o in jobs[r]}
@@ -221,16 +244,18 @@ def check_changing_one_teachers_weights(wd):
     conf["teacher_weights"] = {changed: str(weights)}
     (wd / "config/config.yaml").write_text(yaml.safe_dump(conf))
     cnn = [f"results/features/{changed}/{s}.h5" for s in sheet_ids(wd)]
+    tables = sorted(f"results/features/{changed}/groups/{g}.tsv" for g in extraction_groups(wd))
     tiles = [f"results/tile_features/{task}/{changed}.h5" for task in tile_tasks(wd)]
     p = subprocess.run(
         [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(wd),
-         "--cleanup-metadata", *cnn, *tiles], capture_output=True, text=True,
+         "--cleanup-metadata", *tables, *tiles], capture_output=True, text=True,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert planned(wd) == {}, "the adopted setting alone must not rerun anything"
     weights.write_bytes(b"new weights")  # a new checkpoint at the same path
     jobs = planned(wd)
-    assert sorted(jobs.pop("extract_features")) == sorted(cnn)
+    assert sorted(jobs.pop("extract_features")) == tables
+    assert sorted(jobs.pop("feature_file")) == sorted(cnn)
     assert sorted(jobs.pop("extract_tile_features", [])) == sorted(tiles)  # its tile features
     assert "tile_slide" not in jobs and not any(r.startswith("make_splits") for r in jobs)
     baselines = {o.split("/")[3] for o in jobs["train_baseline"]}
@@ -294,9 +319,15 @@ def check_interrupted_job_is_redone(wd):
     sid = sheet_ids(wd)[0]
     teacher = run_config(wd)[0][0]
     target = wd / f"results/features/{teacher}/{sid}.h5"
-    log = wd / f"logs/extract_features/{teacher}/{sid}.log"
+    table = wd / group_table(wd, teacher, sid)
+    log = wd / f"logs/extract_features/{teacher}/{table.stem}.log"
+    staged = wd / f"results/features/{teacher}/staged"
     with h5py.File(target) as f:
         before = {k: f[k][:] for k in f}
+    # the slide's group has everything to compute again: its table and its staged files go
+    for s in next(g for g in extraction_groups(wd).values() if sid in g):
+        (staged / f"{s}.h5").unlink()
+    table.unlink()
     target.unlink()
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(wd),
@@ -311,26 +342,28 @@ def check_interrupted_job_is_redone(wd):
         while not (log.exists() and _job_pids(p.pid, "shazam", "extract")):
             assert p.poll() is None and time.monotonic() < deadline, "the job never started"
             time.sleep(0.1)
-        time.sleep(1.0)  # mid-way through the job
+        time.sleep(3.0)  # mid-way through the job
         if sig == signal.SIGTERM:
             for pid in _job_pids(p.pid, "shazam", "extract"):
                 os.kill(pid, sig)
         else:
             os.killpg(p.pid, sig)
         assert p.wait(timeout=300) != 0
-        assert not target.exists(), f"{sig!r} left a complete-looking {target}"
-        assert not list(target.parent.glob(f"{sid}.h5*")), "a partial file with its name"
+        assert not table.exists() and not target.exists(), f"{sig!r} left a complete-looking output"
+        for f in staged.glob("*.h5"):  # every staged file there is whole (written atomically)
+            with h5py.File(f) as h:
+                assert h["features"].shape[0] == h["coords"].shape[0]
     # after the SIGKILL the lock stays: unlock, then the interrupted job is planned again
     run_snakemake(wd, "--unlock")
-    assert planned(wd)["extract_features"] == [str(target.relative_to(wd))]
+    assert planned(wd)["extract_features"] == [str(table.relative_to(wd))]
     run_snakemake(wd, "--cores", "1", "--rerun-incomplete", str(target.relative_to(wd)))
     with h5py.File(target) as f:
         after = {k: f[k][:] for k in f}
     assert sorted(after) == sorted(before)
     for k in before:
         np.testing.assert_array_equal(after[k], before[k], err_msg=k)
-    # at most the consumers of the redone file are left (Snakemake skips even those when it
-    # recorded the checksum of the identical, small file), never tiling or extraction
+    # at most the consumers of the redone job are left (Snakemake skips even those when it
+    # recorded the checksum of an identical, small file), never tiling or extraction
     left = planned(wd)
     upstream = ("make_demo_data", "tile_slide", "tiling_qc", "extract_features", "make_splits")
     assert not [r for r in left if r.startswith(upstream)], left
@@ -357,9 +390,11 @@ def check_keep_going_with_bad_slides(demo_wd, tmp_path):
     (tmp_path / "slides.tsv").write_text(
         "slide_id\tpath\tcase_id\nG1\tgood.svs\tC1\nB1\tbroken.svs\tC2\nT1\ttiles.svs\tC3\n"
     )
+    # one slide per extraction job: Snakemake's --keep-going isolates each (within a group
+    # the job does it itself: tests/unit/test_extraction_groups.py)
     (tmp_path / "own.yaml").write_text(
         f"slides: {tmp_path / 'slides.tsv'}\ndemo: {{enabled: false}}\n"
-        "tiling: {on_bad_slide: skip}\nteachers: [toy_cnn]\n"
+        "tiling: {on_bad_slide: skip}\nteachers: [toy_cnn]\nextraction: {slides_per_job: 1}\n"
     )
     features = [f"results/features/toy_cnn/{s}.h5" for s in ("G1", "B1", "T1")]
     p = run_snakemake(
@@ -367,7 +402,10 @@ def check_keep_going_with_bad_slides(demo_wd, tmp_path):
         "--configfile", str(REPO / "config/config.yaml"), str(tmp_path / "own.yaml"), check=False,
     )  # fmt: skip
     assert p.returncode != 0  # T1's extraction failed ...
-    log = (tmp_path / "logs/extract_features/toy_cnn/T1.log").read_text()
+    from shazam.extraction.groups import group_of, slide_groups
+
+    t1 = group_of(slide_groups(["G1", "B1", "T1"], 1))["T1"]
+    log = (tmp_path / f"logs/extract_features/toy_cnn/{t1}.log").read_text()
     assert "slide T1" in log and "cannot read patch" in log and "on_bad_patch" in log
     assert not (tmp_path / "results/features/toy_cnn/T1.h5").exists()
     # ... and every other job finished: the good slide, the skipped one, the QC table

@@ -345,7 +345,18 @@ def test_demo_run_extracts_both_toy_teachers(demo_run):
                 assert (coords == f["coords"][:]).all()
             assert feats.shape == (len(coords), dims["high"])
             assert attrs["teacher"] == teacher
-            assert (wd / f"logs/extract_features/{teacher}/{s.slide_id}.log").exists()
+        # one extraction job per group of slides, its table listing each slide it extracted
+        qc = pd.read_csv(wd / "results/qc/extraction.tsv", sep="\t", dtype={"slide_id": str})
+        rows = qc[qc["teacher"] == teacher].set_index("slide_id")
+        assert sorted(rows.index) == sorted(s.slide_id for s in demo_plan(0, 32))
+        assert set(rows["status"]) == {"ok"} and rows["group"].nunique() >= 1
+        for g in rows["group"].unique():
+            assert (wd / f"logs/extract_features/{teacher}/{g}.log").exists()
+            assert (wd / f"results/features/{teacher}/groups/{g}.tsv").exists()
+        # the feature file is a hard link to the job's staged file: the same bytes, once
+        for s in demo_plan(0, 32)[:3]:
+            feat = wd / f"results/features/{teacher}/{s.slide_id}.h5"
+            assert feat.stat().st_ino == (feat.parent / "staged" / feat.name).stat().st_ino
         blank = next(s for s in demo_plan(0, 32) if s.blank)
         feats, coords, _ = read_feature_file(wd / f"results/features/{teacher}/{blank.slide_id}.h5")
         assert feats.shape == (0, dims["high"])
@@ -360,7 +371,8 @@ def test_rerun_is_a_no_op_and_one_slide_can_be_redone(demo_run):
     p = run_snakemake(wd, "-n", "--cores", "2", "-R", f"results/patches/{sid}.h5")
     counts = _job_counts(p.stdout)
     assert counts["tile_slide"] == 1 and "make_demo_data" not in counts
-    assert counts["extract_features"] == 2  # only that slide's features, one per teacher
+    # that slide's group, one job per teacher (it keeps the group's unchanged slides)
+    assert counts["extract_features"] == 2
 
 
 @pytest.mark.slow
