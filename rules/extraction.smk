@@ -44,6 +44,8 @@ rule feature_file:
     log:
         "logs/feature_file/{teacher}/{slide}.log",
     localrule: True
+    conda:
+        "../envs/shazam.yaml"
     params:
         staged=layout.STAGED_FEATURES,
     shell:
