@@ -23,8 +23,13 @@ SURVIVAL_METRICS = ("c_index", "c_index_ipcw", "ibs", "td_auc_mean", "logrank_p"
 def _safe(name, fn, metrics, reasons, only=None):
     if only is not None and name not in only:  # not requested (bootstrap resamples)
         return
+    from sklearn import config_context
+
     try:
-        v = fn()
+        # our calls are fixed: sklearn's per-call check of their parameters is a third of
+        # a bootstrap's time (thousands of calls per report)
+        with config_context(skip_parameter_validation=True):
+            v = fn()
     except Exception as e:  # undefined on this data: record why
         metrics[name] = None
         reasons[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

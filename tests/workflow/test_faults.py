@@ -70,6 +70,7 @@ def own_config(wd, name, text):
 
 
 SKIP_PATCHES = "extraction: {on_bad_patch: skip}\n"
+SKIP_SLIDES = "extraction: {on_bad_slide: skip}\n"
 
 
 # --------------------------------------------------------------------------- a truncated slide
@@ -91,8 +92,9 @@ def check_slide_truncated_mid_run(wd):
     os.utime(slide, ns=(st.st_atime_ns, st.st_mtime_ns))
     target = str(feat.relative_to(wd))
 
-    # on_bad_patch: fail (the default): one line naming the slide and its path; the group's
-    # other slides are kept (their inputs did not change), and the job writes no table
+    # on_bad_slide: fail (the default): one line naming the slide and its path (it no longer
+    # opens: one message, not one per patch); the group's other slides are kept (their inputs
+    # did not change), and the job writes no table
     p = run_snakemake(wd, target, "--cores", "1", "--forcerun", table_rel, check=False)
     assert p.returncode != 0
     assert "Error in rule extract_features" in p.stderr and table_rel in p.stderr
@@ -100,24 +102,33 @@ def check_slide_truncated_mid_run(wd):
     error = error_lines(text)
     assert len(error) == 1, text
     assert f"slide {sid} ({slide.relative_to(wd)})" in error[0]
-    assert "cannot read patch" in error[0] and "on_bad_patch: skip" in error[0]
+    assert "cannot open" in error[0] and "on_bad_slide: skip" in error[0]
     assert "other slide(s) of this" in error[0] and "up to date (same inputs), kept" in text
     assert "Traceback" not in text
     assert not table.exists() and not temp_files(staged) and not temp_files(table)
 
-    # on_bad_patch: skip: the feature file records every patch as skipped, none as features
-    p = run_snakemake(wd, target, "--cores", "1", *own_config(wd, "skip.yaml", SKIP_PATCHES))
+    # on_bad_slide: skip: an empty feature file that says why, and a `skipped` QC row
+    qc = "results/qc/extraction.tsv"
+    run_snakemake(wd, target, qc, "--cores", "1", *own_config(wd, "skip.yaml", SKIP_SLIDES))
     skipped = datasets(feat)
     assert len(skipped["coords"]) == 0 and len(skipped["features"]) == 0
-    assert sorted(map(tuple, skipped["skipped_coords"])) == sorted(map(tuple, coords))
-    assert f"slide {sid}: dropped {len(coords)} unreadable patch(es)" in log.read_text()
+    import h5py
+    import pandas as pd
+
+    with h5py.File(feat) as f:
+        assert f.attrs["status"] == "skipped" and "cannot open" in f.attrs["reason"]
+    rows = pd.read_csv(wd / qc, sep="\t")
+    skipped_rows = rows[rows["status"] == "skipped"]
+    assert set(skipped_rows["slide_id"]) == {sid} and teacher in set(skipped_rows["teacher"])
+    assert set(rows["status"]) == {"ok", "skipped"}
+    assert f"slide {sid} skipped: cannot open" in log.read_text()
     assert not temp_files(staged)
 
     # the slide restored: a plain rerun redoes the extraction (its setting changed back) and
     # gives the features of the first run
     slide.write_bytes(good)
     os.utime(slide, ns=(st.st_atime_ns, st.st_mtime_ns))
-    run_snakemake(wd, target, "--cores", "1")
+    run_snakemake(wd, target, qc, "--cores", "1")  # every group's setting changed back
     assert_same(datasets(feat), before)
     left = planned(wd, "--until", "extract_features")
     assert not {"tile_slide", "extract_features"} & set(left), left
