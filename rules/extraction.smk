@@ -93,6 +93,8 @@ rule extract_tile_features:
         "results/benchmarks/extract_tile_features/{task}/{teacher}.tsv"
     wildcard_constraints:
         task="|".join(TILE_TASKS) or "NO_TILE_TASK",
+    # the tile path is short and independent of the slides: run it early, in the gaps
+    priority: 1
     conda:
         "../envs/shazam.yaml"
     threads: config["extraction"]["num_workers"] + 1
@@ -121,6 +123,7 @@ rule export_tile_pt:
         "logs/export_tile_pt/{task}/{teacher}.log",
     wildcard_constraints:
         task="|".join(TILE_TASKS) or "NO_TILE_TASK",
+    priority: 1
     localrule: True
     conda:
         "../envs/shazam.yaml"
