@@ -5,6 +5,8 @@ rule make_demo_data:
         "logs/make_demo_data/make_demo_data.log",
     benchmark:
         "results/benchmarks/make_demo_data/make_demo_data.tsv"
+    # every slide job waits for it: first (the tile path, priority 1, then fills the gaps)
+    priority: 2
     conda:
         "../envs/shazam.yaml"
     threads: 2
@@ -28,6 +30,7 @@ rule make_demo_tiles:
         "logs/make_demo_tiles/make_demo_tiles.log",
     benchmark:
         "results/benchmarks/make_demo_tiles/make_demo_tiles.tsv"
+    priority: 1
     conda:
         "../envs/shazam.yaml"
     threads: 1

@@ -23,6 +23,8 @@ for rule_name, (model, features) in SLIDE_TRAINING.items():
             f"logs/{rule_name}/{{task}}/{model}/fold_{{fold}}.log",
         benchmark:
             f"results/benchmarks/{rule_name}/{{task}}/{model}/fold_{{fold}}.tsv"
+        # the fused models take longest: they go first, so no long job trails at the end
+        priority: 0 if rule_name == "train_baseline" else 1
         conda:
             "../envs/shazam.yaml"
         # one thread: a CPU-only run trains folds side by side (the job is mostly start-up
