@@ -17,6 +17,8 @@ for task in TASKS:
             f"logs/make_splits/{task}.log",
         benchmark:
             f"results/benchmarks/make_splits/{task}.tsv"
+        # a split of a second unlocks every training job of the task: never let it wait
+        priority: 2
         localrule: True
         conda:
             "../envs/shazam.yaml"
