@@ -5,8 +5,9 @@ rule make_demo_data:
         "logs/make_demo_data/make_demo_data.log",
     benchmark:
         "results/benchmarks/make_demo_data/make_demo_data.tsv"
-    # every slide job waits for it: first (the tile path, priority 1, then fills the gaps)
-    priority: 2
+    # priorities follow the slide path, the longest chain: demo data, tiling, extraction,
+    # the fused models; the tile path and the baselines fill the gaps
+    priority: 3
     conda:
         "../envs/shazam.yaml"
     threads: 2
@@ -30,7 +31,6 @@ rule make_demo_tiles:
         "logs/make_demo_tiles/make_demo_tiles.log",
     benchmark:
         "results/benchmarks/make_demo_tiles/make_demo_tiles.tsv"
-    priority: 1
     conda:
         "../envs/shazam.yaml"
     threads: 1

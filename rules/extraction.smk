@@ -16,6 +16,7 @@ rule extract_features:
         "logs/extract_features/{teacher}/{group}.log",
     benchmark:
         "results/benchmarks/extract_features/{teacher}/{group}.tsv"
+    priority: 2
     conda:
         "../envs/shazam.yaml"
     threads: config["extraction"]["num_workers"] + 1
@@ -43,6 +44,7 @@ rule feature_file:
         layout.FEATURES,
     log:
         "logs/feature_file/{teacher}/{slide}.log",
+    priority: 2
     localrule: True
     conda:
         "../envs/shazam.yaml"
@@ -93,8 +95,6 @@ rule extract_tile_features:
         "results/benchmarks/extract_tile_features/{task}/{teacher}.tsv"
     wildcard_constraints:
         task="|".join(TILE_TASKS) or "NO_TILE_TASK",
-    # the tile path is short and independent of the slides: run it early, in the gaps
-    priority: 1
     conda:
         "../envs/shazam.yaml"
     threads: config["extraction"]["num_workers"] + 1
@@ -123,7 +123,6 @@ rule export_tile_pt:
         "logs/export_tile_pt/{task}/{teacher}.log",
     wildcard_constraints:
         task="|".join(TILE_TASKS) or "NO_TILE_TASK",
-    priority: 1
     localrule: True
     conda:
         "../envs/shazam.yaml"

@@ -15,6 +15,7 @@ rule tile_slide:
         "logs/tile_slide/{slide}.log",
     benchmark:
         "results/benchmarks/tile_slide/{slide}.tsv"
+    priority: 2  # the slide path is the longest chain (see make_demo_data)
     conda:
         "../envs/shazam.yaml"
     threads: 1

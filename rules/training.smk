@@ -61,7 +61,6 @@ rule train_tile_model:
         "results/benchmarks/train_tile_model/{task}/{tile_model}/fold_{fold}.tsv"
     wildcard_constraints:
         task="|".join(TILE_TASKS) or "NO_TILE_TASK",
-    priority: 1
     conda:
         "../envs/shazam.yaml"
     threads: 1  # one small vector per image: the model is tiny, the job mostly start-up
