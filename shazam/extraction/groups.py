@@ -5,13 +5,17 @@ backup tools cut files into chunks, so that editing the sheet disturbs as little
 
 - every slide gets a hash of its id; slides sit on a ring in hash order;
 - a slide whose hash is 0 modulo ``per_job`` is a *boundary*: a group is the arc of the ring
-  that ends at a boundary slide (on average ``per_job`` slides) and is named after it;
-- an arc longer than ``2 × per_job`` is cut into equal chunks of about ``per_job``.
+  that ends at a boundary slide, and is named after it;
+- an arc longer than ``2 × per_job`` is cut again the same way with fresh bits of the hash
+  (twice at most), then into equal chunks of about ``per_job``. Groups hold about
+  0.75 × ``per_job`` slides on average, never more than twice it.
 
 A slide's group therefore depends only on its neighbours on the ring. Adding or removing a
-slide changes the membership of the one group it falls into (a new boundary slide splits that
-group in two) and leaves every other group, and its name, as it was; sheet order, other slides'
-names and the sheet's size do not matter. With ``per_job: 1`` every slide is its own group.
+slide changes the membership of the group it falls into (a new boundary slide splits that group
+in two) and leaves the other groups, and their names, as they were; only when it lands in a
+long arc that is cut again can a few neighbouring groups of that arc change too (over 100 edits
+of an 800-slide sheet: 1.06 groups on average, 6 at most). Sheet order, other slides' names and
+the sheet's size do not matter. With ``per_job: 1`` every slide is its own group.
 
 No torch here: the workflow imports this at parse time.
 """
