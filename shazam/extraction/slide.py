@@ -90,9 +90,14 @@ def extract_slides(
         )  # fmt: skip
         for job in jobs:
             fp = source_fingerprint(run, job)
-            if _up_to_date(job.out, fp, params.on_bad_patch):
+            kept = _kept_counts(job.out, fp, params.on_bad_patch)
+            if kept is not None:
                 log.info("slide %s: %s is up to date (same inputs), kept", job.slide_id, job.out)
-                rows.append(_record(job, teacher, run, reused=True))
+                n, n_bad = kept
+                rows.append(
+                    {**_record(job, teacher, run, reused=True), "n_patches": n,
+                     "n_skipped_patches": n_bad, "seconds": 0.0, "patches_per_s": None}
+                )  # fmt: skip
                 continue
             try:
                 rows.append(_extract_one(run, job, fp, progress))
@@ -230,20 +235,17 @@ def _meta(run: TeacherRun, job: SlideJob, fingerprint: str) -> dict:
 
 def _record(job: SlideJob, teacher: str, run: TeacherRun, reused: bool = False) -> dict:
     rec = {"slide_id": job.slide_id, "teacher": teacher, "status": "ok", "reason": ""}
-    if reused:
-        import h5py
-
-        with h5py.File(job.out, "r") as f:
-            rec["n_patches"] = int(f["coords"].shape[0])
-            rec["n_skipped_patches"] = int(f.attrs.get("n_skipped_patches", 0))
-        rec.update(seconds=0.0, patches_per_s=None)
     return {**rec, "device": str(run.device), "reused": reused}
+
+
+def _reason(e: Exception) -> str:
+    return e.reason if isinstance(e, BadSlideError) else error_reason(e)
 
 
 def _skip(run: TeacherRun, job: SlideJob, fingerprint: str, e: Exception) -> dict:
     """Under ``on_bad_slide: skip``: an empty feature file whose attrs say why (as tiling
     writes an empty patch file for a skipped slide), and a ``skipped`` record."""
-    reason = e.reason if isinstance(e, BadSlideError) else error_reason(e)
+    reason = _reason(e)
     log.warning("slide %s skipped: %s", job.slide_id, reason)
     try:
         coords, attrs = read_patch_file(job.patches)
@@ -274,7 +276,7 @@ def _slides_fault(e: Exception) -> bool:
 
 def _group_error(failed: list, n_jobs: int, teacher: str) -> BadSlideError:
     job, e = failed[0]
-    reason = e.reason if isinstance(e, BadSlideError) else error_reason(e)
+    reason = _reason(e)
     more = (
         f"; {len(failed) - 1} more failed: {', '.join(j.slide_id for j, _ in failed[1:])}"
         if len(failed) > 1
@@ -302,7 +304,7 @@ def source_fingerprint(run: TeacherRun, job: SlideJob) -> str:
     file's size and modification time, the teacher (weights identity, levels, precision,
     device type, storage dtype) and the versions of the package, torch and timm. Batch size,
     loader workers and grouping change no feature and are left out; so is ``on_bad_patch``,
-    which changes a file only when a patch was dropped (see :func:`_up_to_date`)."""
+    which changes a file only when a patch was dropped (see :func:`_kept_counts`)."""
     h = hashlib.sha256()
     with open(job.patches, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -325,21 +327,24 @@ def source_fingerprint(run: TeacherRun, job: SlideJob) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def _up_to_date(path: str, fingerprint: str, on_bad_patch: str) -> bool:
-    """A complete feature file (files are written atomically) with this fingerprint, that is
-    not a recorded skip (a skipped slide is always tried again) and, under ``on_bad_patch:
-    fail``, dropped no patch."""
+def _kept_counts(path: str, fingerprint: str, on_bad_patch: str) -> tuple[int, int] | None:
+    """(patches, dropped patches) of a feature file that can be kept: complete (files are
+    written atomically), with this fingerprint, not a recorded skip (a skipped slide is always
+    tried again) and, under ``on_bad_patch: fail``, with no dropped patch. None otherwise."""
     if not os.path.exists(path):
-        return False
+        return None
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
             a = f.attrs
-            return (
+            n_bad = int(a.get("n_skipped_patches", 0))
+            if (
                 a.get("source_fingerprint") == fingerprint
                 and a.get("status") != SKIPPED
-                and (on_bad_patch == "skip" or int(a.get("n_skipped_patches", 0)) == 0)
-            )
+                and (on_bad_patch == "skip" or n_bad == 0)
+            ):
+                return int(f["coords"].shape[0]), n_bad
     except Exception:  # unreadable: compute it again
-        return False
+        pass
+    return None
