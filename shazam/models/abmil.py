@@ -1,6 +1,12 @@
-"""Gated attention-MIL (Ilse et al. 2018) and the early-fusion (concat) baseline."""
+"""Gated attention-MIL (Ilse et al. 2018) and the early-fusion (concat) baseline.
+
+``forward`` pools padded batches; ``forward_chunks`` runs one bag given as row chunks, for
+evaluation over bags too large to hold: :class:`PoolStream` pools by the online (streaming)
+softmax, so no (N, d) tensor of the whole bag exists — only its N attention scores."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -50,12 +56,58 @@ class GatedAttentionPool(nn.Module):
         self.w = nn.Linear(d_att, 1)
         self.drop = Dropout(dropout)
 
+    def score(self, h: torch.Tensor) -> torch.Tensor:
+        """The attention score of each row of h (..., d) → (...,), float32."""
+        g = torch.tanh(self.V(h)) * torch.sigmoid(self.U(h))
+        return self.w(self.drop(g)).squeeze(-1).float()
+
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a = self.w(self.drop(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h)))).squeeze(-1)
-        a = a.float().masked_fill(~mask, float("-inf"))
+        a = self.score(h).masked_fill(~mask, float("-inf"))
         a = torch.softmax(a, dim=1)
         a = torch.nan_to_num(a)  # an empty bag (all masked) pools to zeros
         return torch.einsum("bn,bnd->bd", a.to(h.dtype), h), a
+
+    def stream(self) -> PoolStream:
+        """An accumulator pooling one bag chunk by chunk, as ``forward`` pools it."""
+        return PoolStream(self)
+
+
+class PoolStream:
+    """One bag's gated attention pooling over row chunks by the online softmax: the running max
+    m of the scores, s = Σ exp(a − m) and Σ exp(a − m)·h in float32 (both rescaled when m
+    grows), and the raw score of every row (N floats) for the normalised attention at the end.
+    ``update`` each chunk's projected rows h (n, d), then ``end``."""
+
+    def __init__(self, pool: GatedAttentionPool):
+        self.pool, self.scores = pool, []
+        self.m = self.s = self.acc = self.dtype = None
+
+    def update(self, h: torch.Tensor) -> None:
+        a = self.pool.score(h)
+        self.scores.append(a)
+        self.dtype = h.dtype
+        if not len(a):
+            return
+        m = a.max() if self.m is None else torch.maximum(self.m, a.max())
+        e = torch.exp(a - m)
+        part = (e.unsqueeze(1) * h).sum(0)  # float32 (e is), whatever h's dtype
+        if self.m is None:
+            self.s, self.acc = e.sum(), part
+        else:
+            r = torch.exp(self.m - m)
+            self.s, self.acc = self.s * r + e.sum(), self.acc * r + part
+        self.m = m
+
+    def end(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled vector (1, d) in h's dtype — zeros for an empty bag, attention (1, N)
+        float32), as ``GatedAttentionPool.forward`` gives for a one-bag batch."""
+        w = self.pool.V.weight
+        if self.acc is None:  # no rows
+            v = w.new_zeros(1, w.shape[1], dtype=self.dtype or w.dtype)
+        else:
+            v = (self.acc / self.s).to(self.dtype).unsqueeze(0)
+        a = torch.cat(self.scores) if self.scores else w.new_zeros(0, dtype=torch.float32)
+        return v, torch.softmax(a, dim=0).unsqueeze(0)
 
 
 def unpack(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -79,16 +131,26 @@ class ABMIL(nn.Module):
         self.pool = GatedAttentionPool(d, d, dropout)
         self.head = nn.Linear(d, n_out)
 
-    def embed(self, x: torch.Tensor, mask: torch.Tensor):
-        # project the packed rows, then pad the d-wide result (cheap) for pooling
-        return self.pool(unpack(self.proj(x), mask), mask)
+    def rows(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The per-patch input rows of a batch's (or a chunk's) features."""
+        if self.key is not None:
+            return feats[self.key]
+        (x,) = feats.values()
+        return x
 
     def forward(self, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> dict:
-        if self.key is not None:
-            x = feats[self.key]
-        else:
-            (x,) = feats.values()
-        v, a = self.embed(x, mask)
+        # project the packed rows, then pad the d-wide result (cheap) for pooling
+        v, a = self.pool(unpack(self.proj(self.rows(feats)), mask), mask)
+        return {"logits": self.head(v), "attention": a, "slide": v}
+
+    @torch.no_grad()
+    def forward_chunks(self, chunks: Iterable[dict[str, torch.Tensor]]) -> dict:
+        """``forward`` of one bag (B = 1) given as row chunks (consumed once), holding no
+        (N, d) tensor of the whole bag. For evaluation (``eval()``: dropout off); no autograd."""
+        stream = self.pool.stream()
+        for chunk in chunks:
+            stream.update(self.proj(self.rows(chunk)))
+        v, a = stream.end()
         return {"logits": self.head(v), "attention": a, "slide": v}
 
 
@@ -102,7 +164,5 @@ class ConcatABMIL(ABMIL):
         # one LayerNorm per teacher, in the order of `keys` (ModuleDict keys cannot hold '.')
         self.norms = nn.ModuleList([nn.LayerNorm(c) for c in dims.values()])
 
-    def forward(self, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> dict:
-        x = torch.cat([n(feats[k]) for n, k in zip(self.norms, self.keys, strict=True)], dim=-1)
-        v, a = self.embed(x, mask)
-        return {"logits": self.head(v), "attention": a, "slide": v}
+    def rows(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([n(feats[k]) for n, k in zip(self.norms, self.keys, strict=True)], -1)

@@ -13,9 +13,15 @@ Distillation, per level and teacher: (1 − cos) + Huber between a learned proje
 student's fused vector at that level and a fixed target — the teacher's own mean-pooled patch
 features for the bag, L2-normalised and detached (``distill_target="teacher"``), or the seed's
 agreement term: the per-teacher student vectors v[t, l], not detached (``"agreement"``).
+
+``forward_chunks`` runs one bag given as row chunks (evaluation of very large bags): every
+per-patch part streams (projection + pooling by the online softmax, the teacher targets' float32
+row sums), and the code after pooling, shared with ``forward``, runs once on the pooled vectors.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +32,14 @@ from .abmil import Dropout, GatedAttentionPool, unpack
 from .registry import StudentSettings as S  # the student's defaults, written once
 
 LEVEL_ORDER = ("low", "mid", "high")
+
+
+def bag_means(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per bag, the float32 mean of its packed rows (M, C) → (B, C): bag b's rows are contiguous,
+    as many as ``mask[b]`` holds, and are converted to float32 one bag at a time."""
+    n = mask.sum(1)
+    sums = [r.sum(0, dtype=torch.float32) for r in rows.split(n.tolist())]
+    return torch.stack(sums) / n.clamp_min(1).unsqueeze(1)
 
 
 class Shazam(nn.Module):
@@ -53,6 +67,7 @@ class Shazam(nn.Module):
         self.gate_on, self.distill_weight = gate, distill_weight
         self.distill_target, self.gate_arrangement = distill_target, gate_arrangement
         T = len(self.teachers)
+        self.keys = [f"{t}:{lv}" for lv in self.levels for t in self.teachers]  # _idx order
         self.proj = nn.ModuleList()
         self.pool = nn.ModuleList()
         for lv in self.levels:
@@ -90,28 +105,56 @@ class Shazam(nn.Module):
         return li * len(self.teachers) + ti
 
     def forward(self, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> dict:
-        fused, gates, attn_maps, vecs = self._fuse(feats, mask)
-        out = {"logits": self.head(fused[-1]), "attention": attn_maps[0], "gate": gates[-1]}
+        vecs, attention = self._pool(feats, mask)
+        return self._outputs(vecs, attention, lambda k: bag_means(feats[k], mask))
+
+    @torch.no_grad()
+    def forward_chunks(self, chunks: Iterable[dict[str, torch.Tensor]]) -> dict:
+        """``forward`` of one bag (B = 1) given as row chunks (consumed once), holding no (N, d)
+        or (N, C) tensor of the whole bag. For evaluation (``eval()``: dropout off); no autograd."""
+        streams = [p.stream() for p in self.pool]
+        summed = self.distill_weight > 0 and self.distill_target == "teacher"
+        w = self.head.weight
+        sums = {k: w.new_zeros(self._dims[k], dtype=torch.float32) for k in self.keys if summed}
+        n = 0
+        for chunk in chunks:
+            for i, k in enumerate(self.keys):
+                streams[i].update(self.proj[i](chunk[k]))
+                if summed:
+                    sums[k] += chunk[k].sum(0, dtype=torch.float32)
+            n += len(chunk[self.keys[0]])
+        vecs, attention = self._levels([s.end() for s in streams])
+        return self._outputs(vecs, attention, lambda k: (sums[k] / max(n, 1)).unsqueeze(0))
+
+    def _pool(self, feats, mask):
+        pooled = [
+            self.pool[i](unpack(self.proj[i](feats[k]), mask), mask)
+            for i, k in enumerate(self.keys)
+        ]
+        return self._levels(pooled)
+
+    def _levels(self, pooled):
+        """(v, a) per (level, teacher) → per level the (B, T, d) slide vectors v[t, l], and the
+        first teacher's top-level attention map."""
+        T = len(self.teachers)
+        vecs = [torch.stack([v for v, _ in pooled[i : i + T]], 1) for i in range(0, len(pooled), T)]
+        return vecs, pooled[-T][1]
+
+    def _outputs(self, vecs, attention, mean: Callable) -> dict:
+        """Everything after pooling (``forward``'s and ``forward_chunks``'s); ``mean(key)``: the
+        (B, C) float32 mean of a teacher's patch features per bag (teacher targets)."""
+        fused, gates = self._fuse(vecs)
+        out = {"logits": self.head(fused[-1]), "attention": attention, "gate": gates[-1]}
         if self.distill_weight > 0:
-            out["aux_loss"] = self.distill_weight * self.distillation(feats, mask, fused, vecs)
+            out["aux_loss"] = self.distill_weight * self.distillation(fused, vecs, mean)
         return out
 
-    def _fuse(self, feats, mask):
-        """Per level: the fused vectors s[l] (after the residual), the gate weights, the first
-        teacher's top-level attention map, and the per-teacher slide vectors v[t, l]."""
+    def _fuse(self, vecs):
+        """Per level, from the (B, T, d) slide vectors: the fused vectors s[l] (after the
+        residual) and the gate weights."""
         T = len(self.teachers)
-        fused, gates, attn_maps, vecs = [], [], [], []
-        for li, lv in enumerate(self.levels):
-            v = []
-            for ti, t in enumerate(self.teachers):
-                i = self._idx(li, ti)
-                h = unpack(self.proj[i](feats[f"{t}:{lv}"]), mask)
-                vt, a = self.pool[i](h, mask)
-                v.append(vt)
-                if lv == self.levels[-1] and ti == 0:
-                    attn_maps.append(a)
-            v = torch.stack(v, dim=1)  # (B, T, d)
-            vecs.append(v)
+        fused, gates = [], []
+        for li, v in enumerate(vecs):
             if self.gate_on:
                 w = torch.softmax(self.gates[li](v.flatten(1)).float(), dim=-1)
             else:
@@ -124,31 +167,32 @@ class Shazam(nn.Module):
             if fused:
                 s = self.res_norm[li - 1](s + self.res_coef[li - 1] * fused[-1])
             fused.append(s)
-        return fused, gates, attn_maps, vecs
+        return fused, gates
 
     def distillation_targets(self, feats, mask, vecs, li: int, ti: int) -> torch.Tensor:
+        return self._target(vecs, li, ti, lambda k: bag_means(feats[k], mask))
+
+    def _target(self, vecs, li: int, ti: int, mean: Callable) -> torch.Tensor:
+        """The distillation target of level li, teacher ti; ``mean(key)``: the (B, C) float32
+        mean of that teacher's patch features per bag."""
         if self.distill_target == "agreement":
             return vecs[li][:, ti]  # the seed's: the student's own trainable vector
-        x = unpack(feats[f"{self.teachers[ti]}:{self.levels[li]}"].float(), mask)
-        m = mask.unsqueeze(-1).to(x.dtype)
-        mean = (x * m).sum(1) / m.sum(1).clamp_min(1)
-        return F.normalize(mean, dim=-1).detach()
+        return F.normalize(mean(self.keys[self._idx(li, ti)]), dim=-1).detach()
 
-    def _distill_pairs(self, feats, mask, fused, vecs):
+    def _distill_pairs(self, fused, vecs, mean: Callable):
         """(level index, teacher index, projected student vector, normalised target); the loss
         (``cosine_huber``) normalises the projection."""
         for li in range(len(self.levels)):
             for ti in range(len(self.teachers)):
                 p = self.distill[self._idx(li, ti)](fused[li])
-                tgt = self.distillation_targets(feats, mask, vecs, li, ti).float()
+                tgt = self._target(vecs, li, ti, mean).float()
                 if self.distill_target == "agreement":
                     tgt = F.normalize(tgt, dim=-1)
                 yield li, ti, p, tgt
 
-    def distillation(self, feats, mask, fused, vecs) -> torch.Tensor:
-        losses = []
-        for _, _, p, tgt in self._distill_pairs(feats, mask, fused, vecs):
-            losses.append(cosine_huber(p, tgt))
+    def distillation(self, fused, vecs, mean: Callable) -> torch.Tensor:
+        pairs = self._distill_pairs(fused, vecs, mean)
+        losses = [cosine_huber(p, tgt) for _, _, p, tgt in pairs]
         return torch.stack(losses).mean()
 
     @torch.no_grad()
@@ -156,8 +200,10 @@ class Shazam(nn.Module):
         """(levels, teachers): mean over the batch of the cosine between each distillation
         target and the student's projection of its fused vector — what the distillation term
         raises (computed whatever ``distill_weight`` is, to show that it does)."""
-        fused, _, _, vecs = self._fuse(feats, mask)
+        vecs, _ = self._pool(feats, mask)
+        fused, _ = self._fuse(vecs)
         out = torch.zeros(len(self.levels), len(self.teachers))
-        for li, ti, p, tgt in self._distill_pairs(feats, mask, fused, vecs):
+        pairs = self._distill_pairs(fused, vecs, lambda k: bag_means(feats[k], mask))
+        for li, ti, p, tgt in pairs:
             out[li, ti] = F.cosine_similarity(p, tgt, dim=-1).mean()
         return out
