@@ -99,32 +99,6 @@ class FeatureFileError(ValueError):
         )
 
 
-def read_bag_part(path: str, levels) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """({level: features}, coords) of one feature file, with a clear error when it is
-    missing, truncated (an interrupted copy, a full disk) or lacks a level."""
-    if not os.path.exists(path):
-        raise FeatureFileError(path, "not found")
-    try:
-        with h5py.File(path, "r") as f:
-            missing = [lv for lv in levels if LEVEL_DATASET[lv] not in f]
-            if missing:
-                raise ValueError(
-                    f"{path} has no {', '.join(missing)} level(s); extract with "
-                    f"extraction.levels including them"
-                )
-            if "coords" not in f:
-                raise FeatureFileError(path, "no `coords` dataset (not a feature file?)")
-            feats = {lv: f[LEVEL_DATASET[lv]][:] for lv in levels}
-            coords = f["coords"][:]
-    except OSError as e:
-        raise FeatureFileError(path, f"unreadable, probably truncated or corrupt ({e})") from None
-    n = len(coords)
-    bad = [lv for lv, a in feats.items() if a.ndim != 2 or a.shape[0] != n]
-    if bad:
-        raise FeatureFileError(path, f"{', '.join(bad)} features do not match its {n} coords")
-    return feats, coords
-
-
 # --------------------------------------------------------------------------- tile features
 
 

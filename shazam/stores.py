@@ -1,31 +1,44 @@
-"""Feature stores: what the training engine reads, held in memory as 16-bit floats.
+"""Feature stores: what the training engine reads, row by row, from the feature files.
 
-One interface, :class:`FeatureStore` (eva's idea: one abstract base that owns the contract, one
-subclass per kind of data), two stores:
+One store, :class:`FeatureStore`, serves both kinds of task:
 
-* :class:`BagStore` — slide tasks: a case's bag is the union of its slides' patches, batched
-  as packed rows + a mask. When several teachers are used together the bag keeps the patches
-  every teacher has (normally all of them: the teachers read the same patch file; a patch
-  skipped as unreadable for one teacher is dropped for all).
-* :class:`TileStore` — tile tasks: one vector per ROI image; an image is a bag of one.
+* slide tasks (:meth:`FeatureStore.for_slides`) — an item is a case, its bag the union of its
+  slides' patches. When several teachers are used together the bag keeps the patches every
+  teacher has (normally all of them: the teachers read the same patch file; a patch skipped as
+  unreadable for one teacher is dropped for all);
+* tile tasks (:meth:`FeatureStore.for_tiles`) — an item is one ROI image, a bag of one row of
+  the task's tile feature file.
 
-``Store.for_task`` opens the store of a :class:`~shazam.tasks.TaskSpec` (the paths come from
-:mod:`shazam.layout`). Features are read as float16; an engine that computes in bf16 converts
-its store to bfloat16 once (same memory) so that batches need no conversion.
+The store holds no features. It holds where each item's rows are (:mod:`shazam.mapped`: a
+memory map of each file, or h5py for files written chunked by other tools), and a batch reads
+only the rows it needs: the ``max_patches`` rows sampled from each bag in training, whole bags
+(or, for a bag too large for one batch, chunks of it) in evaluation. What a job holds is the
+batches in flight, whatever the size of the cohort; the files' pages stay in the OS page cache,
+shared by every job on the node that reads them. ``training.cache: memory`` reads the files
+into the process once instead (:meth:`FeatureStore.cache`).
+
+Standardisation (:class:`Standardizer`) is applied to each batch as it is gathered — the
+float16 rows are centred and scaled in float32 and written once in the engine's dtype — so the
+files are never rewritten and the training statistics never see test rows.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 
+import h5py
 import numpy as np
 import pandas as pd
 import torch
 
 from . import layout
-from .formats import read_bag_part, read_tile_features
+from .formats import LEVEL_DATASET, FeatureFileError
+from .mapped import ArrayRows, FeatureFileRows
 from .tasks import TaskSpec
+
+PIECE_ROWS = 4096  # rows converted at a time (a float32 piece of 4,096 × 2,560 is 42 MB)
 
 
 def key(teacher: str, level: str) -> str:
@@ -47,36 +60,51 @@ class Standardizer:
     def __init__(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]], ids: tuple = ()):
         self.stats = stats  # key -> (mean, sd), float32 (C,)
         self.ids = ids  # the training ids the statistics come from
+        # x * scale + shift == (x - mean) / sd, one fused multiply-add per element
+        self._affine = {k: (1 / sd, -mean / sd) for k, (mean, sd) in stats.items()}
 
     @classmethod
     def fit(cls, chunks, keys, ids: list[str]) -> Standardizer:
-        """``chunks(ids, key)`` yields the training rows in (n, C) pieces; moments accumulate
-        in float64 piece by piece (no second copy of the data)."""
+        """``chunks(ids, key)`` yields the training rows in (n, C) pieces. Each piece's mean
+        and sum of squared deviations are computed in float32 and merged in float64 (Chan et
+        al.'s pairwise update): one pass, no copy of the data beyond a piece."""
         stats = {}
         for k in keys:
-            n, s, ss = 0, None, None
+            n, mean, m2 = 0, None, None
             for x in chunks(ids, k):
-                x = x.double()
                 if not len(x):
                     continue
-                s = x.sum(0) if s is None else s + x.sum(0)
-                ss = (x * x).sum(0) if ss is None else ss + (x * x).sum(0)
-                n += len(x)
+                x = x.float()
+                b_mean = x.mean(0)
+                b_m2 = ((x - b_mean) ** 2).sum(0).double()
+                b_mean, b = b_mean.double(), len(x)
+                if mean is None:
+                    n, mean, m2 = b, b_mean, b_m2
+                    continue
+                delta = b_mean - mean
+                mean = mean + delta * (b / (n + b))
+                m2 = m2 + b_m2 + delta * delta * (n * b / (n + b))
+                n += b
             if n < 2:
                 raise ValueError(
                     f"cannot standardise {k}: {n} training row(s); a fold needs training "
                     "cases with patches (or set training.standardize: false)"
                 )
-            mean = s / n
-            var = (ss / n - mean * mean).clamp_min(0) * (n / (n - 1))
+            sd = (m2 / (n - 1)).sqrt()
             # a constant dimension keeps its scale (sd 1) instead of blowing up
-            sd = torch.where(var.sqrt() > 1e-6, var.sqrt(), torch.ones_like(var))
+            sd = torch.where(sd > 1e-6, sd, torch.ones_like(sd))
             stats[k] = (mean.float(), sd.float())
         return cls(stats, tuple(sorted(ids)))
 
-    def apply(self, k: str, x: torch.Tensor) -> torch.Tensor:
-        mean, sd = self.stats[k]
-        return ((x.float() - mean) / sd).to(x.dtype)
+    def apply(self, k: str, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``(x - mean) / sd`` computed in float32; written into ``out`` (any float dtype, on
+        x's device) when given, else returned in x's dtype."""
+        scale, shift = (t.to(x.device) for t in self._affine[k])
+        if out is None:
+            return torch.addcmul(shift, x.float(), scale).to(x.dtype)
+        if out.dtype == torch.float32:
+            return torch.addcmul(shift, x, scale, out=out)
+        return out.copy_(torch.addcmul(shift, x, scale))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """For ``model.safetensors``: ``input_scaler.{key}.mean`` / ``.sd``."""
@@ -114,11 +142,11 @@ def split_checkpoint(tensors: dict[str, torch.Tensor]):
     return state, Standardizer.from_tensors(tensors)
 
 
-def standardize_store(store, ids: list[str]) -> Standardizer:
-    """Z-score a store's features in place with the statistics of ``ids`` (its training items)
-    — once: a second call with the same ids returns the same transform, other ids are refused
-    (the store would be standardised twice)."""
-    done = getattr(store, "standardizer", None)
+def standardize_store(store: FeatureStore, ids: list[str]) -> Standardizer:
+    """Fit the statistics of ``ids`` (the store's training items) by streaming their rows, and
+    have the store apply them to every batch — once: a second call with the same ids returns
+    the same transform, other ids are refused (one store per fold)."""
+    done = store.standardizer
     if done is not None:
         if done.ids != tuple(sorted(ids)):
             raise ValueError(
@@ -126,222 +154,303 @@ def standardize_store(store, ids: list[str]) -> Standardizer:
                 "store per fold"
             )
         return done
-    sc = Standardizer.fit(store.chunks, store.keys, list(ids))
-    store.apply_standardizer(sc)
-    store.standardizer = sc
-    return sc
+    store.standardizer = Standardizer.fit(store.chunks, store.keys, list(ids))
+    return store.standardizer
 
 
-class FeatureStore(ABC):
-    """What the training engine (and the standardisation) needs of a store of features.
+# a part of an item: (rows, one source index per teacher, the rows of each source it takes:
+# None = all of them, an int = `rows` rows from there, or an index array)
+Part = tuple[int, tuple[int, ...], tuple]
 
-    Items (cases of a slide task, images of a tile task) are named by id. Features are kept per
-    ``teacher:level`` key (:func:`key`), 16-bit, rows aligned across keys.
+
+class FeatureStore:
+    """Items (cases of a slide task, images of a tile task) named by id; per item, where its
+    rows are in each teacher's files, aligned across teachers (and across levels, which share
+    their teacher's rows).
 
     Attributes: ``keys`` (every ``teacher:level``, teacher-major), ``teachers``, ``levels``,
-    ``dims`` (``key`` → feature width) and ``standardizer`` (set once by
-    :func:`standardize_store`)."""
+    ``dims`` (``key`` → feature width), ``standardizer`` (set once by
+    :func:`standardize_store`) and ``cache_mode`` (``disk`` or ``memory``)."""
 
-    keys: list[str]
-    teachers: list[str]
-    levels: tuple[str, ...]
-    dims: dict[str, int]
     standardizer: Standardizer | None = None
 
-    def _set_keys(self, keys) -> None:
-        """``keys`` and the ``teachers`` and ``levels`` they name, in first-seen order."""
-        self.keys = list(keys)
-        self.teachers = list(dict.fromkeys(k.split(":")[0] for k in self.keys))
-        self.levels = tuple(dict.fromkeys(k.split(":")[1] for k in self.keys))
-
-    @classmethod
-    @abstractmethod
-    def for_task(
-        cls,
-        spec: TaskSpec,
-        teachers: list[str],
-        root: str | os.PathLike = layout.RESULTS,
-        levels=("high",),
-        sheet: pd.DataFrame | None = None,
-        cases=None,
-    ) -> tuple[FeatureStore, pd.DataFrame]:
-        """(the store of ``spec``'s features of ``teachers`` under ``root``, the frame of the
-        rows it was built from). Slide tasks need the ``sheet`` and the ``cases`` to load."""
-
-    @abstractmethod
-    def size(self, item: str) -> int:
-        """Feature rows of one item (patches of a case's bag; 1 for an image)."""
-
-    @abstractmethod
-    def chunks(self, ids: list[str], k: str):
-        """The rows of ``ids`` for one key, as (n, C) pieces (the standardisation's input)."""
-
-    @abstractmethod
-    def apply_standardizer(self, sc: Standardizer) -> None:
-        """Transform every row in place (computed in float32, kept in the store's dtype)."""
-
-    @abstractmethod
-    def to_dtype(self, dtype: torch.dtype) -> FeatureStore:
-        """Convert the features in place, e.g. to bfloat16 once for an engine that computes in
-        bf16, instead of once per batch; returns the store."""
-
-    @abstractmethod
-    def batch(
-        self,
-        ids: list[str],
-        max_patches: int | None = None,
-        rng: np.random.Generator | None = None,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        reuse: bool = False,
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Packed features {key: (M, C)} in ``dtype`` on ``device`` — the rows of every item,
-        item after item, no padding — and the mask (B, N) that places them (row-major) in a
-        padded batch. ``max_patches`` + ``rng``: subsample larger items (training). ``reuse``:
-        the returned tensors may live in buffers kept by the store, overwritten by the next
-        ``reuse`` call (a training loop that finishes each step before asking for the next)."""
-
-    def _deliver(self, k: str, rows: torch.Tensor, device, dtype: torch.dtype, reuse: bool):
-        """One key's gathered rows on ``device`` in ``dtype``; with ``reuse`` a conversion on
-        the CPU goes into a kept buffer too (e.g. float16 rows for an fp32 step: 200 MB fresh
-        pages per step otherwise)."""
-        rows = rows.to(device, non_blocking=True)
-        if reuse and rows.dtype != dtype and rows.device.type == "cpu":
-            return self._buffer(k, tuple(rows.shape), dtype, True).copy_(rows)
-        return rows.to(dtype)
-
-    def _buffer(self, k: str, shape: tuple[int, int], dtype: torch.dtype, reuse: bool):
-        """An uninitialised (rows, C) tensor: new, or the front of a kept buffer per key and
-        dtype, grown when a batch needs more rows."""
-        if not reuse:
-            return torch.empty(shape, dtype=dtype)
-        bufs = self.__dict__.setdefault("_buffers", {})
-        buf = bufs.get((k, dtype))
-        if buf is None or buf.shape[0] < shape[0]:
-            buf = bufs[(k, dtype)] = torch.empty(shape, dtype=dtype)
-        return buf[: shape[0]]
-
-
-class BagStore(FeatureStore):
-    """``bags[case]["teacher:level"]`` = 16-bit tensor (N, C), rows aligned across teachers
-    (and levels, which share their teacher's rows)."""
-
-    def __init__(
-        self,
-        sheet,
-        teachers: list[str],
-        cases,
-        levels=("high",),
-        root: str | os.PathLike = "results",
-    ):
-        self.teachers = list(teachers)
-        self.levels = tuple(levels)
+    def __init__(self, sources, items: dict[str, list[Part]], teachers, levels, dims):
+        self.sources = sources  # ArrayRows / FeatureFileRows, each one teacher's
+        self.items = items
+        self.teachers, self.levels = list(teachers), tuple(levels)
         self.keys = [key(t, lv) for t in self.teachers for lv in self.levels]
-        self.bags: dict[str, dict[str, torch.Tensor]] = {}
-        self.dims: dict[str, int] = {}
-        by_case = _slides_by_case(sheet, cases)
-        for cid in sorted(by_case):
-            parts: dict[str, list[np.ndarray]] = {k: [] for k in self.keys}
-            for sid in sorted(by_case[cid]):
-                for t, rows in _align(self._read_slide(sid, root)).items():
-                    for lv in self.levels:
-                        parts[key(t, lv)].append(rows[lv])
-            self.bags[cid] = {
-                k: torch.from_numpy(
-                    np.concatenate(p).astype(np.float16)
-                    if p
-                    else np.zeros((0, self.dims.get(k, 1)), np.float16)
-                )
-                for k, p in parts.items()
-            }
+        self.dims = dims
+        self._sizes = {i: sum(p[0] for p in parts) for i, parts in items.items()}
+        self._buffers: dict[tuple, torch.Tensor] = {}
+        self.cache_mode = "disk" if any(s.path for s in sources) else "memory"
 
-    def _read_slide(self, slide: str, root) -> dict[str, tuple[dict, np.ndarray]]:
-        """{teacher: ({level: features}, coords)} of one slide; notes each key's width."""
-        per_t = {}
-        for t in self.teachers:
-            path = layout.at(layout.FEATURES, root, teacher=t, slide=slide)
-            feats, coords = read_bag_part(path, self.levels)
-            per_t[t] = (feats, coords)
-            for lv in self.levels:
-                self.dims.setdefault(key(t, lv), feats[lv].shape[1])
-        return per_t
-
+    # -- building
     @classmethod
-    def for_task(cls, spec, teachers, root=layout.RESULTS, levels=("high",), sheet=None,
-                 cases=None):  # fmt: skip
-        """The bags of ``cases`` (the sheet's slides of each, from ``layout.FEATURES``) and the
-        sheet's rows of those cases."""
+    def for_task(cls, spec: TaskSpec, teachers: list[str], root=layout.RESULTS,
+                 levels=("high",), sheet=None, cases=None):  # fmt: skip
+        """(the store of ``spec``'s features of ``teachers`` under ``root``, the frame of the
+        rows it was built from). Slide tasks need the ``sheet`` and the ``cases`` to load; a
+        tile task's store holds every image of the task (``cases`` None)."""
+        if spec.family == "tile":
+            if cases is not None:
+                raise ValueError(f"task {spec.name}: a tile store holds every image of the task")
+            files = {t: layout.at(layout.TILE_FEATURES, root, task=spec.name, teacher=t)
+                     for t in teachers}  # fmt: skip
+            return cls.for_tiles(files, levels)
         if sheet is None or cases is None:
             raise ValueError(f"task {spec.name}: a slide task's store needs the sheet and cases")
-        store = cls(sheet, teachers, cases, levels, root)
+        store = cls.for_slides(sheet, teachers, cases, levels, root)
         return store, sheet[sheet["case_id"].isin(set(cases))]
 
     @classmethod
-    def from_arrays(cls, bags: dict[str, dict[str, torch.Tensor]]) -> BagStore:
-        """A store over bags already in memory: ``bags[case]["teacher:level"]`` = (N, C)
-        float16 tensors (synthetic cohorts, benchmarks); keys must be the same for every case."""
-        store = cls.__new__(cls)
+    def for_slides(cls, sheet, teachers, cases, levels=("high",), root=layout.RESULTS):
+        """The bags of ``cases``: the sheet's slides of each, from ``layout.FEATURES`` under
+        ``root``. Every file is opened once here (names, shapes, widths and offsets checked);
+        no feature is read."""
+        datasets = {lv: LEVEL_DATASET[lv] for lv in levels}
+        sources, items, dims, first = [], {}, {}, {}
+        by_case = _slides_by_case(sheet, cases)
+        for cid in sorted(by_case):
+            parts = []
+            for sid in sorted(by_case[cid]):
+                files, coords = {}, {}
+                for t in teachers:
+                    path = layout.at(layout.FEATURES, root, teacher=t, slide=sid)
+                    files[t] = FeatureFileRows(path, datasets, coords="coords")
+                    coords[t] = files[t].__dict__.pop("coords")
+                    _check_widths(files[t], t, dims, first)
+                n, rows = _align(coords)
+                srcs = tuple(range(len(sources), len(sources) + len(files)))
+                sources.extend(files.values())
+                if n:
+                    parts.append((n, srcs, rows))
+            items[cid] = parts
+        return cls(sources, items, teachers, levels, dims)
+
+    @classmethod
+    def for_tiles(cls, files: dict[str, str | os.PathLike], levels=("high",)):
+        """Store over one tile feature file per teacher, plus the images' frame (``image_id``,
+        ``case_id``, ``y``); every file must list the same images."""
+        datasets = {lv: LEVEL_DATASET[lv] for lv in levels}
+        sources, rows, dims = [], None, {}
+        for t, path in files.items():
+            sources.append(FeatureFileRows(path, datasets))
+            r = tile_rows(path)
+            if rows is None:
+                rows, first = r, path
+            elif not r["image_id"].equals(rows["image_id"]):
+                raise ValueError(
+                    f"{path} and {first} list different images; re-extract both from the same "
+                    "dataset"
+                )
+            if len(r) != sources[-1].n:
+                raise FeatureFileError(os.fspath(path), f"{len(r)} image ids, {sources[-1].n} rows")
+            dims.update({key(t, lv): sources[-1].levels[lv].shape[1] for lv in levels})
+        srcs = tuple(range(len(sources)))
+        items = {i: [(1, srcs, (r,) * len(srcs))] for r, i in enumerate(rows["image_id"])}
+        return cls(sources, items, list(files), levels, dims), rows
+
+    @classmethod
+    def from_arrays(cls, bags: dict[str, dict[str, np.ndarray | torch.Tensor]]) -> FeatureStore:
+        """A store over arrays already in memory: ``bags[item]["teacher:level"]`` = (N, C)
+        (synthetic cohorts, benchmarks); the keys must be the same for every item."""
         first = next(iter(bags.values()))
-        store._set_keys(first)
-        store.dims = {k: int(v.shape[1]) for k, v in first.items()}
-        store.bags = bags
-        return store
+        teachers = list(dict.fromkeys(k.split(":")[0] for k in first))
+        levels = tuple(dict.fromkeys(k.split(":")[1] for k in first))
+        sources, items = [], {}
+        for item, arrays in bags.items():
+            srcs = tuple(range(len(sources), len(sources) + len(teachers)))
+            for t in teachers:
+                sources.append(ArrayRows({lv: np.asarray(arrays[key(t, lv)]) for lv in levels}))
+            n = sources[-1].n
+            items[item] = [(n, srcs, (0,) * len(teachers))] if n else []
+        dims = {k: int(v.shape[1]) for k, v in first.items()}
+        return cls(sources, items, teachers, levels, dims)
 
-    def to_dtype(self, dtype: torch.dtype) -> BagStore:
-        """One bag at a time: no second copy of the store."""
-        for bag in self.bags.values():
-            for k, v in bag.items():
-                if v.dtype != dtype:
-                    bag[k] = v.to(dtype)
-        return self
+    # -- what it holds
+    def size(self, item: str) -> int:
+        """Feature rows of one item (patches of a case's bag; 1 for an image)."""
+        return self._sizes[item]
 
-    def size(self, case: str) -> int:
-        return int(next(iter(self.bags[case].values())).shape[0])
+    def nbytes(self) -> int:
+        """Bytes of the levels it reads, in every file it refers to."""
+        return sum(s.nbytes(self.levels) for s in self.sources)
 
-    def chunks(self, cases: list[str], k: str):
-        """Bag by bag."""
-        for c in cases:
-            yield self.bags[c][k]
+    def cache(self, mode: str = "auto") -> str:
+        """``memory``: read every file into the process now (fastest per batch; memory grows
+        with the cohort, and each job holds its own copy); ``disk``: rows read on demand
+        through the page cache (flat memory, shared between jobs); ``auto``: memory when the
+        store's bytes are at most a quarter of the memory available. Returns a sentence that
+        says what was chosen and why."""
+        need, why = self.nbytes(), f"training.cache: {mode}"
+        if mode == "auto":
+            avail = available_memory()
+            mode = "memory" if need <= avail / 4 else "disk"
+            why = f"training.cache: auto, {avail / 2**30:.1f} GiB available"
+        if mode not in ("memory", "disk"):
+            raise ValueError(f"training.cache must be auto, memory or disk, not {mode!r}")
+        if mode == "memory":
+            for s in self.sources:
+                s.load()
+        self.cache_mode = mode
+        return f"features: {need / 2**30:.2f} GiB read from {mode} ({why})"
 
-    def apply_standardizer(self, sc: Standardizer) -> None:
-        """Bag by bag."""
-        for bag in self.bags.values():
-            for k, v in bag.items():
-                bag[k] = sc.apply(k, v)
+    # -- reading
+    def draw(self, ids, max_patches=None, rng=None) -> list[np.ndarray | None]:
+        """Per item: sorted random rows when it is larger than ``max_patches`` (and an ``rng``
+        is given), else None (all of it). Draws in item order."""
+        picks = []
+        for i in ids:
+            n = self.size(i)
+            if max_patches and n > max_patches and rng is not None:
+                picks.append(np.sort(rng.choice(n, max_patches, replace=False)))
+            else:
+                picks.append(None)
+        return picks
 
-    def batch(self, cases, max_patches=None, rng=None, device="cpu", dtype=torch.float32,
+    def batch(self, ids, max_patches=None, rng=None, device="cpu", dtype=torch.float32,
               reuse=False):  # fmt: skip
-        """Rows are gathered straight into one 16-bit buffer per key and converted once, on
-        ``device``. ``reuse`` gathers into a buffer kept by the store (grown when needed): a
-        batch of 8 bags × 4,096 patches × 1,536 dims is 100 MB, and a fresh buffer is fresh
-        pages from the OS every step, whose first touch cost more than the gather itself."""
-        rows = self._subsample(cases, max_patches, rng)
-        lens = [len(r) if r is not None else self.size(c) for c, r in zip(cases, rows, strict=True)]
-        mask = torch.arange(max(max(lens), 1))[None, :] < torch.tensor(lens)[:, None]
-        ends = np.cumsum(lens).tolist()
-        feats = {}
-        for k in self.keys:
-            first = self.bags[cases[0]][k]
-            packed = self._buffer(k, (ends[-1], first.shape[1]), first.dtype, reuse)
-            for c, r, e, n in zip(cases, rows, ends, lens, strict=True):
-                if r is None:
-                    packed[e - n : e] = self.bags[c][k]
-                else:
-                    torch.index_select(self.bags[c][k], 0, r, out=packed[e - n : e])
-            feats[k] = self._deliver(k, packed, device, dtype, reuse)
+        """Packed features {key: (M, C)} in ``dtype`` on ``device`` — the rows of every item,
+        item after item, no padding, standardised when the store has a standardizer — and the
+        mask (B, N) that places them (row-major) in a padded batch. ``max_patches`` + ``rng``:
+        subsample larger items (training). ``reuse``: the tensors may live in buffers kept by
+        the store, overwritten by the next ``reuse`` call."""
+        picks = self.draw(ids, max_patches, rng)
+        return self.gather(ids, picks, device, dtype, 0 if reuse else None)
+
+    def batches(self, plan, device="cpu", dtype=torch.float32, reuse=True):
+        """``batch`` for each (ids, picks) of ``plan``, each prepared by a background thread
+        while the caller works on the one before (two buffers in turn with ``reuse``: a batch
+        stays valid until the caller asks for the next but one)."""
+        plan = list(plan)
+        if not plan:
+            return
+        slot = (lambda i: i % 2) if reuse else (lambda i: None)
+        with ThreadPoolExecutor(1, thread_name_prefix="shazam-batch") as pool:
+            nxt = pool.submit(self.gather, *plan[0], device, dtype, slot(0))
+            for i in range(len(plan)):
+                cur = nxt.result()
+                if i + 1 < len(plan):
+                    nxt = pool.submit(self.gather, *plan[i + 1], device, dtype, slot(i + 1))
+                yield cur
+
+    def bag_chunks(self, item: str, rows: int, device="cpu", dtype=torch.float32):
+        """One item as {key: (≤ rows, C)} pieces in row order (a bag too large for one batch,
+        for a model's ``forward_chunks``), each prepared while the caller uses the last."""
+        n = self.size(item)
+        plan = [([item], [np.arange(s, min(s + rows, n))]) for s in range(0, n, rows)]
+        for feats, _ in self.batches(plan, device, dtype, reuse=False):
+            yield feats
+
+    def gather(self, ids, picks, device="cpu", dtype=torch.float32, slot=None):
+        """The batch of ``ids`` with the rows ``picks`` (from :meth:`draw`)."""
+        device = torch.device(device)
+        lens = [len(p) if p is not None else self.size(i) for i, p in zip(ids, picks, strict=True)]
+        mask = torch.arange(max(max(lens, default=0), 1))[None, :] < torch.tensor(lens)[:, None]
+        total, feats, used = sum(lens), {}, set()
+        for ti, t in enumerate(self.teachers):
+            segs = self._segments(ids, picks, ti)
+            used.update(s for s, _ in segs)
+            for lv in self.levels:
+                feats[key(t, lv)] = self._read(key(t, lv), lv, segs, total, device, dtype, slot)
+        for s in used:
+            self.sources[s].release()
         return feats, mask.to(device)
 
-    def _subsample(self, cases, max_patches, rng) -> list[torch.Tensor | None]:
-        """Per case: sorted random rows when its bag is larger than ``max_patches`` (and an
-        ``rng`` is given), else None (the whole bag). Draws in case order."""
-        rows = []
-        for c in cases:
-            n = self.size(c)
-            if max_patches and n > max_patches and rng is not None:
-                rows.append(torch.from_numpy(np.sort(rng.choice(n, max_patches, replace=False))))
-            else:
-                rows.append(None)
-        return rows
+    def _segments(self, ids, picks, ti: int) -> list[tuple[int, np.ndarray | slice]]:
+        """(source, its rows) in batch order for teacher ``ti``; neighbours from one source
+        merged (a tile batch is one read)."""
+        segs = []
+        for item, pick in zip(ids, picks, strict=True):
+            pos = 0
+            for n, srcs, rows in self.items[item]:
+                r, local = rows[ti], None
+                if pick is not None:
+                    a, b = np.searchsorted(pick, (pos, pos + n))
+                    local, pos = pick[a:b] - pos, pos + n
+                    if not len(local):
+                        continue
+                if isinstance(r, np.ndarray):
+                    fr = r if local is None else r[local]
+                else:
+                    fr = slice(r, r + n) if local is None else local + r
+                if segs and segs[-1][0] == srcs[ti]:
+                    segs[-1] = (srcs[ti], np.concatenate([_index(segs[-1][1]), _index(fr)]))
+                else:
+                    segs.append((srcs[ti], fr))
+        return segs
+
+    def _read(self, k, lv, segs, total, device, dtype, slot) -> torch.Tensor:
+        """One key's rows of ``segs`` → (total, C) in ``dtype`` on ``device``, standardised.
+        On the CPU each piece is converted straight into the output; on a GPU the float16
+        rows go over (pinned) and are converted there."""
+        on_cpu = device.type == "cpu"
+        out = self._buffer(k, (total, self.dims[k]), dtype if on_cpu else torch.float16, slot,
+                           pin=not on_cpu)  # fmt: skip
+        sc, e = self.standardizer, 0
+        for s, fr in segs:
+            for piece in _pieces(fr):
+                x = torch.from_numpy(self.sources[s].take(lv, piece))
+                dst = out[e : e + len(x)]
+                if sc is not None and on_cpu:
+                    sc.apply(k, x, dst)
+                else:
+                    dst.copy_(x)
+                e += len(x)
+        if on_cpu:
+            return out
+        x = out.to(device, non_blocking=True)
+        return (sc.apply(k, x) if sc is not None else x).to(dtype)
+
+    def _buffer(self, k, shape, dtype, slot, pin=False) -> torch.Tensor:
+        """An uninitialised (rows, C) tensor: new, or the front of a kept buffer per key, dtype
+        and slot, grown when a batch needs more rows (a fresh buffer is fresh pages every step,
+        whose first touch costs more than the gather)."""
+        pin = pin and torch.cuda.is_available()
+        if slot is None:
+            return torch.empty(shape, dtype=dtype, pin_memory=pin)
+        buf = self._buffers.get((k, dtype, slot))
+        if buf is None or buf.shape[0] < shape[0]:
+            buf = torch.empty(shape, dtype=dtype, pin_memory=pin)
+            self._buffers[(k, dtype, slot)] = buf
+        return buf[: shape[0]]
+
+    def chunks(self, ids: list[str], k: str):
+        """The raw rows of ``ids`` for one key, as (≤ 4,096, C) float tensors (the
+        standardisation's input), read piece by piece."""
+        t, lv = k.split(":")
+        ti = self.teachers.index(t)
+        for i in ids:
+            for s, fr in self._segments([i], [None], ti):
+                for piece in _pieces(fr):
+                    yield torch.from_numpy(self.sources[s].take(lv, piece))
+                self.sources[s].release()
+
+
+def _index(rows) -> np.ndarray:
+    return np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
+
+
+def _pieces(rows):
+    """``rows`` (a slice or an index array) in pieces of at most ``PIECE_ROWS``."""
+    n = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+    for s in range(0, n, PIECE_ROWS):
+        if isinstance(rows, slice):
+            yield slice(rows.start + s, min(rows.start + s + PIECE_ROWS, rows.stop))
+        else:
+            yield rows[s : s + PIECE_ROWS]
+
+
+def _check_widths(src: FeatureFileRows, teacher: str, dims: dict, first: dict) -> None:
+    """Every file of a teacher has the same width per level."""
+    for lv, level in src.levels.items():
+        k, c = key(teacher, lv), level.shape[1]
+        if dims.setdefault(k, c) != c:
+            raise FeatureFileError(
+                src.path, f"its {lv} features are {c} wide, {first[k]} is {dims[k]} wide; "
+                f"every file of teacher {teacher} must come from the same extraction",
+            )  # fmt: skip
+        first.setdefault(k, src.path)
 
 
 def _slides_by_case(sheet, cases) -> dict[str, list[str]]:
@@ -357,90 +466,49 @@ def _slides_by_case(sheet, cases) -> dict[str, list[str]]:
     return by_case
 
 
-def _align(per_teacher: dict[str, tuple[dict, np.ndarray]]) -> dict[str, dict]:
-    """Each teacher's level arrays restricted to the patches all teachers have, in the first
-    teacher's order."""
-    teachers = list(per_teacher)
-    first = per_teacher[teachers[0]][1]
-    if all(np.array_equal(per_teacher[t][1], first) for t in teachers[1:]):
-        return {t: per_teacher[t][0] for t in teachers}
-    index = {t: {tuple(xy): i for i, xy in enumerate(per_teacher[t][1].tolist())} for t in teachers}
+def _align(coords: dict[str, np.ndarray]) -> tuple[int, tuple]:
+    """(rows, per teacher: 0 — all its rows — or the index array of the patches every teacher
+    has, in the first teacher's order)."""
+    teachers = list(coords)
+    first = coords[teachers[0]]
+    if all(np.array_equal(coords[t], first) for t in teachers[1:]):
+        return len(first), (0,) * len(teachers)
+    index = {t: {tuple(xy): i for i, xy in enumerate(coords[t].tolist())} for t in teachers}
     common = [tuple(xy) for xy in first.tolist() if all(tuple(xy) in index[t] for t in teachers)]
-    out = {}
-    for t in teachers:
-        rows = [index[t][k] for k in common]
-        out[t] = {lv: a[rows] for lv, a in per_teacher[t][0].items()}
-    return out
+    rows = tuple(np.asarray([index[t][c] for c in common], dtype=np.int64) for t in teachers)
+    return len(common), rows
 
 
-class TileStore(FeatureStore):
-    """One vector per image and teacher level, kept as one float16 (N, C) tensor per
-    ``teacher:level`` key; an image is a bag of one (mask (B, 1) all true)."""
+def tile_rows(path) -> pd.DataFrame:
+    """The frame (``image_id``, ``case_id``, ``y``) of a tile feature file."""
+    try:
+        with h5py.File(path, "r") as f:
+            ids, cases = f["image_ids"].asstr()[:], f["case_ids"].asstr()[:]
+            return pd.DataFrame({"image_id": ids, "case_id": cases, "y": f["labels"][:]})
+    except (OSError, KeyError) as e:
+        raise FeatureFileError(os.fspath(path), f"not a readable tile feature file ({e})") from None
 
-    def __init__(self, arrays: dict[str, np.ndarray | torch.Tensor], ids: list[str]):
-        self._set_keys(arrays)
-        self.data = {
-            k: torch.as_tensor(np.asarray(v), dtype=torch.float16) for k, v in arrays.items()
-        }
-        self.dims = {k: int(v.shape[1]) for k, v in self.data.items()}
-        self.index = {i: r for r, i in enumerate(ids)}
 
-    @classmethod
-    def for_task(cls, spec, teachers, root=layout.RESULTS, levels=("high",), sheet=None,
-                 cases=None):  # fmt: skip
-        """Every image of the task, from its ``layout.TILE_FEATURES`` file per teacher (a tile
-        task has no sheet; ``cases`` must be None: the store holds all images)."""
-        if cases is not None:
-            raise ValueError(f"task {spec.name}: a tile store holds every image of the task")
-        files = {
-            t: layout.at(layout.TILE_FEATURES, root, task=spec.name, teacher=t) for t in teachers
-        }
-        return cls.from_files(files, levels)
-
-    @classmethod
-    def from_files(cls, files: dict[str, str | os.PathLike], levels=("high",)):
-        """Store over one tile feature file per teacher, plus the images' frame
-        (``image_id``, ``case_id``, ``y``); every file must list the same images."""
-        arrays, rows = {}, None
-        for t, path in files.items():
-            feats, r, _ = read_tile_features(path, levels)
-            if rows is None:
-                rows, first = r, path
-            elif not r["image_id"].equals(rows["image_id"]):
-                raise ValueError(
-                    f"{path} and {first} list different images; re-extract both from the same "
-                    "dataset"
-                )
-            for lv in levels:
-                arrays[key(t, lv)] = feats[lv]
-        return cls(arrays, list(rows["image_id"])), rows
-
-    def size(self, _image: str) -> int:
-        return 1
-
-    def _rows(self, images: list[str]) -> torch.Tensor:
-        return torch.as_tensor([self.index[i] for i in images], dtype=torch.long)
-
-    def chunks(self, images: list[str], k: str):
-        """In pieces of up to 65,536 images."""
-        rows = self._rows(images)
-        for s in range(0, len(rows), 65536):
-            yield self.data[k].index_select(0, rows[s : s + 65536])
-
-    def apply_standardizer(self, sc: Standardizer) -> None:
-        self.data = {k: sc.apply(k, v) for k, v in self.data.items()}
-
-    def to_dtype(self, dtype: torch.dtype) -> TileStore:
-        self.data = {k: v.to(dtype) for k, v in self.data.items()}
-        return self
-
-    def batch(self, ids, max_patches=None, rng=None, device="cpu", dtype=torch.float32,
-              reuse=False):  # fmt: skip
-        """An all-true mask (B, 1); ``max_patches`` and ``rng`` do nothing (one row per image)
-        and ``reuse`` keeps no buffer (nothing large to keep)."""
-        rows = self._rows(ids)
-        feats = {
-            k: self._deliver(k, v.index_select(0, rows), device, dtype, False)
-            for k, v in self.data.items()
-        }
-        return feats, torch.ones(len(ids), 1, dtype=torch.bool, device=device)
+def available_memory() -> int:
+    """Bytes this process can still use: the kernel's ``MemAvailable``, or less when the
+    process's cgroup (a SLURM job, a container) has a lower limit."""
+    avail = math.inf
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    try:
+        with open("/proc/self/cgroup") as f:
+            rel = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
+        base = os.path.join("/sys/fs/cgroup", rel.lstrip("/"))
+        with open(os.path.join(base, "memory.max")) as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open(os.path.join(base, "memory.current")) as f:
+                avail = min(avail, int(limit) - int(f.read()))
+    except (OSError, StopIteration, ValueError):
+        pass
+    return int(avail)

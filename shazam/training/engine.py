@@ -50,6 +50,9 @@ class TrainConfig:
     # z-score each teacher:level per dimension with the training cases' mean and SD (stored
     # with the weights); see stores.Standardizer for why
     standardize: bool = True
+    # where the features are read from: auto | memory | disk (stores.FeatureStore.cache); it
+    # changes no result, only memory and speed
+    cache: str = "auto"
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -105,31 +108,35 @@ class Engine:
         self._train_risk: tuple[tuple, np.ndarray] | None = None  # (train ids, risks) cache
 
     def prepare(self, train_ids: list[str]) -> None:
-        """Once, before any batch: standardise the store with the training items' statistics
-        (``cfg.standardize``), then convert it to bfloat16 when computing in bf16 (16-bit
-        either way: converted once, not every batch; after z-scoring, so the offset that
-        standardisation removes does not eat bf16's 8-bit mantissa)."""
+        """Once, before any batch: fit the standardisation on the training items' rows
+        (``cfg.standardize``); the store then applies it to every batch it gathers, in float32,
+        before the rows take the engine's dtype (so the offset that standardisation removes
+        does not eat bf16's 8-bit mantissa)."""
         if self._prepared:
             return
         if self.cfg.standardize:
             from ..stores import standardize_store
 
             self.standardizer = standardize_store(self.store, train_ids)
-        if self.amp == torch.bfloat16:
-            self.store.to_dtype(torch.bfloat16)
         self._prepared = True
 
-    # -- one batch
-    def _forward(self, ids, train: bool, rng=None):
+    # -- batches
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype batches are delivered in: the autocast dtype, else float32."""
+        return self.amp or torch.float32
+
+    def _run(self, feats, mask):
         if not self._prepared:
             raise RuntimeError("Engine.prepare(train_ids) (or fit) must run before any batch")
-        feats, mask = self.store.batch(
-            ids, self.cfg.max_patches if train else None, rng, self.device,
-            dtype=self.amp or torch.float32, reuse=train,
-        )  # fmt: skip
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            out = self.model(feats, mask)
-        return out
+            return self.model(feats, mask)
+
+    def _forward(self, ids, train: bool, rng=None):
+        """One batch of ``ids`` read now (training: ``max_patches`` rows drawn with ``rng``)."""
+        feats, mask = self.store.batch(ids, self.cfg.max_patches if train else None, rng,
+                                       self.device, self.dtype, reuse=train)  # fmt: skip
+        return self._run(feats, mask)
 
     def _loss(self, out, ids):
         t = {k: v.to(self.device) for k, v in self.targets.tensors(ids).items()}
@@ -190,17 +197,26 @@ class Engine:
 
     def _train_epoch(self, train_ids: list[str], opt, sched, rng) -> float:
         """One pass over the training items in a random order, ``accumulate`` items per
-        optimiser step run as batches of ``batch_bags``; returns the mean training loss."""
+        optimiser step run as batches of ``batch_bags``; returns the mean training loss. The
+        epoch's rows are drawn first (the same draws, in the same order, as batch by batch),
+        then each batch is read in the background while the model trains on the one before."""
         cfg = self.cfg
         self.model.train()
         order = [train_ids[i] for i in rng.permutation(len(train_ids))]
-        total, n_seen = 0.0, 0
-        for s in range(0, len(order), cfg.accumulate):
-            group = order[s : s + cfg.accumulate]
+        steps = [order[s : s + cfg.accumulate] for s in range(0, len(order), cfg.accumulate)]
+        plan = [
+            (ids, self.store.draw(ids, cfg.max_patches, rng))
+            for group in steps
+            for ids in (group[m : m + cfg.batch_bags] for m in range(0, len(group), cfg.batch_bags))
+        ]
+        batches = iter(self.store.batches(plan, self.device, self.dtype))
+        total, n_seen, b = 0.0, 0, 0
+        for group in steps:
             opt.zero_grad(set_to_none=True)
-            for m in range(0, len(group), cfg.batch_bags):
-                ids = group[m : m + cfg.batch_bags]
-                loss = self._loss(self._forward(ids, True, rng), ids)
+            for _ in range(0, len(group), cfg.batch_bags):
+                ids = plan[b][0]
+                b += 1
+                loss = self._loss(self._run(*next(batches)), ids)
                 (loss * len(ids) / len(group)).backward()
                 total += float(loss.detach()) * len(ids)
                 n_seen += len(ids)
@@ -226,14 +242,38 @@ class Engine:
             self._train_risk = (key, risk.numpy())
         return self._train_risk[1]
 
+    @property
+    def eval_rows(self) -> int:
+        """Rows per evaluation batch: as many as a training batch holds (``batch_bags`` ×
+        ``max_patches``), so evaluation needs no more memory than training."""
+        return self.cfg.batch_bags * self.cfg.max_patches
+
+    def _eval_batches(self, ids: list[str]) -> tuple[list[list[str]], list[str]]:
+        """(batches of whole bags, similar sizes together — less padding — each at most
+        ``batch_bags`` bags and ``eval_rows`` rows; the bags larger than ``eval_rows``, which
+        a model with ``forward_chunks`` reads in chunks)."""
+        budget, chunked = self.eval_rows, hasattr(self.model, "forward_chunks")
+        batches, large, rows = [], [], 0
+        for c in sorted(ids, key=self.store.size):
+            n = self.store.size(c)
+            if chunked and n > budget:
+                large.append(c)
+            elif batches and len(batches[-1]) < self.cfg.batch_bags and rows + n <= budget:
+                batches[-1].append(c)
+                rows += n
+            else:
+                batches.append([c])
+                rows = n
+        return batches, large
+
     @torch.no_grad()
     def predict(self, ids: list[str]) -> dict:
+        """Logits (in ``ids`` order), the mean loss and the student's gate weights, batch by
+        batch (read in the background); a bag larger than a batch goes through the model in
+        chunks (a streaming softmax: its activations are never all in memory)."""
         self.model.eval()
-        order = sorted(ids, key=self.store.size)  # similar sizes together: less padding
         logits, losses, gates = {}, [], {}
-        for s in range(0, len(order), self.cfg.batch_bags):
-            chunk = order[s : s + self.cfg.batch_bags]
-            out = self._forward(chunk, False)
+        for chunk, out in self._outputs(ids):
             losses.append(float(self._loss(out, chunk)) * len(chunk))
             for i, c in enumerate(chunk):
                 logits[c] = out["logits"][i].float().cpu()
@@ -241,6 +281,22 @@ class Engine:
                     gates[c] = out["gate"][i].float().cpu()
         lg = torch.stack([logits[c] for c in ids]) if ids else torch.zeros(0)
         return {"logits": lg, "loss": sum(losses) / max(len(ids), 1), "gate": gates}
+
+    def _outputs(self, ids: list[str]):
+        """(bag ids, the model's output) per evaluation batch, then per large bag."""
+        batches, large = self._eval_batches(ids)
+        plan = [(chunk, [None] * len(chunk)) for chunk in batches]
+        read = self.store.batches(plan, self.device, self.dtype)
+        for chunk, b in zip(batches, read, strict=True):
+            yield chunk, self._run(*b)
+        for c in large:
+            yield [c], self._stream(c)
+
+    def _stream(self, item: str) -> dict:
+        """The model's output for one large bag, read and run ``eval_rows`` rows at a time."""
+        chunks = self.store.bag_chunks(item, self.eval_rows, self.device, self.dtype)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            return self.model.forward_chunks(chunks)
 
     def evaluate(
         self, ids: list[str], train_ids: list[str] | None = None, only: tuple | None = None

@@ -28,7 +28,7 @@ from ..cohorts import build_cohort
 from ..io import atomic_path, write_json_atomic
 from ..losses import survival_bins
 from ..splits import read_fold
-from ..stores import BagStore, FeatureStore, TileStore
+from ..stores import FeatureStore
 from ..tasks import TaskSpec
 from .engine import Engine, Targets, TrainConfig
 
@@ -75,6 +75,7 @@ def train_fold(
         spec, model_name, teachers, fold_csv, sheet=sheet, labels=labels, root=features_root,
         shazam_cfg=shazam_cfg,
     )  # fmt: skip
+    log(items.store.cache(cfg.cache))
     torch.manual_seed(cfg.seed)
     model = registry.build(
         model_name, items.store.dims, spec.n_out, teachers, cfg.d_model, cfg.dropout, shazam_cfg
@@ -123,7 +124,7 @@ def slide_items(spec, model_name, teachers, fold_csv, sheet, labels, root, shaza
         levels = list(s.levels)
         settings = {k: v for k, v in s.as_dict().items() if k != "d_model"}  # as recorded
     all_ids = [c for v in ids.values() for c in v]
-    store, _ = BagStore.for_task(spec, used, root, levels, sheet, all_ids)
+    store, _ = FeatureStore.for_task(spec, used, root, levels, sheet, all_ids)
     meta = {"teachers": used, "shazam": settings,
             "bins": None if edges is None else [float(e) for e in edges]}  # fmt: skip
     return FoldItems(store, Targets(spec, cases, edges), ids, meta)
@@ -136,7 +137,7 @@ def tile_items(spec, model_name, teachers, fold_csv, sheet, labels, root, shazam
 
     name = registry.parse(model_name)
     used = name.teachers(teachers)
-    store, rows = TileStore.for_task(spec, used, root)
+    store, rows = FeatureStore.for_task(spec, used, root)
     split = _fold_split(fold_csv)
     unknown = sorted(set(rows["case_id"]) - set(split))
     if unknown:

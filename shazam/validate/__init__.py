@@ -16,7 +16,7 @@ Here each claim of the architecture becomes a check that can fail:
   during training with distillation on, and not with ``distill_weight: 0``.
 
 Cohorts are written as real feature files (``{out}/cohorts/{cohort}/features/{teacher}/
-{case}.h5``, the extraction's format), read back with :class:`~shazam.stores.BagStore`, and
+{case}.h5``, the extraction's format), read back with :class:`~shazam.stores.FeatureStore`, and
 trained with the real :class:`~shazam.training.Engine` and models, on one fixed seeded
 train/val/test split. Settings are fixed up front (``Size``, ``train_config``); a scenario is
 never tuned until it passes — a failure is reported with its observed figures.

@@ -12,7 +12,7 @@ import pandas as pd
 from .. import layout
 from ..formats import write_feature_file
 from ..losses import survival_bins
-from ..stores import BagStore
+from ..stores import FeatureStore
 from ..tasks import TaskSpec
 from ..training import Targets
 
@@ -47,11 +47,13 @@ class Cohort:
     truth: dict = field(default_factory=dict)  # what the scenario knows: e.g. needle rows
     _stores: dict = field(default_factory=dict)
 
-    def store(self, teachers: list[str], levels: tuple[str, ...]) -> BagStore:
+    def store(self, teachers: list[str], levels: tuple[str, ...]) -> FeatureStore:
         k = (tuple(teachers), tuple(levels))
         if k not in self._stores:
             ids = [c for v in self.split.values() for c in v]
-            self._stores[k] = BagStore(self.sheet, list(teachers), ids, levels, self.root)
+            self._stores[k] = FeatureStore.for_slides(
+                self.sheet, list(teachers), ids, levels, self.root
+            )
         return self._stores[k]
 
     def targets(self) -> Targets:

@@ -17,7 +17,7 @@ from shazam.losses import cosine_huber
 from shazam.models import registry
 from shazam.models.tile import ShazamV1
 from shazam.splits import task_folds
-from shazam.stores import TileStore
+from shazam.stores import FeatureStore
 from shazam.tasks import LabelError, TaskSpec
 from shazam.training import TrainConfig, train_fold
 
@@ -261,13 +261,13 @@ def test_tile_store_rejects_files_of_different_datasets(tmp_path):
     _write_features(tmp_path, "roi", {"a": 4}, n=6)
     _write_features(tmp_path / "other", "roi", {"b": 4}, n=8)
     with pytest.raises(ValueError, match="list different images"):
-        TileStore.from_files(
+        FeatureStore.for_tiles(
             {
                 "a": tmp_path / "tile_features/roi/a.h5",
                 "b": tmp_path / "other/tile_features/roi/b.h5",
             }
         )
-    store, rows = TileStore.from_files({"a": tmp_path / "tile_features/roi/a.h5"})
+    store, rows = FeatureStore.for_tiles({"a": tmp_path / "tile_features/roi/a.h5"})
     feats, mask = store.batch(["img003", "img001"])
     assert feats["a:high"].shape == (2, 4) and mask.shape == (2, 1) and mask.all()
     assert store.dims == {"a:high": 4} and list(rows["y"]) == [0, 1, 0, 1, 0, 1]

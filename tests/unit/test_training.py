@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from shazam.models import registry
-from shazam.stores import BagStore, split_checkpoint, standardize_store
+from shazam.stores import FeatureStore, split_checkpoint, standardize_store
 from shazam.tasks import TaskSpec
 from shazam.training import TrainConfig, train_fold
 
@@ -87,28 +87,37 @@ def test_training_learns_and_writes_every_output(tmp_path, model):
     assert set(scaler.stats) == set(cfg["dims"]) and cfg["train"]["standardize"] is True
 
 
+def raw_rows(tmp_path, sid, teacher="ta"):
+    with h5py.File(tmp_path / "results" / "features" / teacher / f"{sid}.h5") as f:
+        return torch.from_numpy(f["features"][:])
+
+
 def test_standardisation_uses_training_cases_only(tmp_path):
     sheet, _ = make_cohort(tmp_path, teachers=("ta",))
     fold = pd.read_csv(tmp_path / "fold.csv")
     train = list(fold.loc[fold["split"] == "train", "case_id"])
     test = list(fold.loc[fold["split"] == "test", "case_id"])
     ids = list(fold["case_id"])
-    store = BagStore(sheet, ["ta"], ids, root=tmp_path / "results")
-    raw = {c: store.bags[c]["ta:high"].float().clone() for c in ids}
+    store = FeatureStore.for_slides(sheet, ["ta"], ids, root=tmp_path / "results")
+    raw = {c: raw_rows(tmp_path, "s" + c[1:]).float() for c in ids}
     sc = standardize_store(store, train)
-    # the training rows are now centred and scaled, per dimension
-    x = torch.cat([store.bags[c]["ta:high"].float() for c in train])
-    assert x.mean(0).abs().max() < 0.01 and (x.std(0) - 1).abs().max() < 0.01
-    # every bag got the same transform (test bags included), from training statistics only
+    # the training rows of a batch are now centred and scaled, per dimension; the files are
+    # not rewritten
+    x = store.batch(train)[0]["ta:high"]
+    assert x.mean(0).abs().max() < 1e-4 and (x.std(0) - 1).abs().max() < 1e-4
+    assert torch.equal(raw_rows(tmp_path, "s" + train[0][1:]).float(), raw[train[0]])
+    # every bag gets the same transform (test bags included), from training statistics only
     mean, sd = sc.stats["ta:high"]
     c = test[0]
-    torch.testing.assert_close(
-        store.bags[c]["ta:high"].float(), ((raw[c] - mean) / sd).half().float()
-    )
+    torch.testing.assert_close(store.batch([c])[0]["ta:high"], (raw[c] - mean) / sd)
+    # the statistics are those of the training rows, computed in one streaming pass
+    xt = torch.cat([raw[c] for c in train]).double()
+    torch.testing.assert_close(mean.double(), xt.mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sd.double(), xt.std(0), atol=1e-5, rtol=1e-5)
     # poisoning the test bags leaves the statistics unchanged
-    poisoned = BagStore(sheet, ["ta"], ids, root=tmp_path / "results")
-    for c in test:
-        poisoned.bags[c]["ta:high"] = poisoned.bags[c]["ta:high"] * 0 + 100
+    poisoned = FeatureStore.from_arrays(
+        {c: {"ta:high": raw[c].half() * 0 + 100 if c in test else raw[c].half()} for c in ids}
+    )
     sc2 = standardize_store(poisoned, train)
     torch.testing.assert_close(sc2.stats["ta:high"], sc.stats["ta:high"])
     # idempotent for the same training cases; refused for others (it would apply twice)
@@ -123,13 +132,12 @@ def test_engine_overfits_a_tiny_separable_set(tmp_path, precision):
     cfg = TrainConfig(epochs=40, lr=5e-3, accumulate=2, batch_bags=2, d_model=32, dropout=0.0,
                       precision=precision)  # fmt: skip
     from shazam.cohorts import build_cohort
-    from shazam.stores import BagStore
     from shazam.training import Engine, Targets
 
     cohort = build_cohort(spec, sheet)
     cases = cohort.cases.set_index("case_id")
     ids = list(cases.index[:12])
-    store = BagStore(sheet, ["ta"], ids, root=tmp_path / "results")
+    store = FeatureStore.for_slides(sheet, ["ta"], ids, root=tmp_path / "results")
     torch.manual_seed(0)
     eng = Engine(
         registry.build("abmil-ta", store.dims, 2, ["ta"], 32, 0.0),
@@ -144,30 +152,29 @@ def test_engine_overfits_a_tiny_separable_set(tmp_path, precision):
 
 
 def test_batches_pack_bags_in_the_autocast_dtype(tmp_path):
-    from shazam.stores import BagStore
-
     sheet, _ = make_cohort(tmp_path, n=4)
     ids = ["c000", "c001", "c002"]
-    store = BagStore(sheet, ["ta", "tb"], ids, root=tmp_path / "results")
+    store = FeatureStore.for_slides(sheet, ["ta", "tb"], ids, root=tmp_path / "results")
+    raw = {(c, t): raw_rows(tmp_path, "s" + c[1:], t) for c in ids for t in ("ta", "tb")}
     for dtype in (torch.float32, torch.bfloat16):
         feats, mask = store.batch(ids, dtype=dtype)  # full bags, packed bag after bag
         assert mask.sum(1).tolist() == [store.size(c) for c in ids]
-        for k in ("ta:high", "tb:high"):
-            assert feats[k].dtype == dtype
-            want = torch.cat([store.bags[c][k] for c in ids]).to(dtype)
-            assert torch.equal(feats[k], want)
+        for t in ("ta", "tb"):
+            assert feats[f"{t}:high"].dtype == dtype
+            want = torch.cat([raw[c, t] for c in ids]).to(dtype)
+            assert torch.equal(feats[f"{t}:high"], want)
     rng = np.random.default_rng(0)
     feats, mask = store.batch(ids, max_patches=10, rng=rng, dtype=torch.bfloat16)
     assert mask.sum(1).tolist() == [10, 10, 10]
     # each subsampled bag is a subset of its own rows (same rows for both teachers)
     for i, c in enumerate(ids):
         got = feats["ta:high"][i * 10 : (i + 1) * 10].float()
-        full = store.bags[c]["ta:high"].to(torch.bfloat16).float()
+        full = raw[c, "ta"].to(torch.bfloat16).float()
         hits = (got[:, None, :] == full[None]).all(-1)
         assert hits.any(1).all()
         rows_a = hits.float().argmax(1)
         got_b = feats["tb:high"][i * 10 : (i + 1) * 10]
-        assert torch.equal(got_b, store.bags[c]["tb:high"][rows_a].to(torch.bfloat16))
+        assert torch.equal(got_b, raw[c, "tb"][rows_a].to(torch.bfloat16))
     # reuse: the same values, gathered into the store's buffers (grown when needed)
     for dtype in (torch.float16, torch.float32):
         for cases in (ids[:2], ids, ids[:1]):
@@ -177,6 +184,10 @@ def test_batches_pack_bags_in_the_autocast_dtype(tmp_path):
                 assert torch.equal(got[k], want[k])
         again, _ = store.batch(ids[:1], dtype=dtype, reuse=True)
         assert again["ta:high"].data_ptr() == got["ta:high"].data_ptr()  # no new buffer
+    # read ahead in the background: the same batches, in order, in two buffers in turn
+    plan = [(ids[:2], [None, None]), (ids[2:], [None]), (ids[:1], [np.arange(5)])]
+    for (cases, picks), (got, _) in zip(plan, store.batches(plan), strict=True):
+        assert torch.equal(got["ta:high"], store.gather(cases, picks)[0]["ta:high"])
 
 
 def test_dropout_keeps_one_minus_p_and_scales():

@@ -109,7 +109,7 @@ def test_truncated_feature_file_names_the_file_and_how_to_regenerate_it(tmp_path
     import pandas as pd
 
     from shazam.formats import FeatureFileError
-    from shazam.stores import BagStore
+    from shazam.stores import FeatureStore
 
     sheet = pd.DataFrame({"slide_id": ["S1", "S2"], "case_id": ["C1", "C2"]})
     for sid in ("S1", "S2"):
@@ -118,17 +118,17 @@ def test_truncated_feature_file_names_the_file_and_how_to_regenerate_it(tmp_path
         with h5py.File(path, "w") as f:
             f["features"] = np.ones((400, 192), np.float16)
             f["coords"] = np.zeros((400, 2), np.int64)
-    BagStore(sheet, ["toy_vit"], ["C1", "C2"], root=tmp_path)  # both readable
+    FeatureStore.for_slides(sheet, ["toy_vit"], ["C1", "C2"], root=tmp_path)  # both readable
     bad = tmp_path / "features/toy_vit/S2.h5"
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 2])  # a copy that stopped half-way
     with pytest.raises(FeatureFileError) as e:
-        BagStore(sheet, ["toy_vit"], ["C1", "C2"], root=tmp_path)
+        FeatureStore.for_slides(sheet, ["toy_vit"], ["C1", "C2"], root=tmp_path)
     msg = str(e.value)
     assert str(bad) in msg and "truncated" in msg and f"snakemake --forcerun {bad}" in msg
     bad.unlink()
     with pytest.raises(FeatureFileError, match="S2.h5: not found"):
-        BagStore(sheet, ["toy_vit"], ["C1", "C2"], root=tmp_path)
+        FeatureStore.for_slides(sheet, ["toy_vit"], ["C1", "C2"], root=tmp_path)
 
 
 # --------------------------------------------------------------------------- on a finished run
