@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from shazam.models import registry
-from shazam.stores import BagStore, key
+from shazam.stores import FeatureStore, key
 from shazam.tasks import TaskSpec
 from shazam.training import Engine, Targets, TrainConfig
 
@@ -29,17 +29,17 @@ DIMS = {
 }
 
 
-def synthetic_store(n_bags: int, n_patches: int, seed: int = 0) -> BagStore:
+def synthetic_store(n_bags: int, n_patches: int, seed: int = 0) -> FeatureStore:
     rng = np.random.default_rng(seed)
     dims = {key(t, lv): c for t, d in DIMS.items() for lv, c in d.items()}
     bags = {}
     for i in range(n_bags):
         n = int(n_patches * rng.uniform(0.75, 1.0))
         bags[f"c{i:04d}"] = {
-            k: torch.from_numpy(rng.standard_normal((n, c), dtype=np.float32).astype(np.float16))
+            k: rng.standard_normal((n, c), dtype=np.float32).astype(np.float16)
             for k, c in dims.items()
         }
-    return BagStore.from_arrays(bags)
+    return FeatureStore.from_arrays(bags)
 
 
 def main(argv=None) -> int:
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=4)
     a = ap.parse_args(argv)
     store = synthetic_store(a.bags, a.patches)
-    ids = sorted(store.bags)
+    ids = sorted(store.items)
     cases = pd.DataFrame({"case_id": ids, "y": [i % 2 for i in range(len(ids))]}).set_index(
         "case_id"
     )
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         for n in names:
             torch.manual_seed(0)
             eng = Engine(make(n), spec, store, Targets(spec, cases), cfg)
-            eng.prepare(ids)  # once per store (z-scoring, bf16 conversion): not an epoch's cost
+            eng.prepare(ids)  # the z-scoring statistics, once per store: not an epoch's cost
             t = time.perf_counter()
             eng.fit(ids, ids[:2], log=lambda s: None)
             times[n].append(time.perf_counter() - t)
