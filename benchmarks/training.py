@@ -1,8 +1,9 @@
 """Training benchmark: one ABMIL epoch with our engine vs one bag per step (the seed's way).
 
 Synthetic bags (``--bags`` × ``--patches`` × ``--dim``, float16 in memory, as the store holds
-real features under ``training.cache: memory``) for a 2-class task. Every run uses the same engine code, model, seed, patch
-subsampling (``--max-patches``) and number of optimiser steps (``accumulate`` bags per step).
+real features under ``training.cache: memory``) for a 2-class task. Every run uses the same
+engine code, model, seed, patch subsampling (``--max-patches``) and number of optimiser steps
+(``accumulate`` bags per step).
 Four settings, interleaved, median of ``--repeats`` epochs each:
 
 - ``engine``: our defaults — ``accumulate`` bags as one packed forward pass, ``precision:

@@ -37,7 +37,12 @@ SLIDE_TASKS = [t for t in TASKS if not TASK_SPECS[t].is_tile]
 TILE_TASKS = [t for t in TASKS if TASK_SPECS[t].is_tile]
 
 # config sections travel to the CLI as JSON; the package's dataclasses hold the defaults
-TRAIN_JSON = json.dumps(config["training"], sort_keys=True)
+# `training.cache` changes no result (only where features are read from): it is passed
+# apart, outside the params, so that changing it retrains nothing
+TRAIN_JSON = json.dumps(
+    {k: v for k, v in config["training"].items() if k != "cache"}, sort_keys=True
+)
+TRAIN_CACHE = config["training"].get("cache", "auto")
 TILE_TRAIN_JSON = json.dumps(config["tile_training"], sort_keys=True)
 SHAZAM_JSON = json.dumps(config["shazam"], sort_keys=True)
 

@@ -46,7 +46,7 @@ for rule_name, (model, features) in SLIDE_TRAINING.items():
             "shazam train --model {params.model} --spec {params.spec:q}"
             " --train {params.train:q} --shazam {params.shazam:q} --fold-csv {input.fold}"
             " --slides {input.slides} --teachers {params.teachers} --out-dir {params.out_dir}"
-            " --threads {threads} > {log} 2>&1"
+            " --threads {threads} --cache {TRAIN_CACHE} > {log} 2>&1"
 
 
 rule train_tile_model:
@@ -80,4 +80,4 @@ rule train_tile_model:
         "shazam train --model {wildcards.tile_model} --spec {params.spec:q}"
         " --train {params.train:q} --tile-train {params.tile_train:q}"
         " --shazam {params.shazam:q} --fold-csv {input.fold} --teachers {params.teachers}"
-        " --out-dir {params.out_dir} --threads {threads} > {log} 2>&1"
+        " --out-dir {params.out_dir} --threads {threads} --cache {TRAIN_CACHE} > {log} 2>&1"

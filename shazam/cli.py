@@ -219,6 +219,7 @@ def cmd_splits(a: argparse.Namespace) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
+    import dataclasses
     import json
 
     import torch
@@ -231,6 +232,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         torch.set_num_threads(a.threads)
     spec = TaskSpec.from_json(a.spec)
     cfg = TrainConfig.for_task(spec, json.loads(a.train), json.loads(a.tile_train or "{}"))
+    if a.cache:
+        cfg = dataclasses.replace(cfg, cache=a.cache)
     # a slide task's cases come from the sheet (train_fold says so when it is missing)
     sheet = load_sheet(a.slides, check_files=False) if a.slides else None
     m = train_fold(
@@ -394,6 +397,10 @@ def _add_training(sub) -> None:
     tr.add_argument("--features-root", default="results")
     tr.add_argument("--out-dir", required=True)
     tr.add_argument("--threads", type=int, default=0)
+    tr.add_argument(
+        "--cache", choices=("auto", "memory", "disk"), default=None,
+        help="where training reads features from (overrides training.cache; changes no result)",
+    )  # fmt: skip
     tr.set_defaults(func=cmd_train)
 
 

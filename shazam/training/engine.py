@@ -132,12 +132,6 @@ class Engine:
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             return self.model(feats, mask)
 
-    def _forward(self, ids, train: bool, rng=None):
-        """One batch of ``ids`` read now (training: ``max_patches`` rows drawn with ``rng``)."""
-        feats, mask = self.store.batch(ids, self.cfg.max_patches if train else None, rng,
-                                       self.device, self.dtype, reuse=train)  # fmt: skip
-        return self._run(feats, mask)
-
     def _loss(self, out, ids):
         t = {k: v.to(self.device) for k, v in self.targets.tensors(ids).items()}
         if self.spec.kind == "classification":

@@ -52,8 +52,9 @@ def test_memory_and_disk_give_the_same_model(tmp_path, model):
         res[cache] = (m, hist, pd.read_csv(out / "predictions.csv"))
     (m0, h0, p0), (m1, h1, p1) = res["memory"], res["disk"]
     assert m0["selected_epoch"] == m1["selected_epoch"]
-    pd.testing.assert_frame_equal(h0, h1, rtol=1e-3)
-    pd.testing.assert_frame_equal(p0, p1, rtol=1e-3)
+    # the same bytes read either way: the same model, bit for bit
+    pd.testing.assert_frame_equal(h0, h1, check_exact=True)
+    pd.testing.assert_frame_equal(p0, p1, check_exact=True)
     assert json.dumps(m0["val"], sort_keys=True) == json.dumps(m1["val"], sort_keys=True)
 
 
