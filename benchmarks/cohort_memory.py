@@ -7,7 +7,10 @@ cases of a larger one): one slide per case, feature files for ``virchow2`` (low/
 1280/1280/2560) and ``uni2_h`` (1536 each) exactly as extraction writes them
 (:func:`shazam.formats.write_feature_file`: float16, contiguous, uncompressed), ``--patches`` ±
 20% patches per case with the same coords for both teachers, random features with a weak class
-signal, a 2-class label file, a slide sheet and one fold file (about 70/15/15 train/val/test).
+signal, a 2-class label file, a slide sheet and one fold file (80/10/10 train/val/test, at least
+one case each: 8/1/1 at 10 cases, so that the smallest cohort already fills the default 8-bag
+training batch; with 15% held out it had 6 training cases and measured a partial batch, not the
+cohort).
 
 For each size in ``--cases``, ONE ``shazam train --model shazam`` process (this Python, the
 package it imports) trains one epoch with the default training settings otherwise (batch_bags
@@ -191,7 +194,7 @@ def write_tables(workdir: Path, n_cases: int) -> dict:
     # training never opens the slides (cmd_train loads the sheet with check_files=False)
     pd.DataFrame({"slide_id": ids, "path": [f"slides/{c}.svs" for c in ids], "case_id": ids,
                   "mpp": 0.5}).to_csv(d / "slides.tsv", sep="\t", index=False)  # fmt: skip
-    n_held = max(1, min(max(2, round(0.15 * n_cases)), (n_cases - 1) // 3))
+    n_held = max(1, round(0.10 * n_cases))
     split = ["val"] * n_held + ["test"] * n_held + ["train"] * (n_cases - 2 * n_held)
     pd.DataFrame({"case_id": ids, "split": split}).to_csv(d / "fold_0.csv", index=False)
     spec = TaskSpec("cohort_memory", "classification", labels=str(d / "labels.csv"),

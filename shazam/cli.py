@@ -224,10 +224,12 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     import torch
 
+    from .device import single_malloc_arena
     from .slides import load_sheet
     from .tasks import TaskSpec
     from .training import TrainConfig, train_fold
 
+    single_malloc_arena()  # before torch starts its threads
     if a.threads:
         torch.set_num_threads(a.threads)
     spec = TaskSpec.from_json(a.spec)

@@ -60,6 +60,15 @@ class _Maps:
             if mm is not None and hasattr(mm, "madvise"):
                 mm.madvise(mmap.MADV_DONTNEED)
 
+    def willneed(self, path: str, spans) -> None:
+        """Read-ahead of (offset, length) byte spans of ``path``."""
+        page = mmap.PAGESIZE
+        with self.lock:
+            mm = self.get(path)
+            for off, n in spans:
+                start = off - off % page
+                mm.madvise(mmap.MADV_WILLNEED, start, min(off + n, len(mm)) - start)
+
     def close(self, path: str) -> None:
         with self.lock:
             mm = self._maps.pop(path, None)
@@ -94,8 +103,8 @@ class ArrayRows:
                        arrays.items()}  # fmt: skip
         self.n = int(next(iter(arrays.values())).shape[0])
 
-    def take(self, level: str, rows) -> np.ndarray:
-        return self.levels[level].data[rows]
+    def take(self, level: str, rows, out: np.ndarray | None = None) -> np.ndarray:
+        return _take(self.levels[level].data, rows, out)
 
     def nbytes(self, levels) -> int:
         return sum(self.levels[lv].nbytes for lv in levels)
@@ -104,6 +113,9 @@ class ArrayRows:
         pass
 
     def release(self) -> None:
+        pass
+
+    def readahead(self) -> None:
         pass
 
 
@@ -146,19 +158,18 @@ class FeatureFileRows(ArrayRows):
                 self.path, f"{', '.join(bad)} features do not match its {self.n} rows"
             )
 
-    def take(self, level: str, rows) -> np.ndarray:
-        """The rows ``rows`` (an index array or a slice) of one level, as a new array."""
+    def take(self, level: str, rows, out: np.ndarray | None = None) -> np.ndarray:
+        """The rows ``rows`` (an index array or a slice) of one level, into ``out`` (of the
+        level's dtype, as many rows) or a new array."""
         lv = self.levels[level]
         if lv.data is not None:
-            return lv.data[rows]
+            return _take(lv.data, rows, out)
         if lv.offset is None:  # chunked or compressed: h5py reads (increasing rows only)
-            return _h5_take(self.path, lv.name, rows)
+            return _take(_h5_take(self.path, lv.name, rows), slice(None), out)
         with MAPS.lock:
             mm = MAPS.get(self.path)
             view = np.frombuffer(mm, lv.dtype, lv.shape[0] * lv.shape[1], lv.offset)
-            out = view.reshape(lv.shape)[rows]
-            if isinstance(rows, slice):
-                out = out.copy()
+            out = _take(view.reshape(lv.shape), rows, out)
             del view
         return out
 
@@ -172,6 +183,23 @@ class FeatureFileRows(ArrayRows):
 
     def release(self) -> None:
         MAPS.release(self.path)
+
+    def readahead(self) -> None:
+        """Start reading the mapped levels' bytes into the page cache (``MADV_WILLNEED``)."""
+        spans = [(lv.offset, lv.nbytes) for lv in self.levels.values()
+                 if lv.data is None and lv.offset is not None]  # fmt: skip
+        if spans and hasattr(mmap, "MADV_WILLNEED"):
+            MAPS.willneed(self.path, spans)
+
+
+def _take(a: np.ndarray, rows, out: np.ndarray | None) -> np.ndarray:
+    """``a[rows]`` as a new array (never a view of ``a``), or written into ``out``."""
+    if isinstance(rows, slice):
+        if out is None:
+            return a[rows].copy()
+        np.copyto(out, a[rows])
+        return out
+    return np.take(a, rows, axis=0, out=out)
 
 
 def _level(path: str, d: h5py.Dataset, size: int) -> Level:

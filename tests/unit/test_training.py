@@ -186,8 +186,12 @@ def test_batches_pack_bags_in_the_autocast_dtype(tmp_path):
         assert again["ta:high"].data_ptr() == got["ta:high"].data_ptr()  # no new buffer
     # read ahead in the background: the same batches, in order, in two buffers in turn
     plan = [(ids[:2], [None, None]), (ids[2:], [None]), (ids[:1], [np.arange(5)])]
-    for (cases, picks), (got, _) in zip(plan, store.batches(plan), strict=True):
-        assert torch.equal(got["ta:high"], store.gather(cases, picks)[0]["ta:high"])
+    for ahead in (False, True):  # read ahead only (CPU), or gather ahead (GPU)
+        seen = []
+        for (cases, picks), (got, _) in zip(plan, store.batches(plan, ahead=ahead), strict=True):
+            assert torch.equal(got["ta:high"], store.gather(cases, picks)[0]["ta:high"])
+            seen.append(got["ta:high"].data_ptr())
+        assert (seen[0] == seen[2] != seen[1]) if ahead else (seen[0] == seen[1] == seen[2])
 
 
 def test_dropout_keeps_one_minus_p_and_scales():
