@@ -37,8 +37,8 @@ SLIDE_TASKS = [t for t in TASKS if not TASK_SPECS[t].is_tile]
 TILE_TASKS = [t for t in TASKS if TASK_SPECS[t].is_tile]
 
 # config sections travel to the CLI as JSON; the package's dataclasses hold the defaults
-# `training.cache` changes no result (only where features are read from): it is passed
-# apart, outside the params, so that changing it retrains nothing
+# `training.cache` changes no result (only where features are read from, so the job's memory):
+# the training rules take it as a resource, not a param, so that changing it retrains nothing
 TRAIN_JSON = json.dumps(
     {k: v for k, v in config["training"].items() if k != "cache"}, sort_keys=True
 )

@@ -34,6 +34,9 @@ for rule_name, (model, features) in SLIDE_TRAINING.items():
             gpu=1,
             mem_mb=16000,
             runtime=60,
+            # training.cache: where features are read from, i.e. how much memory the job
+            # takes; a resource, not a param: it changes no result, so no rerun
+            feature_cache=TRAIN_CACHE,
         params:
             version=SHAZAM_VERSION,
             model=lambda wc, model=model: model.format(**wc),
@@ -46,7 +49,7 @@ for rule_name, (model, features) in SLIDE_TRAINING.items():
             "shazam train --model {params.model} --spec {params.spec:q}"
             " --train {params.train:q} --shazam {params.shazam:q} --fold-csv {input.fold}"
             " --slides {input.slides} --teachers {params.teachers} --out-dir {params.out_dir}"
-            " --threads {threads} --cache {TRAIN_CACHE} > {log} 2>&1"
+            " --threads {threads} --cache {resources.feature_cache} > {log} 2>&1"
 
 
 rule train_tile_model:
@@ -68,6 +71,7 @@ rule train_tile_model:
         gpu=1,
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 60 * attempt,
+        feature_cache=TRAIN_CACHE,
     params:
         version=SHAZAM_VERSION,
         spec=lambda wc: task_spec_json(wc.task),
@@ -80,4 +84,4 @@ rule train_tile_model:
         "shazam train --model {wildcards.tile_model} --spec {params.spec:q}"
         " --train {params.train:q} --tile-train {params.tile_train:q}"
         " --shazam {params.shazam:q} --fold-csv {input.fold} --teachers {params.teachers}"
-        " --out-dir {params.out_dir} --threads {threads} --cache {TRAIN_CACHE} > {log} 2>&1"
+        " --out-dir {params.out_dir} --threads {threads} --cache {resources.feature_cache} > {log} 2>&1"

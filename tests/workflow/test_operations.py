@@ -265,6 +265,9 @@ def check_changing_one_teachers_weights(wd):
 
 
 def check_changing_a_training_parameter(wd):
+    # where training reads its features from changes no result: nothing reruns
+    (wd / "disk.yaml").write_text("training: {cache: disk}\n")
+    assert planned(wd, "--configfile", str(wd / "config/config.yaml"), str(wd / "disk.yaml")) == {}
     (wd / "more_epochs.yaml").write_text("training: {epochs: 3}\n")
     jobs = planned(wd, "--configfile", str(wd / "config/config.yaml"), str(wd / "more_epochs.yaml"))
     assert all(r in jobs for r in TRAIN_RULES)
