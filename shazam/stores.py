@@ -185,6 +185,8 @@ class FeatureStore:
         self._sizes = {i: sum(p[0] for p in parts) for i, parts in items.items()}
         self._buffers: dict[tuple, torch.Tensor] = {}
         self.cache_mode = "disk" if any(s.path for s in sources) else "memory"
+        self._ready: dict[tuple[int, str], torch.Tensor] = {}  # see prepare()
+        self._ready_dtype: torch.dtype | None = None
 
     # -- building
     @classmethod
@@ -297,6 +299,36 @@ class FeatureStore:
         self.cache_mode = mode
         return f"features: {need / 2**30:.2f} GiB read from {mode} ({why})"
 
+    def prepare(self, dtype: torch.dtype) -> None:
+        """For an engine that computes in a 16-bit ``dtype``, on a store held in memory:
+        transform every row once — standardised in float32, stored in ``dtype`` in place of
+        the raw rows (same memory) — so that batches are plain row gathers. The values are
+        those a batch would compute (the same float32 transform and one rounding), so memory
+        and disk give the same model bit for bit. A store read from disk, or an fp32 engine,
+        keeps transforming batch by batch. Once prepared, batches in another dtype are
+        refused (the raw rows are gone)."""
+        if self.cache_mode != "memory" or dtype not in (torch.bfloat16, torch.float16):
+            return
+        if self._ready_dtype is not None:
+            if self._ready_dtype != dtype:
+                raise ValueError(f"feature store prepared for {self._ready_dtype}, not {dtype}")
+            return
+        for si, ti in self._teacher_of().items():
+            src = self.sources[si]
+            for lv in self.levels:
+                k, rows = key(self.teachers[ti], lv), torch.from_numpy(src.take(lv, slice(None)))
+                out = torch.empty(rows.shape, dtype=dtype)
+                for s in range(0, len(rows), PIECE_ROWS):
+                    self._transform(k, rows[s : s + PIECE_ROWS], out[s : s + PIECE_ROWS])
+                self._ready[(si, lv)] = out
+                src.levels[lv].data = None
+        self._ready_dtype = dtype
+
+    def _teacher_of(self) -> dict[int, int]:
+        """{source index: its teacher's index} of every source an item uses."""
+        return {s: ti for parts in self.items.values() for _, srcs, _ in parts
+                for ti, s in enumerate(srcs)}  # fmt: skip
+
     # -- reading
     def draw(self, ids, max_patches=None, rng=None) -> list[np.ndarray | None]:
         """Per item: sorted random rows when it is larger than ``max_patches`` (and an ``rng``
@@ -402,15 +434,27 @@ class FeatureStore:
         on_cpu = device.type == "cpu"
         out = self._buffer(k, (total, self.dims[k]), dtype if on_cpu else torch.float16, slot,
                            pin=not on_cpu)  # fmt: skip
-        sc, e = self.standardizer, 0
+        if self._ready_dtype is not None:
+            if dtype != self._ready_dtype or not on_cpu:
+                raise ValueError(f"feature store prepared for {self._ready_dtype}, not {dtype}")
+            e = 0
+            for s, fr in segs:
+                rows = self._ready[(s, lv)]
+                n = fr.stop - fr.start if isinstance(fr, slice) else len(fr)
+                if isinstance(fr, slice):
+                    out[e : e + n] = rows[fr]
+                else:
+                    torch.index_select(rows, 0, torch.from_numpy(fr), out=out[e : e + n])
+                e += n
+            return out
+        e = 0
         for s, fr in segs:
             for piece in _pieces(fr):
                 x = torch.from_numpy(self.sources[s].take(lv, piece))
-                dst = out[e : e + len(x)]
-                if sc is not None and on_cpu:
-                    sc.apply(k, x, dst)
+                if on_cpu:
+                    self._transform(k, x, out[e : e + len(x)])
                 else:
-                    dst.copy_(x)
+                    out[e : e + len(x)].copy_(x)
                 e += len(x)
             # the file's pages leave this process (not the page cache) as soon as they are read:
             # what it holds is the batch, not the files the batch came from
@@ -418,7 +462,15 @@ class FeatureStore:
         if on_cpu:
             return out
         x = out.to(device, non_blocking=True)
+        sc = self.standardizer
         return (sc.apply(k, x) if sc is not None else x).to(dtype)
+
+    def _transform(self, k: str, x: torch.Tensor, dst: torch.Tensor) -> None:
+        """Raw rows ``x`` → ``dst`` (its dtype), standardised when the store has statistics."""
+        if self.standardizer is not None:
+            self.standardizer.apply(k, x, dst)
+        else:
+            dst.copy_(x)
 
     def _buffer(self, k, shape, dtype, slot, pin=False) -> torch.Tensor:
         """An uninitialised (rows, C) tensor: new, or the front of a kept buffer per key, dtype

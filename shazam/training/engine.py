@@ -109,7 +109,8 @@ class Engine:
 
     def prepare(self, train_ids: list[str]) -> None:
         """Once, before any batch: fit the standardisation on the training items' rows
-        (``cfg.standardize``); the store then applies it to every batch it gathers, in float32,
+        (``cfg.standardize``); the store then applies it to every batch it gathers (or, held in
+        memory, once to every row: :meth:`~shazam.stores.FeatureStore.prepare`), in float32,
         before the rows take the engine's dtype (so the offset that standardisation removes
         does not eat bf16's 8-bit mantissa)."""
         if self._prepared:
@@ -118,6 +119,7 @@ class Engine:
             from ..stores import standardize_store
 
             self.standardizer = standardize_store(self.store, train_ids)
+        self.store.prepare(self.dtype)  # a store in memory: transformed once, not per batch
         self._prepared = True
 
     # -- batches

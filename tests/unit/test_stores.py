@@ -252,3 +252,22 @@ def test_teachers_with_different_patches_keep_the_common_ones(tmp_path):
     assert store.size("c0") == 4
     assert torch.equal(feats["ta:high"], feats["tb:high"])
     assert feats["ta:high"][:, 0].tolist() == [512, 768, 1024, 1280]
+
+
+def test_a_store_in_memory_is_transformed_once_into_the_same_values(tmp_path):
+    sheet = write_cohort(tmp_path, 3, rows=700, dim=24)
+    ids = list(sheet["case_id"])
+    disk = FeatureStore.for_slides(sheet, ["ta"], ids, root=tmp_path)
+    mem = FeatureStore.for_slides(sheet, ["ta"], ids, root=tmp_path)
+    mem.cache("memory")
+    for st in (disk, mem):
+        standardize_store(st, ids[:2])
+        st.prepare(torch.bfloat16)
+    assert mem._ready and not disk._ready  # a store read from disk transforms batch by batch
+    assert all(lv.data is None for s in mem.sources for lv in s.levels.values())  # no 2nd copy
+    for picks in (None, 300):
+        a, _ = disk.batch(ids, picks, np.random.default_rng(0), dtype=torch.bfloat16)
+        b, _ = mem.batch(ids, picks, np.random.default_rng(0), dtype=torch.bfloat16)
+        assert torch.equal(a["ta:high"], b["ta:high"])
+    with pytest.raises(ValueError, match="prepared for torch.bfloat16"):
+        mem.batch(ids, dtype=torch.float32)
