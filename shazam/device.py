@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import time
 from pathlib import Path
@@ -103,3 +104,28 @@ def single_malloc_arena() -> bool:
         return bool(libc.mallopt(-8, 1))  # M_ARENA_MAX
     except (OSError, AttributeError):
         return False
+
+
+def available_memory() -> int:
+    """Bytes this process can still use: the kernel's ``MemAvailable``, or less when the
+    process's cgroup (a SLURM job, a container) has a lower limit."""
+    avail = math.inf
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    try:
+        with open("/proc/self/cgroup") as f:
+            rel = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
+        base = os.path.join("/sys/fs/cgroup", rel.lstrip("/"))
+        with open(os.path.join(base, "memory.max")) as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open(os.path.join(base, "memory.current")) as f:
+                avail = min(avail, int(limit) - int(f.read()))
+    except (OSError, StopIteration, ValueError):
+        pass
+    return int(avail)

@@ -144,12 +144,15 @@ def read_tile_features(path, levels=("high",)) -> tuple[dict, pd.DataFrame, dict
                 "including them"
             )
         feats = {lv: f[LEVEL_DATASET[lv]][:] for lv in levels}
-        rows = pd.DataFrame(
-            {
-                "image_id": f["image_ids"].asstr()[:],
-                "case_id": f["case_ids"].asstr()[:],
-                "y": f["labels"][:],
-            }
-        )
         attrs = dict(f.attrs)
-    return feats, rows, attrs
+    return feats, tile_rows(path), attrs
+
+
+def tile_rows(path) -> pd.DataFrame:
+    """The frame (``image_id``, ``case_id``, ``y``) of a tile feature file."""
+    try:
+        with h5py.File(path, "r") as f:
+            ids, cases = f["image_ids"].asstr()[:], f["case_ids"].asstr()[:]
+            return pd.DataFrame({"image_id": ids, "case_id": cases, "y": f["labels"][:]})
+    except (OSError, KeyError) as e:
+        raise FeatureFileError(os.fspath(path), f"not a readable tile feature file ({e})") from None

@@ -24,17 +24,15 @@ files are never rewritten and the training statistics never see test rows.
 
 from __future__ import annotations
 
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import h5py
 import numpy as np
-import pandas as pd
 import torch
 
 from . import layout
-from .formats import LEVEL_DATASET, FeatureFileError
+from .device import available_memory
+from .formats import LEVEL_DATASET, FeatureFileError, tile_rows
 from .mapped import ArrayRows, FeatureFileRows
 from .tasks import TaskSpec
 
@@ -429,14 +427,14 @@ class FeatureStore:
 
     def _read(self, k, lv, segs, total, device, dtype, slot) -> torch.Tensor:
         """One key's rows of ``segs`` → (total, C) in ``dtype`` on ``device``, standardised.
-        On the CPU each piece is converted straight into the output; on a GPU the float16
-        rows go over (pinned) and are converted there."""
+        Rows transformed beforehand (:meth:`prepare`) are gathered as they are. Otherwise, on
+        the CPU, each piece is converted straight into the output; on a GPU the float16 rows go
+        over (pinned) and are converted there."""
         on_cpu = device.type == "cpu"
-        out = self._buffer(k, (total, self.dims[k]), dtype if on_cpu else torch.float16, slot,
-                           pin=not on_cpu)  # fmt: skip
-        if self._ready_dtype is not None:
-            if dtype != self._ready_dtype or not on_cpu:
+        if self._ready_dtype is not None:  # rows transformed once (prepare): a plain gather
+            if dtype != self._ready_dtype:
                 raise ValueError(f"feature store prepared for {self._ready_dtype}, not {dtype}")
+            out = self._buffer(k, (total, self.dims[k]), dtype, slot, pin=not on_cpu)
             e = 0
             for s, fr in segs:
                 rows = self._ready[(s, lv)]
@@ -446,7 +444,9 @@ class FeatureStore:
                 else:
                     torch.index_select(rows, 0, torch.from_numpy(fr), out=out[e : e + n])
                 e += n
-            return out
+            return out if on_cpu else out.to(device, non_blocking=True)
+        out = self._buffer(k, (total, self.dims[k]), dtype if on_cpu else torch.float16, slot,
+                           pin=not on_cpu)  # fmt: skip
         e = 0
         for s, fr in segs:
             for piece in _pieces(fr):
@@ -547,38 +547,3 @@ def _align(coords: dict[str, np.ndarray]) -> tuple[int, tuple]:
     common = [tuple(xy) for xy in first.tolist() if all(tuple(xy) in index[t] for t in teachers)]
     rows = tuple(np.asarray([index[t][c] for c in common], dtype=np.int64) for t in teachers)
     return len(common), rows
-
-
-def tile_rows(path) -> pd.DataFrame:
-    """The frame (``image_id``, ``case_id``, ``y``) of a tile feature file."""
-    try:
-        with h5py.File(path, "r") as f:
-            ids, cases = f["image_ids"].asstr()[:], f["case_ids"].asstr()[:]
-            return pd.DataFrame({"image_id": ids, "case_id": cases, "y": f["labels"][:]})
-    except (OSError, KeyError) as e:
-        raise FeatureFileError(os.fspath(path), f"not a readable tile feature file ({e})") from None
-
-
-def available_memory() -> int:
-    """Bytes this process can still use: the kernel's ``MemAvailable``, or less when the
-    process's cgroup (a SLURM job, a container) has a lower limit."""
-    avail = math.inf
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-    except OSError:
-        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    try:
-        with open("/proc/self/cgroup") as f:
-            rel = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
-        base = os.path.join("/sys/fs/cgroup", rel.lstrip("/"))
-        with open(os.path.join(base, "memory.max")) as f:
-            limit = f.read().strip()
-        if limit != "max":
-            with open(os.path.join(base, "memory.current")) as f:
-                avail = min(avail, int(limit) - int(f.read()))
-    except (OSError, StopIteration, ValueError):
-        pass
-    return int(avail)
