@@ -16,7 +16,8 @@ For each size in ``--cases``, ONE ``shazam train --model shazam`` process (this 
 package it imports) trains one epoch with the default training settings otherwise (batch_bags
 8, accumulate 8, max_patches 4096, the ``shazam`` section's defaults: all three levels), on
 ``--threads`` torch threads. The child reports its own peak RSS
-(``getrusage(RUSAGE_SELF).ru_maxrss`` at exit: that process only, not a max over children) and
+(``VmHWM``, :func:`shazam.device.peak_rss`, at exit: that process's own address space; its
+``ru_maxrss`` would include this script's peak, folded in at ``exec``) and
 which ``shazam`` it imported; its wall time is taken here and its epoch time from the model's
 ``history.csv``. Before every run the cohort's files are read once to ``/dev/null`` (untimed),
 so the page cache is warm and disk speed is not what is measured.
@@ -66,16 +67,17 @@ BAR_GROWTH, BAR_FRACTION, BAR_CACHE = 1.25, 0.5, 1.25
 
 # runs `shazam` in this process and reports its own peak RSS and the package it imported
 CHILD = """\
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 import shazam
 from shazam.cli import main
+from shazam.device import peak_rss
 rc = 1
 try:
     rc = main(sys.argv[2:]) or 0
 finally:
     with open(sys.argv[1], "w") as f:
-        json.dump({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        json.dump({"maxrss_kb": peak_rss() // 1024,
                    "shazam_file": shazam.__file__, "rc": rc,
                    "seconds": time.perf_counter() - t0}, f)
 sys.exit(rc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -129,3 +130,21 @@ def available_memory() -> int:
     except (OSError, StopIteration, ValueError):
         pass
     return int(avail)
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes: ``VmHWM`` of its own address space.
+    (``getrusage``'s ``ru_maxrss`` is not that: Linux folds the peak of the address space a
+    process had before ``exec`` — its parent's, after ``vfork`` — into it, so a child of a large
+    process reports the parent's peak.)"""
+    import resource
+
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024

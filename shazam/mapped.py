@@ -4,11 +4,11 @@ A feature file's datasets are written contiguous and uncompressed (:mod:`shazam.
 level is a plain (N, C) array at a byte offset that h5py reports: :class:`FeatureFileRows` maps
 the file read-only (``mmap``) and numpy reads exactly the rows asked for. The pages come from
 the OS page cache, so every job on a node that reads the same file shares one copy, and a job's
-own memory is what it copies out. After a batch, :meth:`FeatureFileRows.release` drops the
-job's page-table entries of the file (``MADV_DONTNEED``: the page cache keeps the pages, the
-job's RSS stops counting them), so a process that reads a 290 GB cohort does not appear to hold
-it. A dataset that is chunked or compressed (files written by other tools) is read through
-h5py instead, with the same interface; :meth:`load` reads the levels into memory
+own memory is what it copies out. As soon as rows are read, :meth:`FeatureFileRows.release`
+drops the job's page-table entries of the file (``MADV_DONTNEED``: the page cache keeps the
+pages, the job's RSS stops counting them), so a process that reads a 290 GB cohort does not
+appear to hold it. A dataset that is chunked or compressed (files written by other tools) is
+read through h5py instead, with the same interface; :meth:`load` reads the levels into memory
 (``training.cache: memory``).
 
 Open mappings are kept in one least-recently-used table (:class:`_Maps`) whose size stays far
@@ -182,6 +182,8 @@ class FeatureFileRows(ArrayRows):
         MAPS.close(self.path)
 
     def release(self) -> None:
+        """Drop this process's pages of the file (whole: the kernel maps pages around each
+        fault, beyond the rows read, so releasing only their span leaves some behind)."""
         MAPS.release(self.path)
 
     def readahead(self) -> None:

@@ -295,7 +295,8 @@ class FeatureStore:
             for s in self.sources:
                 s.load()
         self.cache_mode = mode
-        return f"features: {need / 2**30:.2f} GiB read from {mode} ({why})"
+        size = f"{need / 2**30:.2f} GiB" if need >= 2**30 else f"{need / 2**20:.1f} MiB"
+        return f"features: {size} read from {mode} ({why})"
 
     def prepare(self, dtype: torch.dtype) -> None:
         """For an engine that computes in a 16-bit ``dtype``, on a store held in memory:
@@ -387,8 +388,8 @@ class FeatureStore:
         for a model's ``forward_chunks``), each prepared while the caller uses the last."""
         n = self.size(item)
         plan = [([item], [np.arange(s, min(s + rows, n))]) for s in range(0, n, rows)]
-        for feats, _ in self.batches(plan, device, dtype, reuse=False):
-            yield feats
+        for feats, _ in self.batches(plan, device, dtype):  # the caller is done with a chunk
+            yield feats  # when it asks for the next: reused buffers
 
     def gather(self, ids, picks, device="cpu", dtype=torch.float32, slot=None):
         """The batch of ``ids`` with the rows ``picks`` (from :meth:`draw`)."""
@@ -449,16 +450,17 @@ class FeatureStore:
                            pin=not on_cpu)  # fmt: skip
         e = 0
         for s, fr in segs:
+            src = self.sources[s]
             for piece in _pieces(fr):
-                x = torch.from_numpy(self.sources[s].take(lv, piece))
+                x = torch.from_numpy(src.take(lv, piece))
+                # the file's pages leave this process (not the page cache) as soon as they are
+                # read: what it holds is the batch, not the files the batch came from
+                src.release()
                 if on_cpu:
                     self._transform(k, x, out[e : e + len(x)])
                 else:
                     out[e : e + len(x)].copy_(x)
                 e += len(x)
-            # the file's pages leave this process (not the page cache) as soon as they are read:
-            # what it holds is the batch, not the files the batch came from
-            self.sources[s].release()
         if on_cpu:
             return out
         x = out.to(device, non_blocking=True)
@@ -493,8 +495,9 @@ class FeatureStore:
         for i in ids:
             for s, fr in self._segments([i], [None], ti):
                 for piece in _pieces(fr):
-                    yield torch.from_numpy(self.sources[s].take(lv, piece))
-                self.sources[s].release()
+                    x = self.sources[s].take(lv, piece)
+                    self.sources[s].release()
+                    yield torch.from_numpy(x)
 
 
 def _index(rows) -> np.ndarray:

@@ -93,8 +93,9 @@ def test_large_bags_are_streamed_at_evaluation_with_the_same_outputs(tmp_path):
 
 
 RSS_PROBE = """
-import resource, sys
+import sys
 import numpy as np, pandas as pd, torch
+from shazam.device import peak_rss
 from shazam.stores import FeatureStore, standardize_store
 sheet = pd.read_csv(sys.argv[1])
 ids = list(sheet["case_id"])
@@ -107,7 +108,7 @@ for _ in range(2):  # two epochs of training batches, then whole bags
         assert feats["ta:high"].shape[0] == mask.sum()
 for feats, mask in store.batches([(ids[i : i + 4], [None] * 4) for i in range(0, len(ids), 4)]):
     pass
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(peak_rss())  # VmHWM: ru_maxrss would carry the pytest process's peak
 """
 
 
