@@ -315,8 +315,9 @@ class FeatureStore:
         for si, ti in self._teacher_of().items():
             src = self.sources[si]
             for lv in self.levels:
-                k, rows = key(self.teachers[ti], lv), torch.from_numpy(src.take(lv, slice(None)))
-                out = torch.empty(rows.shape, dtype=dtype)
+                data = src.levels[lv].data  # in memory (cache: memory): no copy of it
+                rows = torch.from_numpy(data if data.flags.writeable else data.copy())
+                k, out = key(self.teachers[ti], lv), torch.empty(data.shape, dtype=dtype)
                 for s in range(0, len(rows), PIECE_ROWS):
                     self._transform(k, rows[s : s + PIECE_ROWS], out[s : s + PIECE_ROWS])
                 self._ready[(si, lv)] = out
