@@ -103,8 +103,8 @@ class ArrayRows:
                        arrays.items()}  # fmt: skip
         self.n = int(next(iter(arrays.values())).shape[0])
 
-    def take(self, level: str, rows, out: np.ndarray | None = None) -> np.ndarray:
-        return _take(self.levels[level].data, rows, out)
+    def take(self, level: str, rows) -> np.ndarray:
+        return _take(self.levels[level].data, rows)
 
     def nbytes(self, levels) -> int:
         return sum(self.levels[lv].nbytes for lv in levels)
@@ -158,18 +158,17 @@ class FeatureFileRows(ArrayRows):
                 self.path, f"{', '.join(bad)} features do not match its {self.n} rows"
             )
 
-    def take(self, level: str, rows, out: np.ndarray | None = None) -> np.ndarray:
-        """The rows ``rows`` (an index array or a slice) of one level, into ``out`` (of the
-        level's dtype, as many rows) or a new array."""
+    def take(self, level: str, rows) -> np.ndarray:
+        """The rows ``rows`` (an index array or a slice) of one level, as a new array."""
         lv = self.levels[level]
         if lv.data is not None:
-            return _take(lv.data, rows, out)
+            return _take(lv.data, rows)
         if lv.offset is None:  # chunked or compressed: h5py reads (increasing rows only)
-            return _take(_h5_take(self.path, lv.name, rows), slice(None), out)
+            return _h5_take(self.path, lv.name, rows)
         with MAPS.lock:
             mm = MAPS.get(self.path)
             view = np.frombuffer(mm, lv.dtype, lv.shape[0] * lv.shape[1], lv.offset)
-            out = _take(view.reshape(lv.shape), rows, out)
+            out = _take(view.reshape(lv.shape), rows)
             del view
         return out
 
@@ -194,14 +193,9 @@ class FeatureFileRows(ArrayRows):
             MAPS.willneed(self.path, spans)
 
 
-def _take(a: np.ndarray, rows, out: np.ndarray | None) -> np.ndarray:
-    """``a[rows]`` as a new array (never a view of ``a``), or written into ``out``."""
-    if isinstance(rows, slice):
-        if out is None:
-            return a[rows].copy()
-        np.copyto(out, a[rows])
-        return out
-    return np.take(a, rows, axis=0, out=out)
+def _take(a: np.ndarray, rows) -> np.ndarray:
+    """``a[rows]`` as a new array, never a view of ``a`` (a mapped file's pages)."""
+    return a[rows].copy() if isinstance(rows, slice) else np.take(a, rows, axis=0)
 
 
 def _level(path: str, d: h5py.Dataset, size: int) -> Level:
