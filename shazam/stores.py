@@ -446,7 +446,7 @@ class FeatureStore:
                 else:
                     torch.index_select(rows, 0, torch.from_numpy(fr), out=out[e : e + n])
                 e += n
-            return out if on_cpu else out.to(device, non_blocking=True)
+            return out if on_cpu else out.to(device)  # a synchronous copy: see below
         out = self._buffer(k, (total, self.dims[k]), dtype if on_cpu else torch.float16, slot,
                            pin=not on_cpu)  # fmt: skip
         e = 0
@@ -464,9 +464,15 @@ class FeatureStore:
                 e += len(x)
         if on_cpu:
             return out
-        x = out.to(device, non_blocking=True)
-        sc = self.standardizer
-        return (sc.apply(k, x) if sc is not None else x).to(dtype)
+        # synchronous: the pinned buffer is refilled two batches later, and an asynchronous
+        # copy could still be queued behind the GPU's work by then (this runs in the
+        # background thread, so the wait costs the model nothing)
+        x = out.to(device)
+        if self.standardizer is None:
+            return x.to(dtype)
+        y = torch.empty(x.shape, dtype=dtype, device=device)
+        self.standardizer.apply(k, x, y)  # float32, then one rounding into dtype
+        return y
 
     def _transform(self, k: str, x: torch.Tensor, dst: torch.Tensor) -> None:
         """Raw rows ``x`` → ``dst`` (its dtype), standardised when the store has statistics."""

@@ -272,3 +272,20 @@ def test_a_store_in_memory_is_transformed_once_into_the_same_values(tmp_path):
         assert torch.equal(a["ta:high"], b["ta:high"])
     with pytest.raises(ValueError, match="prepared for torch.bfloat16"):
         mem.batch(ids, dtype=torch.float32)
+
+
+def test_the_accelerator_path_runs_on_the_meta_device(tmp_path):
+    """No GPU in CI: the meta device takes the same path (float16 rows gathered on the host,
+    copied over, standardised there), which checks its shapes, dtypes and buffers."""
+    sheet = write_cohort(tmp_path, 3, rows=700, dim=24)
+    ids = list(sheet["case_id"])
+    disk = FeatureStore.for_slides(sheet, ["ta"], ids, root=tmp_path)
+    mem = FeatureStore.for_slides(sheet, ["ta"], ids, root=tmp_path)
+    mem.cache("memory")
+    for st in (disk, mem):
+        standardize_store(st, ids)
+        st.prepare(torch.bfloat16)
+        plan = [(ids, st.draw(ids, 100, np.random.default_rng(0))), (ids[:1], [None])]
+        got = [(b["ta:high"], m) for b, m in st.batches(plan, "meta", torch.bfloat16)]
+        assert [x.shape for x, _ in got] == [(300, 24), (700, 24)]
+        assert all(x.dtype == torch.bfloat16 and x.is_meta and m.is_meta for x, m in got)
