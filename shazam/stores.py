@@ -367,7 +367,8 @@ class FeatureStore:
 
         def work(i):
             if i < len(plan):
-                self.readahead(*plan[i])
+                if self.cache_mode == "disk":  # nothing to read ahead from memory
+                    self.readahead(*plan[i])
                 return self.gather(*plan[i], device, dtype, slot(i)) if ahead else None
 
         with ThreadPoolExecutor(1, thread_name_prefix="shazam-batch") as pool:

@@ -255,15 +255,22 @@ def test_teachers_with_different_patches_keep_the_common_ones(tmp_path):
     assert feats["ta:high"][:, 0].tolist() == [512, 768, 1024, 1280]
 
 
-def test_a_store_in_memory_is_transformed_once_into_the_same_values(tmp_path):
+def prepared_stores(tmp_path, train=2):
+    """(ids, a store read from disk, one held in memory) over 3 cases of 700 rows, both
+    standardised on the first ``train`` cases and prepared for bf16."""
     sheet = write_cohort(tmp_path, 3, rows=700, dim=24)
     ids = list(sheet["case_id"])
     disk = FeatureStore.for_slides(sheet, ["ta"], ids, root=tmp_path)
     mem = FeatureStore.for_slides(sheet, ["ta"], ids, root=tmp_path)
     mem.cache("memory")
     for st in (disk, mem):
-        standardize_store(st, ids[:2])
+        standardize_store(st, ids[:train])
         st.prepare(torch.bfloat16)
+    return ids, disk, mem
+
+
+def test_a_store_in_memory_is_transformed_once_into_the_same_values(tmp_path):
+    ids, disk, mem = prepared_stores(tmp_path)
     assert mem._ready and not disk._ready  # a store read from disk transforms batch by batch
     assert all(lv.data is None for s in mem.sources for lv in s.levels.values())  # no 2nd copy
     for picks in (None, 300):
@@ -277,14 +284,8 @@ def test_a_store_in_memory_is_transformed_once_into_the_same_values(tmp_path):
 def test_the_accelerator_path_runs_on_the_meta_device(tmp_path):
     """No GPU in CI: the meta device takes the same path (float16 rows gathered on the host,
     copied over, standardised there), which checks its shapes, dtypes and buffers."""
-    sheet = write_cohort(tmp_path, 3, rows=700, dim=24)
-    ids = list(sheet["case_id"])
-    disk = FeatureStore.for_slides(sheet, ["ta"], ids, root=tmp_path)
-    mem = FeatureStore.for_slides(sheet, ["ta"], ids, root=tmp_path)
-    mem.cache("memory")
+    ids, disk, mem = prepared_stores(tmp_path, train=3)
     for st in (disk, mem):
-        standardize_store(st, ids)
-        st.prepare(torch.bfloat16)
         plan = [(ids, st.draw(ids, 100, np.random.default_rng(0))), (ids[:1], [None])]
         got = [(b["ta:high"], m) for b, m in st.batches(plan, "meta", torch.bfloat16)]
         assert [x.shape for x, _ in got] == [(300, 24), (700, 24)]
