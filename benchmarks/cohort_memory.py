@@ -26,6 +26,13 @@ The training setting ``cache`` (auto | memory | disk) goes in the ``--train`` JS
 does not know it ignores it: ``TrainConfig.from_dict`` keeps known keys). The smaller sizes run
 with ``cache: disk``; the largest runs once per ``--cache-modes`` entry.
 
+``--device`` (cpu | cuda | cuda:N) sets ``training.device`` (unset: the default, ``auto``: a GPU
+when there is one); ``--epochs`` (default 1) trains more epochs, so that the disk and memory runs
+of the largest size can be compared on what they select: with both, the selected epoch, the
+validation history and the test predictions of the two runs are compared (they must agree; on a
+GPU to float tolerance: cuBLAS sums in its own order). When the child used CUDA it also reports
+its peak GPU memory (``torch.cuda.max_memory_allocated``/``_reserved``).
+
 Bars: RSS(largest) / RSS(smallest) ≤ 1.25; RSS(largest) ≤ 0.5 × the largest cohort's feature
 bytes (both on the ``disk`` run); epoch(disk) / epoch(memory) ≤ 1.25 at the largest size.
 
@@ -76,10 +83,16 @@ rc = 1
 try:
     rc = main(sys.argv[2:]) or 0
 finally:
+    torch = sys.modules.get("torch")
+    gpu = {}
+    if torch is not None and torch.cuda.is_initialized():
+        gpu = {"gpu_max_allocated": torch.cuda.max_memory_allocated(),
+               "gpu_max_reserved": torch.cuda.max_memory_reserved(),
+               "gpu_name": torch.cuda.get_device_name()}
     with open(sys.argv[1], "w") as f:
         json.dump({"maxrss_kb": peak_rss() // 1024,
                    "shazam_file": shazam.__file__, "rc": rc,
-                   "seconds": time.perf_counter() - t0}, f)
+                   "seconds": time.perf_counter() - t0, **gpu}, f)
 sys.exit(rc)
 """
 
@@ -229,13 +242,16 @@ def warm(files: list[str]) -> float:
 # --------------------------------------------------------------------------- one run
 
 
-def train_once(workdir: Path, tables: dict, cache: str, threads: int, timeout: float) -> dict:
+def train_once(workdir: Path, tables: dict, cache: str, threads: int, timeout: float,
+               epochs: int = 1, device: str | None = None) -> dict:  # fmt: skip
     n = len(tables["files"]) // len(TEACHERS)
     run_dir = workdir / "runs" / f"n{n}_{cache}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     stats = run_dir / "child.json"
-    train = {"epochs": 1, "cache": cache}
+    train = {"epochs": epochs, "cache": cache}
+    if device:
+        train["device"] = device
     cmd = [sys.executable, "-c", CHILD, str(stats), "train", "--model", "shazam",
            "--spec", tables["spec"], "--train", json.dumps(train),
            "--fold-csv", str(tables["dir"] / "fold_0.csv"),
@@ -255,7 +271,10 @@ def train_once(workdir: Path, tables: dict, cache: str, threads: int, timeout: f
         tail = (run_dir / "train.log").read_text()[-3000:]
         sys.exit(f"n={n} cache={cache}: shazam train failed (rc {p.returncode}):\n{tail}")
     child = json.loads(stats.read_text())
-    hist = pd.read_csv(run_dir / "model" / "history.csv")
+    model = run_dir / "model"
+    hist = pd.read_csv(model / "history.csv")
+    metrics = json.loads((model / "metrics.json").read_text())
+    later = hist.loc[hist["epoch"] > 0, "seconds"]
     return {
         "cases": n,
         "patches": tables["patches"],
@@ -265,8 +284,37 @@ def train_once(workdir: Path, tables: dict, cache: str, threads: int, timeout: f
         "rss_fraction": child["maxrss_kb"] * 1024 / tables["feature_bytes"],
         "wall_s": wall,
         "epoch_s": float(hist.loc[hist["epoch"] == 0, "seconds"].iloc[0]),
+        "later_epoch_s": float(later.mean()) if len(later) else None,
+        "epochs": int(len(hist)),
+        "selected_epoch": metrics.get("selected_epoch"),
+        "device": json.loads((model / "config.json").read_text()).get("device"),
+        "peak_gpu_allocated_bytes": child.get("gpu_max_allocated"),
+        "peak_gpu_reserved_bytes": child.get("gpu_max_reserved"),
         "shazam": child["shazam_file"],
+        # not in the JSON: what two runs are compared on
+        "_history": hist,
+        "_predictions": pd.read_csv(model / "predictions.csv"),
     }
+
+
+def compare_runs(a: dict, b: dict) -> dict:
+    """Whether two runs of one cohort select the same epoch and predict the same: the largest
+    differences of their validation history and test predictions (numeric columns)."""
+
+    def gap(x: np.ndarray, y: np.ndarray) -> float:  # NaN in both (an undefined metric): equal
+        d = np.where(np.isnan(x) & np.isnan(y), 0.0, np.abs(x - y))
+        return float(np.where(np.isnan(d), np.inf, d).max()) if d.size else 0.0
+
+    cols = [c for c in a["_history"].columns if c.startswith("val_") or c == "train_loss"]
+    hist = gap(a["_history"][cols].to_numpy(float), b["_history"][cols].to_numpy(float))
+    pa, pb = a["_predictions"], b["_predictions"]
+    same_rows = list(pa.columns) == list(pb.columns) and len(pa) == len(pb)
+    num = [c for c in pa.select_dtypes("number").columns if c in pb.columns]
+    pred = gap(pa[num].to_numpy(float), pb[num].to_numpy(float)) if same_rows else np.inf
+    return {"same_selected_epoch": a["selected_epoch"] == b["selected_epoch"],
+            "selected_epoch": [a["selected_epoch"], b["selected_epoch"]],
+            "same_prediction_rows": same_rows,
+            "max_history_diff": hist, "max_prediction_diff": pred}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- main
@@ -279,6 +327,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-modes", nargs="+", default=["disk", "memory"],
                     help="training.cache values run at the largest size")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2, help="torch threads of each run")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs of each run")
+    ap.add_argument("--device", default=None,
+                    help="training.device (cpu | cuda | cuda:N; unset: auto)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/cohort_memory"))
     ap.add_argument("--keep", action="store_true", help="keep the work dir (cohort, runs)")
@@ -298,10 +349,16 @@ def main(argv=None) -> int:
                 w = warm(tables["files"])
                 print(f"n={n} cache={cache}: {tables['feature_bytes'] / 1e9:.2f} GB of features "
                       f"(warm-up read {w:.1f}s) ...", flush=True)  # fmt: skip
-                r = train_once(a.workdir, tables, cache, a.threads, a.timeout)
+                r = train_once(a.workdir, tables, cache, a.threads, a.timeout, a.epochs,
+                               a.device)  # fmt: skip
+                gpu = r["peak_gpu_allocated_bytes"]
                 print(
                     f"  peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB, wall {r['wall_s']:.1f}s, "
-                    f"epoch {r['epoch_s']:.1f}s (shazam from {r['shazam']})",
+                    f"epoch {r['epoch_s']:.1f}s"
+                    + (f", later epochs {r['later_epoch_s']:.2f}s" if r["later_epoch_s"] else "")
+                    + f" on {r['device']}"
+                    + (f", peak GPU memory {gpu / 1e9:.2f} GB" if gpu is not None else "")
+                    + f", selected epoch {r['selected_epoch']} (shazam from {r['shazam']})",
                     flush=True,
                 )
                 runs.append(r)
@@ -327,9 +384,15 @@ def main(argv=None) -> int:
         f"rss({hi})/feature_bytes({hi})": (big["rss_fraction"], BAR_FRACTION),
     }
     disk, mem = run_of(hi, "disk"), run_of(hi, "memory")
+    same = None
     if disk and mem:
         bars[f"epoch disk/memory ({hi})"] = (disk["epoch_s"] / mem["epoch_s"], BAR_CACHE)
         bars[f"wall disk/memory ({hi}, no bar)"] = (disk["wall_s"] / mem["wall_s"], None)
+        same = compare_runs(disk, mem)
+        print(f"\ndisk vs memory at {hi} cases ({a.epochs} epoch(s)): selected epoch "
+              f"{same['selected_epoch'][0]} vs {same['selected_epoch'][1]}, largest difference "
+              f"of the history {same['max_history_diff']:.2e}, of the test predictions "
+              f"{same['max_prediction_diff']:.2e}")  # fmt: skip
     print()
     for name, (v, bar) in bars.items():
         verdict = "" if bar is None else f" <= {bar}: {'pass' if v <= bar else 'FAIL'}"
@@ -337,7 +400,9 @@ def main(argv=None) -> int:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
-        "generation_s": gen_s, "runs": runs,
+        "generation_s": gen_s,
+        "runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs],
+        "disk_vs_memory": same,
         "bars": {k: {"value": v, "bar": b, "pass": None if b is None else v <= b}
                  for k, (v, b) in bars.items()},
     }, indent=1))  # fmt: skip

@@ -10,6 +10,10 @@ the bag once with ``Engine.predict`` — ``streamed`` with the default ``eval_ro
 so that the bag is one batch. The process reports its peak RSS (``VmHWM``:
 :func:`shazam.device.peak_rss`) and the seconds of the prediction; the two logits must agree.
 
+``--device`` (cpu | cuda | cuda:N) sets the engine's device (unset: ``auto``, a GPU when there
+is one); a process that used CUDA also reports its peak GPU memory
+(``torch.cuda.max_memory_allocated``).
+
 Last line: ``RESULT large_bag_memory_ratio <whole / streamed peak RSS> x``.
 """
 
@@ -36,22 +40,27 @@ from shazam.models import registry
 from shazam.stores import FeatureStore
 from shazam.tasks import TaskSpec
 from shazam.training import Engine, Targets, TrainConfig
-root, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+root, mode, n, device = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 torch.set_num_threads(2)
 sheet = pd.DataFrame({"slide_id": ["s0"], "case_id": ["c0"]})
 store = FeatureStore.for_slides(sheet, ["virchow2", "uni2_h"], ["c0"], ("low", "mid", "high"), root)
 spec = TaskSpec("bag", "classification", "-", classes=("A", "B"), folds=2)
 cases = pd.DataFrame({"y": [0]}, index=pd.Index(["c0"], name="case_id"))
-cfg = TrainConfig() if mode == "streamed" else TrainConfig(batch_bags=1, max_patches=n)
+cfg = TrainConfig(device=device) if mode == "streamed" else TrainConfig(
+    batch_bags=1, max_patches=n, device=device)
 torch.manual_seed(0)
 net = registry.build("shazam", store.dims, 2, ["virchow2", "uni2_h"])
 eng = Engine(net, spec, store, Targets(spec, cases), cfg)
 eng.prepare(["c0"])
 t = time.perf_counter()
 out = eng.predict(["c0"])
-print(json.dumps({"seconds": time.perf_counter() - t, "logits": out["logits"].tolist(),
-                  "maxrss": peak_rss(),
-                  "streamed": bool(eng._eval_batches(["c0"])[1])}))
+seconds = time.perf_counter() - t
+gpu = {}
+if torch.cuda.is_initialized():
+    gpu = {"gpu_max_allocated": torch.cuda.max_memory_allocated()}
+print(json.dumps({"seconds": seconds, "logits": out["logits"].tolist(),
+                  "maxrss": peak_rss(), "device": str(eng.device),
+                  "streamed": bool(eng._eval_batches(["c0"])[1]), **gpu}))
 """
 
 
@@ -77,22 +86,33 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patches", type=int, default=150_000)
     ap.add_argument("--workdir", default="/tmp/large_bag")
+    ap.add_argument("--device", default="auto", help="cpu | cuda | cuda:N (auto: a GPU if any)")
+    ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args(argv)
     root = Path(a.workdir)
     size = write_bag(root, a.patches)
     print(f"one slide of {a.patches:,} patches: {size / 1e9:.2f} GB of features", flush=True)
     res = {}
     for mode in ("streamed", "whole"):
-        p = subprocess.run([sys.executable, "-c", CHILD, str(root), mode, str(a.patches)],
-                           capture_output=True, text=True, check=True)  # fmt: skip
+        p = subprocess.run([sys.executable, "-c", CHILD, str(root), mode, str(a.patches),
+                            a.device], capture_output=True, text=True)  # fmt: skip
+        if p.returncode != 0:
+            sys.exit(f"{mode} failed (rc {p.returncode}):\n{p.stderr[-3000:]}")
         res[mode] = json.loads(p.stdout.strip().splitlines()[-1])
         r = res[mode]
-        print(f"  {mode:8s}: peak RSS {r['maxrss'] / 1e9:.2f} GB, predict {r['seconds']:.1f} s "
-              f"(chunked: {r['streamed']})", flush=True)  # fmt: skip
+        gpu = r.get("gpu_max_allocated")
+        print(f"  {mode:8s}: peak RSS {r['maxrss'] / 1e9:.2f} GB, predict {r['seconds']:.2f} s "
+              f"on {r['device']}" + (f", peak GPU memory {gpu / 1e9:.2f} GB" if gpu else "")
+              + f" (chunked: {r['streamed']})", flush=True)  # fmt: skip
     gap = np.abs(np.subtract(res["streamed"]["logits"], res["whole"]["logits"])).max()
     print(f"max |logit difference| {gap:.2e} (bf16 autocast)")
     print(pd.DataFrame(res).T[["maxrss", "seconds"]].to_string())
     ratio = res["whole"]["maxrss"] / res["streamed"]["maxrss"]
+    if a.json:
+        out = {m: {k: v for k, v in r.items() if k != "logits"} for m, r in res.items()}
+        out.update(patches=a.patches, feature_bytes=size, max_logit_diff=float(gap),
+                   rss_ratio=ratio)  # fmt: skip
+        Path(a.json).write_text(json.dumps(out, indent=1))
     print(f"RESULT large_bag_memory_ratio {ratio:.2f} x")
     return 0
 
