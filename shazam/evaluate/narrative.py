@@ -7,7 +7,7 @@ survival); the sections read those instead of branching on the kind of task.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -108,6 +108,21 @@ class ReportContext:
     singles: list[str]
     cfg: EvalConfig
     settings: dict
+    seeds: list[int] = field(default_factory=list)  # training seeds (one repetition each)
+
+    @property
+    def n_repeats(self) -> int:
+        return max(len(self.seeds), 1)
+
+    @property
+    def design(self) -> str:
+        """The resampling design, as the report names it."""
+        k = self.spec.n_folds
+        one = f"{k}-fold cross-validation" if k > 1 else "the dataset's own train/val/test split"
+        if self.n_repeats == 1:
+            return one
+        how = "repeated" if k > 1 and not self.spec.splits else "the same split(s) trained"
+        return f"{one}, {how} with {self.n_repeats} seeds ({k * self.n_repeats} runs)"
 
     @property
     def words(self) -> Wording:
@@ -155,11 +170,7 @@ def question(ctx: ReportContext, doc: Doc) -> None:
     spec, w = ctx.spec, ctx.words
     classes = " vs ".join(spec.classes)
     what = w.what.format(predicting=ctx.outcome.predicting.format(classes=classes), classes=classes)
-    design = (
-        f"{spec.n_folds}-fold cross-validation"
-        if spec.n_folds > 1
-        else "the dataset's own train/val/test split"
-    )
+    design = ctx.design
     doc.h(1, f"Task {spec.name}: does the distilled student beat the best single foundation model?")
     doc.p(
         f"**Question.** For {what} ({ctx.counted}, {design}), is {w.student_is}, distilled from "
@@ -212,31 +223,85 @@ def _answer_lines(ctx: ReportContext) -> list[str]:
             "the table of missing metrics below."
         ]
     lines = [
-        f"**{ctx.words.student_shown}** reaches pooled out-of-fold {label} "
-        f"{_estimate(ctx, student)}; the best single teacher chosen on validation, **{p.b}**, "
-        f"reaches {_estimate(ctx, p.b)}.",
-        f"Mean per-fold Δ = **{_signed(p.mean)}** (paired bootstrap 95% CI "
-        f"{_signed(p.ci_low)} to {_signed(p.ci_high)}; Wilcoxon signed-rank p = "
-        f"{_fmt(p.wilcoxon_p, 'wilcoxon_p')}): {_verdict(p)}.",
+        f"**{ctx.words.student_shown}** ({_params(p.params[0])}) reaches pooled out-of-fold "
+        f"{label} {_estimate(ctx, student)}; the best single teacher chosen on validation, "
+        f"**{p.b}** ({_params(p.params[1])}), reaches {_estimate(ctx, p.b)}.",
+        f"Mean Δ = **{_signed(p.mean)}** ({_interval(ctx, p)}): {_verdict(p, ctx)}.",
+        _coverage(ctx, p),
     ]
-    if len(ctx.pairs) > 1:
-        o = ctx.pairs[1]
+    for o in ctx.pairs[1:]:
         lines.append(
-            f"Against the best single teacher on test (**{o.b}**, an optimistic oracle choice): "
-            f"Δ = {_signed(o.mean)} (95% CI {_signed(o.ci_low)} to {_signed(o.ci_high)})."
+            f"Against {_against(o)} (**{o.b}**, {_params(o.params[1])}): Δ = "
+            f"{_signed(o.mean)} ({_interval(ctx, o)}): {_verdict(o, ctx)}."
         )
     return lines
 
 
-def _verdict(p: Paired) -> str:
+def _params(n) -> str:
+    n = _none(n)
+    return "parameters not recorded" if n is None else f"{int(n):,} parameters"
+
+
+def _against(p: Paired) -> str:
+    """A control's role, as the answer names it."""
+    if "oracle" in p.label:
+        return "the best single teacher on test (an optimistic oracle choice)"
+    return p.label.split(",")[0]
+
+
+def _interval(ctx: ReportContext, p: Paired) -> str:
+    """The verdict's interval: corrected over runs, or the case bootstrap of a single run."""
+    c, level = p.corrected, int(ctx.cfg.level * 100)
+    if c is not None and c.low is not None:
+        return (
+            f"{level}% CI {_signed(c.low)} to {_signed(c.high)} over {c.runs} runs, corrected "
+            f"resampled t-test p = {_fmt(c.p, 'corrected_p')}"
+        )
+    return (
+        f"paired case bootstrap {level}% CI {_signed(p.ci_low)} to {_signed(p.ci_high)}; "
+        "one run, so no test over runs"
+    )
+
+
+def _coverage(ctx: ReportContext, p: Paired) -> str:
+    """What the verdict's interval covers, in words, with the numbers of runs and cases."""
+    c, k, r = p.corrected, ctx.spec.n_folds, ctx.n_repeats
+    runs = c.runs if c is not None else k * r
+    head = f"The verdict uses all {runs} runs ({r} seed(s) × {k} fold(s)) on {ctx.n_cases} cases. "
+    if c is None or c.low is None:
+        return head + (
+            "With a single run the interval holds the trained models fixed: it covers which "
+            "test cases were drawn, not the training set or the seed."
+        )
+    covers = "the variation of the test cases, the training sets and the training seed across runs"
+    if r == 1:
+        return head + (
+            f"One training seed and one cross-validation: the interval covers {covers} of "
+            "these folds (Nadeau–Bengio's variance correction for overlapping training sets), "
+            "not another seed or another split; give `training.seeds` several seeds for a "
+            "verdict over repeated runs. The paired case bootstrap (table below) holds the "
+            "trained models fixed and is narrower."
+        )
+    same = " The folds are the same in every repetition (imported or dataset splits), so the "
+    same += "interval does not cover another split." if ctx.spec.splits else ""
+    return head + (
+        f"The interval covers {covers} (Nadeau–Bengio's corrected resampled t-test; its "
+        f"variance term adds the runs' test/train ratio {c.ratio:.2f} for their overlapping "
+        "training sets); the paired case bootstrap (table below) holds the trained models "
+        "fixed and is narrower." + (same if ctx.spec.splits else "")
+    )
+
+
+def _verdict(p: Paired, ctx: ReportContext | None = None) -> str:
+    level = int(ctx.cfg.level * 100) if ctx is not None else 95
     if not p.excludes_zero:
         return (
-            "the difference is **not distinguishable from 0**: its 95% CI includes 0 "
+            f"the difference is **not distinguishable from 0**: its {level}% CI includes 0 "
             "(no evidence either way at this cohort size)"
         )
     better = p.mean > 0 if p.metric not in LOWER_IS_BETTER else p.mean < 0
     return ("the student is **better**" if better else "the student is **worse**") + (
-        ": the 95% CI of the difference excludes 0"
+        f": the {level}% CI of the difference excludes 0"
     )
 
 
@@ -247,7 +312,12 @@ def results(ctx: ReportContext, doc: Doc) -> None:
     for name in ctx.runs:
         s = ctx.summary[ctx.summary["model"] == name].set_index("metric")
         what = registry.parse(name).describe(ctx.teachers, len(ctx.singles))
-        row = {"model": name, "what it is": what}
+        params = _none(s["params"].iloc[0]) if "params" in s else None
+        row = {
+            "model": name,
+            "what it is": what,
+            "parameters": "—" if params is None else f"{int(params):,}",
+        }
         for m in spec.record.scalars:
             r = s.loc[m]
             cell = f"{_fmt(_none(r['mean']), m)}"
@@ -259,7 +329,9 @@ def results(ctx: ReportContext, doc: Doc) -> None:
         rows.append(row)
     doc.table(pd.DataFrame(rows))
     doc.p(
-        f"Mean ± SD over the {spec.n_folds} test fold(s); in brackets the pooled out-of-fold "
+        f"Mean ± SD over the {spec.n_folds * ctx.n_repeats} test fold(s) ({ctx.design}); "
+        "parameters: trainable, of fold 0's model (late fusion: its single teachers' "
+        "together); in brackets the pooled out-of-fold "
         f"estimate with its case-level bootstrap {int(cfg.level * 100)}% CI ({cfg.n_boot} "
         f"resamples, seed {cfg.seed}{ctx.words.draw_note}). {ctx.outcome.lower_note}"
         "Full numbers: `summary.tsv` (per model and metric) and `per_fold.tsv` (per fold)."
@@ -272,10 +344,19 @@ def comparison(ctx: ReportContext, doc: Doc) -> None:
     cfg = ctx.cfg
     doc.h(2, "Paired comparison")
     rows = []
+    level = int(cfg.level * 100)
     for p in ctx.pairs:
+        c = p.corrected
         row = {"student − baseline": f"{p.a} − {p.b}", "baseline chosen as": p.label}
-        row.update({f"fold {k}": _signed(d) for k, d in enumerate(p.per_fold)})
-        row["mean Δ (95% CI)"] = f"{_signed(p.mean)} ({_signed(p.ci_low)} to {_signed(p.ci_high)})"
+        row["parameters"] = " vs ".join(_params(n).split(" ")[0] for n in p.params)
+        if len(p.per_fold) <= 10:
+            row.update({f"run {k}": _signed(d) for k, d in enumerate(p.per_fold)})
+        row["mean Δ"] = _signed(p.mean)
+        row[f"{level}% CI over runs (corrected t)"] = (
+            f"{_signed(c.low)} to {_signed(c.high)}" if c is not None and c.low is not None else "—"
+        )
+        row["corrected p"] = _fmt(c.p if c is not None else None, "corrected_p")
+        row[f"{level}% CI, case bootstrap"] = f"{_signed(p.ci_low)} to {_signed(p.ci_high)}"
         row["Wilcoxon p"] = _fmt(p.wilcoxon_p, "wilcoxon_p")
         rows.append(row)
     doc.table(pd.DataFrame(rows))
@@ -287,9 +368,15 @@ def comparison(ctx: ReportContext, doc: Doc) -> None:
         if p.n_valid < cfg.n_boot
     ]
     doc.p(
-        f"Δ of {ctx.label} on each test fold (same cases for both models). The CI "
-        f"resamples cases within each test fold ({cfg.n_boot} times, the same draw for both "
-        "models) and averages the per-fold Δ. " + (f"Note: {'; '.join(notes)}." if notes else "")
+        f"Δ of {ctx.label} on each run's test fold (same cases for both models; run = fold "
+        "file, fold j of seed r is run r·k + j). The verdict's interval is the corrected "
+        "resampled t over the runs (Nadeau & Bengio 2003): mean Δ ± t · √((1/J + n_test/"
+        "n_train) · s²), which covers the training sets and seeds as well as the test cases. "
+        f"The case bootstrap resamples cases within each test fold ({cfg.n_boot} times, the "
+        "same draw for both models) and averages the per-run Δ: it holds the trained models "
+        "fixed. Early and late fusion see every teacher, as the student does: they are the "
+        "controls for whether fusing the teachers helps. "
+        + (f"Note: {'; '.join(notes)}." if notes else "")
     )
 
 
@@ -333,6 +420,28 @@ def dataset(ctx: ReportContext, doc: Doc) -> None:
         )
     )
     doc.table(d)
+    dropped = _no_patches(ctx)
+    if dropped:
+        doc.p(
+            f"**Left out: {len(dropped)} case(s) without patches** (every slide of the case "
+            "was skipped as unreadable or has no tissue): nothing for a model to look at, so "
+            "they are left out of training, selection and the test metrics of every model, "
+            "rather than scored on a constant prediction: "
+            + ", ".join(f"{c} ({sp})" for c, sp in sorted(dropped.items())[:20])
+            + (" …" if len(dropped) > 20 else "")
+            + ". Check the QC table (results/qc/tiling.tsv)."
+        )
+
+
+def _no_patches(ctx: ReportContext) -> dict[str, str]:
+    """{case: the split(s) it would have had} of the cases left out for having no patches."""
+    out: dict[str, set] = {}
+    for r in ctx.runs.values():
+        for k, m in enumerate(r.metrics):
+            for sp, ids in (m.get("no_patches") or {}).items():
+                for c in ids:
+                    out.setdefault(c, set()).add(f"{sp} of fold {k}")
+    return {c: ", ".join(sorted(v)) for c, v in out.items()}
 
 
 def protocol(ctx: ReportContext, doc: Doc) -> None:
@@ -349,7 +458,11 @@ def protocol(ctx: ReportContext, doc: Doc) -> None:
         "The single-teacher baseline of the paired comparison is the one with the best mean "
         f"validation {ctx.label}"
         + (f" ({chosen['val']})" if chosen.get("val") else "")
-        + "; the best on test is shown as an oracle, which is optimistic for the baseline.",
+        + "; the best on test is shown as an oracle, which is optimistic for the baseline. "
+        "The single teachers read each teacher's last (high) level; the student reads the "
+        "configured levels of every teacher, so the controls for fusing teachers are early "
+        "fusion (concat) and late fusion, and `shazam-high` is the student on the high level "
+        "only.",
         f"Late fusion averages the single teachers' {ctx.outcome.fused}; it is not trained.",
     ]
     if ctx.spec.kind == "survival":
@@ -357,8 +470,10 @@ def protocol(ctx: ReportContext, doc: Doc) -> None:
     items.append(
         f"Uncertainty: mean ± SD over folds; case-level percentile bootstrap of the pooled "
         f"out-of-fold predictions ({cfg.n_boot} resamples, seed {cfg.seed}"
-        f"{ctx.words.uncertainty_note}); paired comparison by a fold-stratified paired "
-        "bootstrap and the Wilcoxon signed-rank test over folds."
+        f"{ctx.words.uncertainty_note}; a case tested in several repetitions is drawn with "
+        "all its runs); the verdict: Nadeau–Bengio corrected resampled t-test over every run "
+        f"({ctx.design}); besides it a fold-stratified paired case bootstrap (trained models "
+        "fixed) and, with one run per fold, the Wilcoxon signed-rank test over folds."
     )
     doc.ul(items)
     if ctx.settings:
@@ -376,9 +491,12 @@ def _budget(ctx: ReportContext) -> str:
             ("lr", "AdamW lr"),
             ("weight_decay", "weight decay"),
             ("accumulate", ctx.words.per_step),
-            ("seed", "seed"),
         )
         if key in train
+    ) + (
+        f", seed{'s' if len(ctx.seeds) > 1 else ''} {', '.join(map(str, ctx.seeds))}"
+        if ctx.seeds
+        else (f", seed {train['seed']}" if "seed" in train else "")
     )
 
 
@@ -394,6 +512,13 @@ def _split_line(ctx: ReportContext) -> str:
         f"{spec.n_folds} folds whose test parts partition the cohort; validation is "
         f"{spec.val_fraction:.0%} of each fold's non-test cases (split seed {spec.seed})"
         + ctx.words.split_note
+        + (
+            f" Repeated {ctx.n_repeats} times: repetition r deals the folds again with split "
+            f"seed {spec.seed} + r and trains every model with training seed r of "
+            f"{', '.join(map(str, ctx.seeds))}."
+            if ctx.n_repeats > 1 and not spec.splits
+            else ""
+        )
     )
 
 

@@ -35,9 +35,28 @@ class ModelRun:
     predictions: list[pd.DataFrame]  # test predictions per fold
     metrics: list[dict]  # metrics.json per fold (test at top level, `val`, `reasons`)
     configs: list[dict] = field(default_factory=list)
+    params: int | None = None  # trainable parameters (late fusion: its models' together)
+
+
+def model_params(path: str | os.PathLike) -> int | None:
+    """Trainable parameters in a ``model.safetensors`` (read from its header; the input
+    standardisation saved beside the weights is not a parameter), or None without the file."""
+    from safetensors import safe_open
+
+    if not Path(path).exists():
+        return None
+    with safe_open(str(path), framework="np") as f:
+        return int(
+            sum(
+                np.prod(f.get_slice(k).get_shape(), dtype=np.int64)
+                for k in f.keys()
+                if not k.startswith("input_scaler.")
+            )
+        )
 
 
 def load_model_run(models_dir: str | os.PathLike, model: str, n_folds: int) -> ModelRun:
+    """A model's outputs on ``n_folds`` fold files (folds × seeds under repeated runs)."""
     preds, metrics, configs = [], [], []
     for k in range(n_folds):
         d = Path(models_dir) / model / f"fold_{k}"
@@ -52,7 +71,8 @@ def load_model_run(models_dir: str | os.PathLike, model: str, n_folds: int) -> M
         configs.append(
             json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
         )
-    return ModelRun(model, preds, metrics, configs)
+    params = model_params(Path(models_dir) / model / "fold_0" / "model.safetensors")
+    return ModelRun(model, preds, metrics, configs, params)
 
 
 def _prob_cols(spec: TaskSpec) -> list[str]:
@@ -159,26 +179,28 @@ def late_fusion(runs: list[ModelRun], spec: TaskSpec) -> list[pd.DataFrame]:
 
 
 def pooled_predictions(run: ModelRun, spec: TaskSpec) -> pd.DataFrame:
-    """All folds' test predictions in one table (one row per case — per image for a tile
-    task — sorted by it);
+    """All folds' test predictions in one table: one row per case (per image for a tile
+    task) and repetition (``repeat``: fold file // folds; one per training seed), sorted;
     survival gets ``risk_rank``, the within-fold rank-normalised risk."""
     parts = []
     for k, df in enumerate(run.predictions):
         df = df.copy()
         df["fold"] = k
+        df["repeat"] = k // spec.n_folds
         if spec.kind == "survival":
             df["risk_rank"] = rank_normalise(df["risk"])
         parts.append(df)
     pooled = pd.concat(parts, ignore_index=True)
     unit = spec.record.unit
-    dup = pooled[unit][pooled[unit].duplicated()].unique()
+    twice = pooled[[unit, "repeat"]].duplicated()
+    dup = pooled.loc[twice, unit].unique()
     if len(dup):
         what = "image(s)" if unit == "image_id" else "case(s)"
         raise ValueError(
             f"model {run.name}: {what} {', '.join(map(str, dup[:5]))} are in more than one "
             "test fold — the test folds must partition the cohort (check the split files)"
         )
-    return pooled.sort_values(unit).reset_index(drop=True)
+    return pooled.sort_values(["repeat", unit]).reset_index(drop=True)
 
 
 def pooled_metrics(pooled: pd.DataFrame, spec: TaskSpec, only=None) -> tuple[dict, dict]:
@@ -209,29 +231,38 @@ FUSION_REASONS = {
 
 def fused_run(singles: list[ModelRun], spec: TaskSpec, train: list) -> ModelRun:
     preds = late_fusion(singles, spec)
+    params = [r.params for r in singles]
     metrics = []
     for k, df in enumerate(preds):
         m, r = prediction_metrics(df, spec, train[k])
         r.update({key: why for key, why in FUSION_REASONS.items() if key in spec.record.scalars})
         m.pop("confusion", None)
         metrics.append({**m, "val": {}, "reasons": r})
-    return ModelRun(registry.LATE_FUSION, preds, metrics)
+    total = None if None in params else int(sum(params))
+    return ModelRun(registry.LATE_FUSION, preds, metrics, params=total)
 
 
 def load_runs(
-    spec: TaskSpec, models: list[str], models_dir, sheet: pd.DataFrame | None, splits_dir
+    spec: TaskSpec,
+    models: list[str],
+    models_dir,
+    sheet: pd.DataFrame | None,
+    splits_dir,
+    n_runs: int | None = None,
 ) -> dict[str, ModelRun]:
     """Every model's run in report order; with two or more single teachers their late fusion
-    follows them. An unknown model name fails first, with the registry's list of names."""
+    follows them. ``n_runs``: fold files (folds × seeds; default one cross-validation). An
+    unknown model name fails first, with the registry's list of names."""
     for m in models:
         registry.parse(m)
-    runs = {m: load_model_run(models_dir, m, spec.n_folds) for m in models}
+    n_runs = n_runs or spec.n_folds
+    runs = {m: load_model_run(models_dir, m, n_runs) for m in models}
     for r in runs.values():
         _check_predictions(r, spec)
     singles = single_teachers(spec, models)
     if len(singles) < 2:
         return runs
-    train = fold_outcomes(spec, sheet, splits_dir, spec.n_folds)
+    train = fold_outcomes(spec, sheet, splits_dir, n_runs)
     fused = fused_run([runs[m] for m in singles], spec, train)
     order = singles + [registry.LATE_FUSION] + [m for m in models if m not in singles]
     return {n: (fused if n == registry.LATE_FUSION else runs[n]) for n in order}

@@ -9,14 +9,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..models import registry
 from ..tasks import TaskSpec
 from .runs import ModelRun, arrays_metrics, pooled_metrics, prediction_arrays
-from .stats import EvalConfig, Paired, bootstrap_ci, case_clusters, paired_bootstrap, wilcoxon_p
+from .stats import (
+    EvalConfig,
+    Paired,
+    bootstrap_ci,
+    case_clusters,
+    corrected_t,
+    paired_bootstrap,
+    wilcoxon_p,
+)
 
 LOWER_IS_BETTER = frozenset({"ibs", "logrank_p"})
-# the paired comparisons, in the report's order: how the single-teacher baseline is chosen
+# the paired comparisons, in the report's order: the best single teacher (chosen on
+# validation) answers "does distilling beat one foundation model"; early and late fusion are
+# the fair controls for "does fusing the teachers help" (they see every teacher too); the
+# test-chosen teacher is an optimistic oracle, shown for scale
 BASELINES = (
     ("val", "best single teacher, chosen on validation"),
+    ("concat", "early fusion (concat), every teacher"),
+    ("late", "late fusion of the single teachers"),
     ("oracle", "best single teacher on test (oracle, optimistic)"),
 )
 
@@ -79,6 +93,7 @@ def summary_table(
             rows.append(
                 {
                     "model": name,
+                    "params": run.params,
                     "metric": metric,
                     "mean": float(np.mean(ok)) if ok else None,
                     "sd": float(np.std(ok, ddof=1)) if len(ok) > 1 else None,
@@ -128,6 +143,16 @@ def choose_baselines(summary: pd.DataFrame, singles: list[str], metric: str) -> 
     return out
 
 
+def fusion_controls(runs: dict[str, ModelRun], spec: TaskSpec) -> dict:
+    """The fair controls of the student that the task has: early fusion (concat) and late
+    fusion, each seeing every teacher."""
+    fusion = registry.FAMILY[spec.family].fusion
+    return {
+        "concat": fusion if fusion in runs else None,
+        "late": registry.LATE_FUSION if registry.LATE_FUSION in runs else None,
+    }
+
+
 def compare(
     a: ModelRun, b: ModelRun, spec: TaskSpec, metric: str, label: str, cfg: EvalConfig
 ) -> Paired:
@@ -162,15 +187,37 @@ def compare(
         cfg.level,
         [case_clusters(t["case_id"]) for t in fa],  # whole cases (None: one row per case)
     )
-    p, note = wilcoxon_p(per_fold)
-    return Paired(a.name, b.name, metric, label, per_fold, mean, lo, hi, nv, p, note)
+    if len(per_fold) > spec.n_folds:  # runs of several seeds share test cases: not independent
+        p, note = None, "several runs per fold: the corrected t-test replaces the Wilcoxon test"
+    else:
+        p, note = wilcoxon_p(per_fold)
+    corrected = corrected_t(per_fold, test_train_ratio(a, b), cfg.level)
+    return Paired(
+        a.name, b.name, metric, label, per_fold, mean, lo, hi, nv, p, note,
+        corrected, (a.params, b.params),
+    )  # fmt: skip
+
+
+def test_train_ratio(*runs: ModelRun) -> float:
+    """n_test / n_train of a run, from the cases each fold's model recorded (``config.json``
+    ``n_cases``; train + val are the cases a model is developed on). Without a record,
+    ``1 / (k − 1)`` of k-fold cross-validation."""
+    for r in runs:
+        counts = [c.get("n_cases") for c in r.configs if c.get("n_cases")]
+        if counts:
+            test = np.mean([n.get("test", 0) for n in counts])
+            train = np.mean([n.get("train", 0) + n.get("val", 0) for n in counts])
+            if train > 0:
+                return float(test / train)
+    n = len(runs[0].predictions) if runs else 2
+    return 1 / max(n - 1, 1)
 
 
 def paired_comparisons(
     runs: dict[str, ModelRun], student: str, chosen: dict, spec: TaskSpec, cfg: EvalConfig
 ) -> list[Paired]:
-    """The student against each chosen baseline (:data:`BASELINES`); a teacher chosen twice is
-    compared once, with both labels."""
+    """The student against each chosen baseline and control (:data:`BASELINES`); a teacher
+    chosen twice is compared once, with both labels."""
     if student not in runs:
         return []
     pairs: list[Paired] = []
@@ -187,26 +234,42 @@ def paired_comparisons(
     return pairs
 
 
+COMPARISON_TAIL = [
+    "mean_delta", "corrected_low", "corrected_high", "corrected_p", "n_runs", "test_train_ratio",
+    "ci_low", "ci_high", "n_boot", "wilcoxon_p", "params_student", "params_baseline", "note",
+]  # fmt: skip
+
+
 def comparison_table(pairs: list[Paired], n_folds: int) -> pd.DataFrame:
+    """One row per comparison: Δ per fold file (fold × seed), the verdict's corrected
+    interval over runs, the paired case bootstrap (trained models fixed) and the Wilcoxon
+    test (one run per fold only), and both models' parameter counts."""
     rows = []
     for p in pairs:
+        c = p.corrected
         row = {"comparison": p.label, "student": p.a, "baseline": p.b, "metric": p.metric}
         row.update({f"delta_fold_{k}": p.per_fold[k] for k in range(n_folds)})
         row.update(
             {
                 "mean_delta": p.mean,
+                "corrected_low": c.low if c else None,
+                "corrected_high": c.high if c else None,
+                "corrected_p": c.p if c else None,
+                "n_runs": c.runs if c else None,
+                "test_train_ratio": c.ratio if c else None,
                 "ci_low": p.ci_low,
                 "ci_high": p.ci_high,
                 "n_boot": p.n_valid,
                 "wilcoxon_p": p.wilcoxon_p,
-                "note": p.note,
+                "params_student": p.params[0],
+                "params_baseline": p.params[1],
+                "note": "; ".join(x for x in (p.note, c.note if c else "") if x),
             }
         )
         rows.append(row)
     cols = ["comparison", "student", "baseline", "metric"]
     cols += [f"delta_fold_{k}" for k in range(n_folds)]
-    cols += ["mean_delta", "ci_low", "ci_high", "n_boot", "wilcoxon_p", "note"]
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=cols + COMPARISON_TAIL)
 
 
 def dataset_table(splits_dir) -> pd.DataFrame:

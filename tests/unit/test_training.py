@@ -292,3 +292,22 @@ def test_unpack_places_packed_rows_with_and_without_padding():
     assert (
         out.shape == (2, 4, 3) and torch.equal(out[0], rows8[:4]) and torch.equal(out[1], rows8[4:])
     )
+
+
+def test_a_case_without_patches_is_left_out_and_listed(tmp_path):
+    """A case whose only slide has no patches (skipped or without tissue) is not scored on a
+    constant prediction: it is left out of every split of the fold and listed."""
+    sheet, spec = make_cohort(tmp_path)
+    empty = sheet["slide_id"].iloc[-1]  # a test case's only slide
+    for t in ("ta", "tb"):
+        with h5py.File(tmp_path / "results" / "features" / t / f"{empty}.h5", "w") as f:
+            f["features"] = np.zeros((0, 16), np.float16)
+            f["coords"] = np.zeros((0, 2), np.int64)
+    out = tmp_path / "m"
+    m = train_fold("abmil-ta", spec, tmp_path / "fold.csv", sheet, ["ta", "tb"], out, CFG,
+                   features_root=tmp_path / "results", log=lambda s: None)  # fmt: skip
+    case = sheet["case_id"].iloc[-1]
+    assert m["no_patches"] == {"test": [case]} and m["n_cases"] == 5
+    pred = pd.read_csv(out / "predictions.csv")
+    assert case not in set(pred["case_id"]) and len(pred) == 5
+    assert json.loads((out / "config.json").read_text())["no_patches"] == {"test": [case]}
