@@ -49,7 +49,11 @@ if len(set(SEEDS)) != len(SEEDS):
 TRAIN_JSONS = [
     json.dumps(
         {
-            **{k: v for k, v in config["training"].items() if k not in ("cache", "seeds")},
+            **{
+                k: v
+                for k, v in config["training"].items()
+                if k not in ("cache", "seeds")
+            },
             "seed": seed,
         },
         sort_keys=True,

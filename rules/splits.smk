@@ -13,9 +13,7 @@ for task, repeat in ((t, r) for t in TASKS for r in range(len(SEEDS))):
             slides=task_sheet(task),
             imported=task_split_inputs(task),
         output:
-            folds=[
-                layout.FOLD.format(task=task, fold=repeat * k + j) for j in range(k)
-            ],
+            folds=[layout.FOLD.format(task=task, fold=repeat * k + j) for j in range(k)],
             summary=f"{layout.SPLITS_DIR.format(task=task)}/{summary_name(repeat)}",
         log:
             f"logs/make_splits/{task}{suffix}.log",
