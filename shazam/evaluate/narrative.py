@@ -61,8 +61,8 @@ WORDING = {
         student_shown="Shazam v1",
         per_step="images per step",
         split_level="case",
-        split_note=". All images of a case are in the same split (image-level when the dataset "
-        "has no case ids).",
+        split_note=". All images of a case are in the same split (each image is its own case "
+        "under `image_level_splits: true`).",
         draw_note="; each draw takes all images of a drawn case",
         uncertainty_note="; a drawn case brings all its images",
         class_counts="cases per class: ",
@@ -180,8 +180,16 @@ def question(ctx: ReportContext, doc: Doc) -> None:
     )
 
 
+IMAGE_LEVEL_SPLITS = (
+    "**Splits are by image, not by case** (`image_level_splits: true`): images cropped from "
+    "one slide or patient can sit on both sides of a fold, so every score below is optimistic."
+)
+
+
 def answer(ctx: ReportContext, doc: Doc) -> None:
     doc.h(2, "Answer")
+    if ctx.spec.image_level_splits:
+        doc.p(IMAGE_LEVEL_SPLITS)
     for line in _answer_lines(ctx):
         doc.p(line)
 

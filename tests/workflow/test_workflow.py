@@ -92,7 +92,8 @@ def test_tile_only_config_needs_no_slide_sheet(tmp_path):
     (tmp_path / "config").mkdir()
     (tmp_path / "config/config.yaml").write_text(
         "teachers: [toy_vit, toy_cnn]\n"
-        "tasks: {crc: {type: tile_classification, images: data, classes: [X, Y], folds: 3}}\n"
+        "tasks: {crc: {type: tile_classification, images: data, classes: [X, Y], folds: 3,"
+        " image_level_splits: true}}\n"
     )
     counts = _job_counts(run_snakemake(tmp_path, "-n", "--cores", "2").stdout)
     assert counts == {"extract_tile_features": 2, "make_splits_crc": 1, "train_tile_model": 15,
