@@ -510,13 +510,16 @@ def _budget(ctx: ReportContext) -> str:
 
 def _split_line(ctx: ReportContext) -> str:
     spec = ctx.spec
+    level = ctx.words.split_level
+    if spec.image_level_splits:
+        level = "image (`image_level_splits: true`: optimistic, see the answer)"
     if spec.n_folds == 1:
         return (
             "Splits: the dataset's own train/val/test assignment (one fold); all images of a "
             "case must share a split."
         )
     return (
-        f"Splits: {ctx.words.split_level}-level, stratified ({ctx.outcome.strata}), "
+        f"Splits: {level}-level, stratified ({ctx.outcome.strata}), "
         f"{spec.n_folds} folds whose test parts partition the cohort; validation is "
         f"{spec.val_fraction:.0%} of each fold's non-test cases (split seed {spec.seed})"
         + ctx.words.split_note
