@@ -17,9 +17,10 @@ from ..models import registry
 from ..tasks import TaskSpec
 from .document import METRIC_LABELS, Doc, _ci, _fmt, _none, _signed
 from .figures import FIGURE_CAPTIONS
+from .pooled import NOT_AVERAGED
 from .runs import ModelRun
 from .stats import EvalConfig, Paired
-from .tables import LOWER_IS_BETTER
+from .tables import LOWER_IS_BETTER, fold_notes
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class Outcome:
     strata: str  # what the folds are stratified by
     fused: str  # what late fusion averages
     lower_note: str  # the metrics where lower is better, as a sentence (or nothing)
+    pooled: str = "pooled out-of-fold {label}"  # the main metric's pooled estimate, named
+    pooled_note: str = ""  # how the pooled estimates differ from all folds' cases at once
 
 
 OUTCOME = {
@@ -87,6 +90,12 @@ OUTCOME = {
         "event × time quantile",
         "within-fold rank-normalised risks",
         "Lower is better for the integrated Brier score and the log-rank p. ",
+        "{label}, pooled within folds,",
+        "The pooled C-index is pooled within folds: it counts only pairs of cases of the same "
+        "test fold (each fold's model has its own risk scale), and its CI resamples cases within "
+        "each fold. The log-rank p is not averaged over folds: the value shown is that of all "
+        "folds' cases, each split at its own fold's training median risk (the groups of the "
+        "Kaplan–Meier figure). ",
     ),
 }
 
@@ -194,16 +203,18 @@ def _answer_lines(ctx: ReportContext) -> list[str]:
             "the concat baseline) need two or more, so there is no student to compare."
         ] + (
             [
-                f"The best single teacher on validation, **{best}**, reaches pooled "
-                f"{label} {_estimate(ctx, best)}."
+                f"The best single teacher on validation, **{best}**, reaches "
+                f"{ctx.outcome.pooled.format(label=label)} {_estimate(ctx, best)}."
             ]
             if best
             else []
         )
     if not ctx.pairs:
         return [
-            f"The student reaches pooled {label} {_estimate(ctx, student)}; no single-teacher "
-            "baseline has a defined validation score, so there is no paired comparison."
+            f"The student reaches {ctx.outcome.pooled.format(label=label)} "
+            f"{_estimate(ctx, student)}; "
+            "no single-teacher baseline has a defined validation score, so there is no paired "
+            "comparison."
         ]
     p = ctx.pairs[0]
     if p.mean is None:
@@ -212,7 +223,7 @@ def _answer_lines(ctx: ReportContext) -> list[str]:
             "the table of missing metrics below."
         ]
     lines = [
-        f"**{ctx.words.student_shown}** reaches pooled out-of-fold {label} "
+        f"**{ctx.words.student_shown}** reaches {ctx.outcome.pooled.format(label=label)} "
         f"{_estimate(ctx, student)}; the best single teacher chosen on validation, **{p.b}**, "
         f"reaches {_estimate(ctx, p.b)}.",
         f"Mean per-fold Δ = **{_signed(p.mean)}** (paired bootstrap 95% CI "
@@ -253,7 +264,9 @@ def results(ctx: ReportContext, doc: Doc) -> None:
             cell = f"{_fmt(_none(r['mean']), m)}"
             if _none(r["sd"]) is not None:
                 cell += f" ± {_fmt(r['sd'], m)}"
-            if m in spec.record.ci_metrics:
+            if m in NOT_AVERAGED:  # a p-value: the pooled one only
+                cell = f"pooled {_fmt(_none(r['pooled']), m)}"
+            elif m in spec.record.ci_metrics:
                 cell += f" (pooled {_fmt(_none(r['pooled']), m)}, {_ci(r['ci_low'], r['ci_high'])})"
             row[METRIC_LABELS[m]] = cell
         rows.append(row)
@@ -261,7 +274,8 @@ def results(ctx: ReportContext, doc: Doc) -> None:
     doc.p(
         f"Mean ± SD over the {spec.n_folds} test fold(s); in brackets the pooled out-of-fold "
         f"estimate with its case-level bootstrap {int(cfg.level * 100)}% CI ({cfg.n_boot} "
-        f"resamples, seed {cfg.seed}{ctx.words.draw_note}). {ctx.outcome.lower_note}"
+        f"resamples, seed {cfg.seed}{ctx.words.draw_note}). {ctx.outcome.pooled_note}"
+        f"{ctx.outcome.lower_note}"
         "Full numbers: `summary.tsv` (per model and metric) and `per_fold.tsv` (per fold)."
     )
 
@@ -295,15 +309,23 @@ def comparison(ctx: ReportContext, doc: Doc) -> None:
 
 def missing(ctx: ReportContext, doc: Doc) -> None:
     gone = ctx.summary[ctx.summary["missing"].astype(str).str.len() > 0]
-    if not len(gone):
-        return
-    doc.h(3, "Metrics that are undefined on some folds")
-    doc.ul(
-        [
-            f"{r.model}, {METRIC_LABELS.get(r.metric, r.metric)}: {r.missing}"
-            for r in gone.itertuples()
-        ]
-    )
+    if len(gone):
+        doc.h(3, "Metrics that are undefined on some folds")
+        doc.ul(
+            [
+                f"{r.model}, {METRIC_LABELS.get(r.metric, r.metric)}: {r.missing}"
+                for r in gone.itertuples()
+            ]
+        )
+    part = [
+        f"{name}, {METRIC_LABELS.get(m, m)}: {'; '.join(notes)}"
+        for name, run in ctx.runs.items()
+        for m in ctx.spec.record.scalars
+        if (notes := fold_notes(run.metrics, m))
+    ]
+    if part:
+        doc.h(3, "Metrics computed on part of a fold's cases")
+        doc.ul(part)
 
 
 def figures(ctx: ReportContext, doc: Doc) -> None:
@@ -415,8 +437,14 @@ def _survival_line(ctx: ReportContext) -> str:
         "quantiles of the event times of each fold's **training** cases"
         + (f" (fold 0: {', '.join(f'{b:.3g}' for b in bins)})" if bins else "")
         + "; risk = −Σ survival. IPCW C-index with τ = 90th percentile of training times; "
-        "per-fold log-rank p splits test cases at the training median risk. Pooled risks "
-        "are rank-normalised within each fold before pooling."
+        "integrated Brier score and time-dependent AUC on a time grid inside the test "
+        "follow-up and below the longest training time, where the training censoring estimate "
+        "ends (test cases past it count as event-free over the grid; `per_fold.tsv`'s "
+        "n_beyond_followup). "
+        "The log-rank p splits test cases at the median risk of the fold's training cases, "
+        "recorded at training: per fold, and pooled over folds for the summary and the "
+        "Kaplan–Meier figure (p-values are not averaged). The pooled C-index counts pairs "
+        "within a fold only."
     )
 
 
