@@ -12,18 +12,22 @@ from ..metrics import classification_metrics
 from ..models import registry
 from ..tasks import TaskSpec
 from .document import METRIC_LABELS
+from .pooled import first_repeat, pooled_logrank, risk_groups
 from .runs import ModelRun, _class_arrays
 from .stats import Paired
 
 FIGURE_CAPTIONS = {
     "metrics": "Every model's test metrics. Bars: mean over folds; dots: single folds; black "
     "diamond and whiskers: pooled out-of-fold estimate with its case-level bootstrap 95% CI "
-    "(where defined).",
+    "(where defined; the survival C-index is pooled within folds: pairs of cases of one fold, "
+    "cases resampled within each fold). P-values have no bars: they are not averaged.",
     "roc": "ROC curves of the pooled out-of-fold predictions (several classes: micro-average "
     "of the one-vs-rest curves); the legend gives the pooled AUC with its 95% CI.",
-    "km": "Kaplan–Meier curves of the cases each model calls high risk vs low risk (above vs "
-    "at or below the median predicted risk of their own test fold; no outcome is used for the "
-    "cut-off), pooled over folds, with the log-rank p.",
+    "km": "Kaplan–Meier curves of the cases each model calls high risk vs low risk, pooled "
+    "over folds: a case is high risk when its predicted risk is above the cut-off its fold's "
+    "model recorded at training, the median risk of the fold's training cases (no test outcome "
+    "or test risk sets it; the per-fold log-rank p uses the same cut-off). The title's "
+    "log-rank p compares exactly these two groups (summary.tsv's pooled log-rank p).",
     "confusion": "Confusion matrix of the pooled out-of-fold predictions (rows: true class, "
     "columns: predicted).",
     "gate": "The student's gate: mean weight per teacher on each test fold (dots) and over "
@@ -55,10 +59,11 @@ def draw_figures(
     if spec.kind == "classification":
         figures["roc"] = fig_roc(pooled, summary, spec, fig_dir / "roc.png")
         figures["confusion"] = fig_confusion(
-            pooled[focus[0]], spec, focus[0], fig_dir / "confusion.png"
+            first_repeat(pooled[focus[0]]), spec, focus[0], fig_dir / "confusion.png"
         )
     else:
-        figures["km"] = fig_km(pooled, list(dict.fromkeys(focus)), spec, fig_dir / "km.png")
+        models = list(dict.fromkeys(focus))
+        figures["km"] = fig_km(pooled, runs, models, spec, fig_dir / "km.png")
     figures["gate"] = fig_gate(runs, fig_dir / "gate.png", teachers)
     figures["delta"] = fig_delta(pairs, fig_dir / "delta.png")
     return {n: p for n, p in figures.items() if p is not None}
@@ -198,39 +203,51 @@ def fig_confusion(pooled: pd.DataFrame, spec: TaskSpec, model: str, path: Path):
     return _save(fig, path)
 
 
-def km_groups(pooled: pd.DataFrame) -> np.ndarray:
-    """High risk = above the median predicted risk of the case's own test fold."""
-    return pooled["risk_rank"].to_numpy() > 0.5 + 1e-12
-
-
-def fig_km(pooled: dict[str, pd.DataFrame], models: list[str], spec: TaskSpec, path: Path):
+def fig_km(
+    pooled: dict[str, pd.DataFrame],
+    runs: dict[str, ModelRun],
+    models: list[str],
+    spec: TaskSpec,
+    path: Path,
+):
+    """Per model, Kaplan–Meier curves of the :func:`~.pooled.risk_groups` (each case split at
+    its fold's training cut-off) and, in the title, their log-rank p (the summary's pooled
+    ``logrank_p``); a model without recorded cut-offs gets a panel saying why."""
     from lifelines import KaplanMeierFitter
-    from lifelines.statistics import logrank_test
 
     plt = _plt()
     fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.8), squeeze=False)
     for ax, name in zip(axes[0], models, strict=True):
-        df = pooled[name]
-        high = km_groups(df)
-        t, e = df["time"].to_numpy(float), df["event"].to_numpy().astype(bool)
-        for grp, lab, col in ((~high, "low risk", "#3182bd"), (high, "high risk", "#de2d26")):
-            if grp.any():
-                KaplanMeierFitter().fit(
-                    t[grp], e[grp], label=f"{lab} (n={grp.sum()}, {e[grp].sum()} events)"
-                ).plot_survival_function(ax=ax, color=col, ci_show=True)
+        df = first_repeat(pooled[name])  # each case once, as the pooled log-rank p
+        high, why = risk_groups(df, runs[name])
         title = name
-        if high.any() and (~high).any():
-            p = logrank_test(t[high], t[~high], e[high], e[~high]).p_value
-            title += f"\nlog-rank p = {p:.2g}"
+        if high is None:
+            ax.text(0.5, 0.5, _wrap(why), ha="center", va="center", fontsize=7,
+                    transform=ax.transAxes)  # fmt: skip
+        else:
+            t, e = df["time"].to_numpy(float), df["event"].to_numpy().astype(bool)
+            for grp, lab, col in ((~high, "low risk", "#3182bd"), (high, "high risk", "#de2d26")):
+                if grp.any():
+                    KaplanMeierFitter().fit(
+                        t[grp], e[grp], label=f"{lab} (n={grp.sum()}, {e[grp].sum()} events)"
+                    ).plot_survival_function(ax=ax, color=col, ci_show=True)
+            ax.legend(fontsize=7, loc="lower left")
+            p, _ = pooled_logrank(df, runs[name])
+            title += "" if p is None else f"\nlog-rank p = {p:.2g}"
         ax.set(
             title=title,
             xlabel=f"time ({spec.time_unit})",
             ylabel="survival probability",
             ylim=(0, 1.02),
         )
-        ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _wrap(text: str, width: int = 45) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
 
 
 def fig_gate(runs: dict[str, ModelRun], path: Path, order=()):

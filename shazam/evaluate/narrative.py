@@ -17,9 +17,11 @@ from ..models import registry
 from ..tasks import TaskSpec
 from .document import METRIC_LABELS, Doc, _ci, _fmt, _none, _signed
 from .figures import FIGURE_CAPTIONS
+from .pooled import NOT_AVERAGED
 from .runs import ModelRun
 from .stats import EvalConfig, Paired
-from .tables import LOWER_IS_BETTER
+from .tables import fold_notes
+from .verdict import _params, answer
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class Outcome:
     strata: str  # what the folds are stratified by
     fused: str  # what late fusion averages
     lower_note: str  # the metrics where lower is better, as a sentence (or nothing)
+    pooled: str = "pooled out-of-fold {label}"  # the main metric's pooled estimate, named
+    pooled_note: str = ""  # how the pooled estimates differ from all folds' cases at once
 
 
 OUTCOME = {
@@ -87,6 +91,12 @@ OUTCOME = {
         "event × time quantile",
         "within-fold rank-normalised risks",
         "Lower is better for the integrated Brier score and the log-rank p. ",
+        "{label}, pooled within folds,",
+        "The pooled C-index is pooled within folds: it counts only pairs of cases of the same "
+        "test fold (each fold's model has its own risk scale), and its CI resamples cases within "
+        "each fold. The log-rank p is not averaged over folds: the value shown is that of all "
+        "folds' cases, each split at its own fold's training median risk (the groups of the "
+        "Kaplan–Meier figure). ",
     ),
 }
 
@@ -180,139 +190,6 @@ def question(ctx: ReportContext, doc: Doc) -> None:
     )
 
 
-IMAGE_LEVEL_SPLITS = (
-    "**Splits are by image, not by case** (`image_level_splits: true`): images cropped from "
-    "one slide or patient can sit on both sides of a fold, so every score below is optimistic."
-)
-
-
-def answer(ctx: ReportContext, doc: Doc) -> None:
-    doc.h(2, "Answer")
-    if ctx.spec.image_level_splits:
-        doc.p(IMAGE_LEVEL_SPLITS)
-    for line in _answer_lines(ctx):
-        doc.p(line)
-
-
-def _estimate(ctx: ReportContext, model: str) -> str:
-    s = ctx.summary[ctx.summary["metric"] == ctx.spec.primary_metric].set_index("model")
-    r = s.loc[model]
-    return (
-        f"{_fmt(_none(r['pooled']))} (95% CI {_ci(r['ci_low'], r['ci_high'])}; "
-        f"mean over folds {_fmt(_none(r['mean']))} ± {_fmt(_none(r['sd']))})"
-    )
-
-
-def _answer_lines(ctx: ReportContext) -> list[str]:
-    label, student = ctx.label, registry.FAMILY[ctx.spec.family].student
-    if student not in ctx.runs:
-        n = len(ctx.teachers)
-        best = ctx.chosen.get("val")
-        return [
-            f"This run has {n} teacher" + ("" if n == 1 else "s") + "; the Shazam student (and "
-            "the concat baseline) need two or more, so there is no student to compare."
-        ] + (
-            [
-                f"The best single teacher on validation, **{best}**, reaches pooled "
-                f"{label} {_estimate(ctx, best)}."
-            ]
-            if best
-            else []
-        )
-    if not ctx.pairs:
-        return [
-            f"The student reaches pooled {label} {_estimate(ctx, student)}; no single-teacher "
-            "baseline has a defined validation score, so there is no paired comparison."
-        ]
-    p = ctx.pairs[0]
-    if p.mean is None:
-        return [
-            f"The paired difference is undefined on these folds ({label} missing); see "
-            "the table of missing metrics below."
-        ]
-    lines = [
-        f"**{ctx.words.student_shown}** ({_params(p.params[0])}) reaches pooled out-of-fold "
-        f"{label} {_estimate(ctx, student)}; the best single teacher chosen on validation, "
-        f"**{p.b}** ({_params(p.params[1])}), reaches {_estimate(ctx, p.b)}.",
-        f"Mean Δ = **{_signed(p.mean)}** ({_interval(ctx, p)}): {_verdict(p, ctx)}.",
-        _coverage(ctx, p),
-    ]
-    for o in ctx.pairs[1:]:
-        lines.append(
-            f"Against {_against(o)} (**{o.b}**, {_params(o.params[1])}): Δ = "
-            f"{_signed(o.mean)} ({_interval(ctx, o)}): {_verdict(o, ctx)}."
-        )
-    return lines
-
-
-def _params(n) -> str:
-    n = _none(n)
-    return "parameters not recorded" if n is None else f"{int(n):,} parameters"
-
-
-def _against(p: Paired) -> str:
-    """A control's role, as the answer names it."""
-    if "oracle" in p.label:
-        return "the best single teacher on test (an optimistic oracle choice)"
-    return p.label.split(",")[0]
-
-
-def _interval(ctx: ReportContext, p: Paired) -> str:
-    """The verdict's interval: corrected over runs, or the case bootstrap of a single run."""
-    c, level = p.corrected, int(ctx.cfg.level * 100)
-    if c is not None and c.low is not None:
-        return (
-            f"{level}% CI {_signed(c.low)} to {_signed(c.high)} over {c.runs} runs, corrected "
-            f"resampled t-test p = {_fmt(c.p, 'corrected_p')}"
-        )
-    return (
-        f"paired case bootstrap {level}% CI {_signed(p.ci_low)} to {_signed(p.ci_high)}; "
-        "one run, so no test over runs"
-    )
-
-
-def _coverage(ctx: ReportContext, p: Paired) -> str:
-    """What the verdict's interval covers, in words, with the numbers of runs and cases."""
-    c, k, r = p.corrected, ctx.spec.n_folds, ctx.n_repeats
-    runs = c.runs if c is not None else k * r
-    head = f"The verdict uses all {runs} runs ({r} seed(s) × {k} fold(s)) on {ctx.n_cases} cases. "
-    if c is None or c.low is None:
-        return head + (
-            "With a single run the interval holds the trained models fixed: it covers which "
-            "test cases were drawn, not the training set or the seed."
-        )
-    covers = "the variation of the test cases, the training sets and the training seed across runs"
-    if r == 1:
-        return head + (
-            f"One training seed and one cross-validation: the interval covers {covers} of "
-            "these folds (Nadeau–Bengio's variance correction for overlapping training sets), "
-            "not another seed or another split; give `training.seeds` several seeds for a "
-            "verdict over repeated runs. The paired case bootstrap (table below) holds the "
-            "trained models fixed and is narrower."
-        )
-    same = " The folds are the same in every repetition (imported or dataset splits), so the "
-    same += "interval does not cover another split." if ctx.spec.splits else ""
-    return head + (
-        f"The interval covers {covers} (Nadeau–Bengio's corrected resampled t-test; its "
-        f"variance term adds the runs' test/train ratio {c.ratio:.2f} for their overlapping "
-        "training sets); the paired case bootstrap (table below) holds the trained models "
-        "fixed and is narrower." + (same if ctx.spec.splits else "")
-    )
-
-
-def _verdict(p: Paired, ctx: ReportContext | None = None) -> str:
-    level = int(ctx.cfg.level * 100) if ctx is not None else 95
-    if not p.excludes_zero:
-        return (
-            f"the difference is **not distinguishable from 0**: its {level}% CI includes 0 "
-            "(no evidence either way at this cohort size)"
-        )
-    better = p.mean > 0 if p.metric not in LOWER_IS_BETTER else p.mean < 0
-    return ("the student is **better**" if better else "the student is **worse**") + (
-        f": the {level}% CI of the difference excludes 0"
-    )
-
-
 def results(ctx: ReportContext, doc: Doc) -> None:
     spec, cfg = ctx.spec, ctx.cfg
     doc.h(2, "Results per model")
@@ -331,7 +208,9 @@ def results(ctx: ReportContext, doc: Doc) -> None:
             cell = f"{_fmt(_none(r['mean']), m)}"
             if _none(r["sd"]) is not None:
                 cell += f" ± {_fmt(r['sd'], m)}"
-            if m in spec.record.ci_metrics:
+            if m in NOT_AVERAGED:  # a p-value: the pooled one only
+                cell = f"pooled {_fmt(_none(r['pooled']), m)}"
+            elif m in spec.record.ci_metrics:
                 cell += f" (pooled {_fmt(_none(r['pooled']), m)}, {_ci(r['ci_low'], r['ci_high'])})"
             row[METRIC_LABELS[m]] = cell
         rows.append(row)
@@ -341,7 +220,8 @@ def results(ctx: ReportContext, doc: Doc) -> None:
         "parameters: trainable, of fold 0's model (late fusion: its single teachers' "
         "together); in brackets the pooled out-of-fold "
         f"estimate with its case-level bootstrap {int(cfg.level * 100)}% CI ({cfg.n_boot} "
-        f"resamples, seed {cfg.seed}{ctx.words.draw_note}). {ctx.outcome.lower_note}"
+        f"resamples, seed {cfg.seed}{ctx.words.draw_note}). {ctx.outcome.pooled_note}"
+        f"{ctx.outcome.lower_note}"
         "Full numbers: `summary.tsv` (per model and metric) and `per_fold.tsv` (per fold)."
     )
 
@@ -390,15 +270,23 @@ def comparison(ctx: ReportContext, doc: Doc) -> None:
 
 def missing(ctx: ReportContext, doc: Doc) -> None:
     gone = ctx.summary[ctx.summary["missing"].astype(str).str.len() > 0]
-    if not len(gone):
-        return
-    doc.h(3, "Metrics that are undefined on some folds")
-    doc.ul(
-        [
-            f"{r.model}, {METRIC_LABELS.get(r.metric, r.metric)}: {r.missing}"
-            for r in gone.itertuples()
-        ]
-    )
+    if len(gone):
+        doc.h(3, "Metrics that are undefined on some folds")
+        doc.ul(
+            [
+                f"{r.model}, {METRIC_LABELS.get(r.metric, r.metric)}: {r.missing}"
+                for r in gone.itertuples()
+            ]
+        )
+    part = [
+        f"{name}, {METRIC_LABELS.get(m, m)}: {'; '.join(notes)}"
+        for name, run in ctx.runs.items()
+        for m in ctx.spec.record.scalars
+        if (notes := fold_notes(run.metrics, m))
+    ]
+    if part:
+        doc.h(3, "Metrics computed on part of a fold's cases")
+        doc.ul(part)
 
 
 def figures(ctx: ReportContext, doc: Doc) -> None:
@@ -551,8 +439,14 @@ def _survival_line(ctx: ReportContext) -> str:
         "quantiles of the event times of each fold's **training** cases"
         + (f" (fold 0: {', '.join(f'{b:.3g}' for b in bins)})" if bins else "")
         + "; risk = −Σ survival. IPCW C-index with τ = 90th percentile of training times; "
-        "per-fold log-rank p splits test cases at the training median risk. Pooled risks "
-        "are rank-normalised within each fold before pooling."
+        "integrated Brier score and time-dependent AUC on a time grid inside the test "
+        "follow-up and below the longest training time, where the training censoring estimate "
+        "ends (test cases past it count as event-free over the grid; `per_fold.tsv`'s "
+        "n_beyond_followup). "
+        "The log-rank p splits test cases at the median risk of the fold's training cases, "
+        "recorded at training: per fold, and pooled over folds for the summary and the "
+        "Kaplan–Meier figure (p-values are not averaged). The pooled C-index counts pairs "
+        "within a fold only."
     )
 
 

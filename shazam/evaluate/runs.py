@@ -2,9 +2,10 @@
 fold_{k}/``, and what the report derives from them without training:
 
 - the pooled out-of-fold predictions: every case is tested exactly once, so the test
-  predictions of all folds form one prediction per case (per image for a tile task). Survival
-  risks are on a different scale in each fold's model, so they are rank-normalised within the
-  fold before pooling (a C-index within a fold is unchanged by that);
+  predictions of all folds form one prediction per case (per image for a tile task), with
+  its ``fold``. Survival risks are on a different scale in each fold's model: the pooled
+  estimates compare cases of one fold only (:mod:`.pooled`); ``risk_rank``, the within-fold
+  rank-normalised risk, puts them on one scale;
 - late fusion: per fold, the average of the single teachers' class probabilities, or of their
   within-fold rank-normalised risks.
 """
@@ -121,7 +122,7 @@ def arrays_metrics(arrays: tuple, spec: TaskSpec, idx=None, train=None, only=Non
     ``train``: (event, time) of the fold's training cases (survival IPCW C and td-AUC)."""
     a = arrays if idx is None else tuple(x[idx] for x in arrays)
     if spec.kind == "classification":
-        return classification_metrics(a[0], a[1], len(spec.classes), only=only)
+        return classification_metrics(a[0], a[1], len(spec.classes), only, spec.classes)
     tr_e, tr_t = train if train is not None else (None, None)
     return survival_metrics(a[0], a[1], a[2], None, tr_e, tr_t, None, only=only)
 
@@ -201,10 +202,6 @@ def pooled_predictions(run: ModelRun, spec: TaskSpec) -> pd.DataFrame:
             "test fold — the test folds must partition the cohort (check the split files)"
         )
     return pooled.sort_values(["repeat", unit]).reset_index(drop=True)
-
-
-def pooled_metrics(pooled: pd.DataFrame, spec: TaskSpec, only=None) -> tuple[dict, dict]:
-    return prediction_metrics(pooled, spec, only=only, risk_col="risk_rank")
 
 
 def fold_outcomes(spec: TaskSpec, sheet: pd.DataFrame, splits_dir, n_folds: int) -> list:

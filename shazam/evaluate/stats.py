@@ -80,16 +80,23 @@ def bootstrap_ci(
     seed: int = 42,
     level: float = 0.95,
     clusters: list[np.ndarray] | None = None,
+    strata: list[np.ndarray] | None = None,
 ) -> dict:
     """Case-level percentile bootstrap. ``stat(idx) -> {name: value or None}`` is evaluated on
     ``n_boot`` resamples of ``range(n)`` (whole cases when ``clusters`` gives each case's rows);
-    returns ``{name: (low, high, n_valid)}``."""
+    returns ``{name: (low, high, n_valid)}``. ``strata`` (the rows of each test fold): each
+    resample draws within every stratum as many as it holds, and ``clusters`` is then a list
+    per stratum (rows within the stratum, or None)."""
     rng = np.random.default_rng(seed)
+    rows = [np.arange(n)] if strata is None else [np.asarray(s) for s in strata]
+    if strata is None and clusters is not None:
+        clusters = [clusters]
     draws: dict[str, list] = {}
     with warnings.catch_warnings():  # degenerate resamples: the metric is None, not a warning
         warnings.simplefilter("ignore", RuntimeWarning)
         for _ in range(n_boot):
-            (idx,) = _resample(rng, [n], None if clusters is None else [clusters])
+            picks = _resample(rng, [len(x) for x in rows], clusters)
+            idx = np.concatenate([x[i] for x, i in zip(rows, picks, strict=True)])
             for k, v in stat(idx).items():
                 draws.setdefault(k, []).append(v)
     return {k: percentile_ci(v, level) for k, v in draws.items()}

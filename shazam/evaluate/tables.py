@@ -11,11 +11,11 @@ import pandas as pd
 
 from ..models import registry
 from ..tasks import TaskSpec
-from .runs import ModelRun, arrays_metrics, pooled_metrics, prediction_arrays
+from .pooled import NOT_AVERAGED, POOLED_NOTES, pooled_estimates
+from .runs import ModelRun, arrays_metrics, prediction_arrays
 from .stats import (
     EvalConfig,
     Paired,
-    bootstrap_ci,
     case_clusters,
     corrected_t,
     paired_bootstrap,
@@ -36,7 +36,9 @@ BASELINES = (
 
 
 def per_fold_table(runs: dict[str, ModelRun], spec: TaskSpec) -> pd.DataFrame:
-    counts = ("n_cases", "n_events") if spec.kind == "survival" else ("n_cases",)
+    counts = ("n_cases",)
+    if spec.kind == "survival":  # and the cut-off of the log-rank split (training median risk)
+        counts += ("n_events", "n_beyond_followup", "risk_cutoff")
     rows = []
     for name, run in runs.items():
         for k, m in enumerate(run.metrics):
@@ -69,41 +71,38 @@ def per_fold_table(runs: dict[str, ModelRun], spec: TaskSpec) -> pd.DataFrame:
 def summary_table(
     runs: dict[str, ModelRun], pooled: dict[str, pd.DataFrame], spec: TaskSpec, cfg: EvalConfig
 ) -> pd.DataFrame:
+    """Per model and metric: mean ± SD over folds (none for a p-value: :data:`NOT_AVERAGED`),
+    the pooled estimate with its bootstrap CI (:func:`~.pooled.pooled_estimates`), the mean
+    validation score, why a metric is missing and what a value covers (``note``)."""
     rows = []
-    ci_metrics = spec.record.ci_metrics
     for name, run in runs.items():
-        pm, pr = pooled_metrics(pooled[name], spec, only=ci_metrics)
-        n = len(pooled[name])
-
-        arrays = prediction_arrays(pooled[name], spec, "risk_rank")
-
-        def stat(idx, arrays=arrays):
-            return arrays_metrics(arrays, spec, idx, only=ci_metrics)[0]
-
-        # whole cases: a tile task's images of one case together (one row per case: None)
-        clusters = case_clusters(pooled[name]["case_id"])
-        cis = bootstrap_ci(stat, n, cfg.n_boot, cfg.seed, cfg.level, clusters)
+        pm, pr, cis = pooled_estimates(pooled[name], run, spec, cfg)
         for metric in spec.record.scalars:
             vals = [m.get(metric) for m in run.metrics]
             ok = [float(v) for v in vals if v is not None]
             reasons = _fold_reasons(run.metrics, metric)
             lo, hi, nv = cis.get(metric, (None, None, 0))
-            if metric in ci_metrics and pm.get(metric) is None:
+            if metric in pm and pm[metric] is None:
                 reasons.append(f"pooled: {pr.get(metric, 'undefined')}")
+            averaged = metric not in NOT_AVERAGED
+            notes = [NOT_AVERAGED.get(metric), POOLED_NOTES.get(spec.kind, {}).get(metric)]
             rows.append(
                 {
                     "model": name,
                     "params": run.params,
                     "metric": metric,
-                    "mean": float(np.mean(ok)) if ok else None,
-                    "sd": float(np.std(ok, ddof=1)) if len(ok) > 1 else None,
+                    "mean": float(np.mean(ok)) if ok and averaged else None,
+                    "sd": float(np.std(ok, ddof=1)) if len(ok) > 1 and averaged else None,
                     "n_folds": len(ok),
-                    "pooled": pm.get(metric) if metric in ci_metrics else None,
+                    "pooled": pm.get(metric),
                     "ci_low": lo,
                     "ci_high": hi,
-                    "n_boot": nv if metric in ci_metrics else 0,
-                    "val_mean": _mean([(m.get("val") or {}).get(metric) for m in run.metrics]),
+                    "n_boot": nv if metric in spec.record.ci_metrics else 0,
+                    "val_mean": _mean([(m.get("val") or {}).get(metric) for m in run.metrics])
+                    if averaged
+                    else None,
                     "missing": "; ".join(reasons),
+                    "note": "; ".join([n for n in notes if n] + fold_notes(run.metrics, metric)),
                 }
             )
     return pd.DataFrame(rows)
@@ -111,10 +110,22 @@ def summary_table(
 
 def _fold_reasons(metrics: list[dict], metric: str) -> list[str]:
     """Why a metric is missing, folds with the same reason together."""
+    return _by_reason(metrics, metric, missing=True)
+
+
+def fold_notes(metrics: list[dict], metric: str) -> list[str]:
+    """What a defined metric covers where it is not all the fold's cases (``reasons`` beside
+    a value: macro-F1 over the classes present, IBS within the training follow-up)."""
+    return _by_reason(metrics, metric, missing=False)
+
+
+def _by_reason(metrics: list[dict], metric: str, missing: bool) -> list[str]:
     by_reason: dict[str, list[int]] = {}
     for k, m in enumerate(metrics):
-        if m.get(metric) is None:
-            reason = (m.get("reasons") or {}).get(metric, "not computed")
+        if (m.get(metric) is None) != missing:
+            continue
+        reason = (m.get("reasons") or {}).get(metric, "not computed" if missing else "")
+        if reason:
             by_reason.setdefault(reason, []).append(k)
     return [
         f"fold{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))}: {reason}"
