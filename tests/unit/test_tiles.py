@@ -212,8 +212,8 @@ def test_folds_of_a_class_folder_keep_each_source_slide_on_one_side(tmp_path):
 def test_image_level_splits_are_stated_at_the_top_of_the_answer():
     from shazam.evaluate.document import Doc
     from shazam.evaluate.narrative import ReportContext
-    from shazam.evaluate.verdict import IMAGE_LEVEL_SPLITS, answer
     from shazam.evaluate.stats import EvalConfig
+    from shazam.evaluate.verdict import IMAGE_LEVEL_SPLITS, answer
 
     def answer_text(**kw):
         ctx = ReportContext(
