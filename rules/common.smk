@@ -15,6 +15,7 @@ from shazam.demo import demo_plan, demo_tiles_plan
 from shazam.extraction.groups import group_of, slide_groups
 from shazam.models import registry
 from shazam.slides import load_sheet, sheet_frame
+from shazam.splits import summary_name
 from shazam.tasks import TaskSpec
 from shazam.teachers import REGISTRY
 
@@ -39,9 +40,26 @@ TILE_TASKS = [t for t in TASKS if TASK_SPECS[t].is_tile]
 # config sections travel to the CLI as JSON; the package's dataclasses hold the defaults
 # `training.cache` changes no result (only where features are read from, so the job's memory):
 # the training rules take it as a resource, not a param, so that changing it retrains nothing
-TRAIN_JSON = json.dumps(
-    {k: v for k, v in config["training"].items() if k != "cache"}, sort_keys=True
-)
+# `training.seeds`: one repetition of every task's cross-validation per seed (`seed` is the
+# one-run shorthand). A job's JSON carries its own seed only, so adding a seed adds jobs and
+# reruns none.
+SEEDS = list(config["training"].get("seeds") or [config["training"].get("seed", 42)])
+if len(set(SEEDS)) != len(SEEDS):
+    raise ValueError(f"config: training.seeds has a seed twice: {SEEDS}")
+TRAIN_JSONS = [
+    json.dumps(
+        {
+            **{
+                k: v
+                for k, v in config["training"].items()
+                if k not in ("cache", "seeds")
+            },
+            "seed": seed,
+        },
+        sort_keys=True,
+    )
+    for seed in SEEDS
+]
 TRAIN_CACHE = config["training"].get("cache", "auto")
 TILE_TRAIN_JSON = json.dumps(config["tile_training"], sort_keys=True)
 SHAZAM_JSON = json.dumps(config["shazam"], sort_keys=True)
@@ -206,8 +224,18 @@ def task_split_inputs(task):
 
 
 def task_folds(task):
-    """Fold files of a task (1 for a tile dataset that brings its own split)."""
+    """Folds of one cross-validation of a task (1 for a tile dataset with its own split)."""
     return TASK_SPECS[task].n_folds
+
+
+def task_runs(task):
+    """Fold files of a task: its folds once per seed (repeated cross-validation)."""
+    return TASK_SPECS[task].n_folds * len(SEEDS)
+
+
+def train_json(wildcards):
+    """The `training` section of one job: with the seed of its repetition (fold // folds)."""
+    return TRAIN_JSONS[int(wildcards.fold) // task_folds(wildcards.task)]
 
 
 def model_names(task):
@@ -226,7 +254,7 @@ def model_files(task, name):
     return [
         layout.model_outputs(task, m, k)[name.split(".")[0]]
         for m in model_names(task)
-        for k in range(task_folds(task))
+        for k in range(task_runs(task))
     ]
 
 

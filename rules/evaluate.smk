@@ -69,13 +69,14 @@ rule evaluate:
         teachers=",".join(TEACHERS),
         shazam=SHAZAM_JSON,
         evaluation=section_json("evaluation"),
+        seeds=",".join(map(str, SEEDS)),
         models_dir=lambda wc: layout.MODELS_DIR.format(task=wc.task),
         splits_dir=lambda wc, input: os.path.dirname(input.splits),
         out_dir=lambda wc, output: os.path.dirname(output.summary),
     shell:
         "shazam evaluate --spec {params.spec:q} {params.slides}"
         " --models {params.models} --teachers {params.teachers:q}"
-        " --evaluation {params.evaluation:q}"
+        " --evaluation {params.evaluation:q} --seeds {params.seeds}"
         " --shazam {params.shazam:q} --models-dir {params.models_dir}"
         " --splits-dir {params.splits_dir} --out-dir {params.out_dir}"
         " --feature-files {input.features} > {log} 2>&1"

@@ -41,7 +41,7 @@ for rule_name, (model, features) in SLIDE_TRAINING.items():
             version=SHAZAM_VERSION,
             model=lambda wc, model=model: model.format(**wc),
             spec=lambda wc: task_spec_json(wc.task),
-            train=TRAIN_JSON,
+            train=train_json,
             shazam=SHAZAM_JSON,
             teachers=",".join(TEACHERS),
             out_dir=lambda wc, output: os.path.dirname(output.metrics),
@@ -75,7 +75,7 @@ rule train_tile_model:
     params:
         version=SHAZAM_VERSION,
         spec=lambda wc: task_spec_json(wc.task),
-        train=TRAIN_JSON,
+        train=train_json,
         tile_train=TILE_TRAIN_JSON,
         shazam=SHAZAM_JSON,
         teachers=",".join(TEACHERS),

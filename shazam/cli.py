@@ -207,14 +207,18 @@ def cmd_export_pt(a: argparse.Namespace) -> None:
 
 def cmd_splits(a: argparse.Namespace) -> None:
     from .slides import load_sheet
-    from .splits import summarize, task_folds, write_splits
+    from .splits import repeat_folds, summarize, write_splits
     from .tasks import TaskSpec
 
     spec = TaskSpec.from_json(a.spec)
     sheet = load_sheet(a.slides, check_files=False) if a.slides else None
-    cohort, folds = task_folds(spec, sheet)  # a slide task without a sheet: a clear error
-    log.info("%s (%d folds: %s)", cohort.report(), len(folds), spec.splits or "generated")
-    write_splits(folds, cohort, a.out_dir)
+    # a slide task without a sheet: a clear error
+    cohort, folds = repeat_folds(spec, sheet, a.repeat)
+    log.info(
+        "%s (%d folds: %s; repetition %d)",
+        cohort.report(), len(folds), spec.splits or "generated", a.repeat,
+    )  # fmt: skip
+    write_splits(folds, cohort, a.out_dir, a.repeat)
     log.info("splits for task %s:\n%s", spec.name, summarize(folds, cohort).to_string(index=False))
 
 
@@ -269,6 +273,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         feature_files=a.feature_files,
         cfg=parse_section(EvalConfig, a.evaluation, "evaluation"),
         settings=json.loads(a.shazam) if a.shazam else None,
+        seeds=[int(x) for x in a.seeds.split(",") if x] or None,
     )  # fmt: skip
     log.info("report for task %s in %s: %s", spec.name, a.out_dir, json.dumps(head))
 
@@ -381,6 +386,11 @@ def _add_splits(sub) -> None:
     sp.add_argument("--spec", required=True, help="the task definition as JSON (from the config)")
     sp.add_argument("--slides", default=None, help="slide sheet (slide-level tasks)")
     sp.add_argument("--out-dir", required=True, help="results/splits/{task}")
+    sp.add_argument(
+        "--repeat", type=int, default=0,
+        help="repetition of the cross-validation (training.seeds): folds dealt with split seed "
+        "seed + repeat, written as fold_{repeat*k + j}.csv",
+    )  # fmt: skip
     sp.set_defaults(func=cmd_splits)
 
 
@@ -422,6 +432,11 @@ def _add_evaluate(sub) -> None:
     )
     ev.add_argument("--shazam", default=None, help=SECTION_HELP.format(section="shazam"))
     ev.add_argument("--evaluation", default="{}", help=SECTION_HELP.format(section="evaluation"))
+    ev.add_argument(
+        "--seeds", default="",
+        help="comma-separated training seeds, one repetition of the cross-validation each "
+        "(training.seeds; default: one run)",
+    )  # fmt: skip
     ev.set_defaults(func=cmd_evaluate)
 
 

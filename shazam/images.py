@@ -5,10 +5,16 @@ A tile task is a set of images with one label each (UniToPatho, HunCRC, CRC-100K
 either a folder with one subfolder per class, or a CSV ``path,label[,case_id][,split]`` (paths
 relative to the CSV's folder). :func:`load_images` lists them in a fixed order, checking the
 whole listing at once; :func:`fit_image` brings one image to a teacher's input side.
+
+Folds keep a case's images together, so the listing must say which images share a case: a
+``case_id`` column, or the task's ``case_pattern`` found in each image's path. A listing with
+neither is refused unless the task opts in to one case per image (``image_level_splits``):
+crops of one slide on both sides of a fold would make every score optimistic.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +33,9 @@ COLUMNS = ["image_id", "path", "label", "y", "case_id", "split"]
 
 def load_images(spec: TaskSpec) -> pd.DataFrame:
     """The task's images in a fixed order: ``image_id``, ``path`` (absolute), ``label``, ``y``
-    (class index), ``case_id`` (the image itself when none is given) and ``split`` (empty when
-    none is given). All problems are reported at once, naming file, line and column."""
+    (class index), ``case_id`` (the table's column, or what ``case_pattern`` finds in the image's
+    path; the image itself under ``image_level_splits``) and ``split`` (empty when none is
+    given). All problems are reported at once, naming file, line and column."""
     src = Path(spec.images)
     if src.is_dir():
         if spec.splits == "dataset":
@@ -40,6 +47,64 @@ def load_images(spec: TaskSpec) -> pd.DataFrame:
     if src.is_file():
         return _from_csv(spec, src)
     raise LabelError(f"task {spec.name}: images {src} is neither a folder nor a CSV file")
+
+
+def _case_source(spec: TaskSpec, has_column: bool, listing: str) -> str:
+    """Where the listing's cases come from: ``column``, ``pattern`` or ``image`` (one case per
+    image, only on the task's explicit opt-in); a listing that gives no cases is refused."""
+    if has_column:
+        other = (
+            f"case_pattern '{spec.case_pattern}'"
+            if spec.case_pattern is not None
+            else "`image_level_splits: true`"
+            if spec.image_level_splits
+            else None
+        )
+        if other:
+            raise LabelError(
+                f"task {spec.name}: {listing} has a case_id column and the task also sets "
+                f"{other}; which one defines the cases is ambiguous: remove that key to use "
+                "the column, or drop the column"
+            )
+        return "column"
+    if spec.case_pattern is not None:
+        return "pattern"
+    if spec.image_level_splits:
+        return "image"
+    raise LabelError(
+        f"task {spec.name}: {listing} gives no case ids, so every image would be its own case "
+        "and crops of one slide or patient would sit on both sides of a fold (train, val and "
+        "test; under `splits: dataset`, train and the val part carved from it), which makes "
+        "every score optimistic. Fix it in one of three ways: add a case_id column to an "
+        "image table (a CSV path,label,case_id); or set the task's case_pattern, a regular "
+        "expression searched in each image's path whose first group (else the whole match) is "
+        r"the case id, e.g. case_pattern: '(TCGA-\w\w-\w{4})' for a TCGA patient barcode; or, "
+        "if every image really comes from a different slide and patient, opt in with "
+        "`image_level_splits: true` (the report then says its splits are by image)"
+    )
+
+
+def _pattern_cases(spec: TaskSpec, names, at=None) -> tuple[list[str], list[str]]:
+    """The case id ``case_pattern`` finds in each name (``re.search``: the first group when
+    the pattern has one, else the whole match), and one error per name it finds none in;
+    ``at(i)``, when given, says where name ``i`` is (a table's line and column)."""
+    rx = re.compile(spec.case_pattern)
+    cases: list[str] = []
+    errors: list[str] = []
+    for i, name in enumerate(names):
+        m = rx.search(name)
+        case = (m.group(1) if rx.groups else m.group(0)) if m else None
+        where = f"{at(i)}: " if at else ""
+        if m is None:
+            errors.append(
+                f"{where}image '{name}' does not match case_pattern '{spec.case_pattern}'"
+            )
+        elif not case:
+            errors.append(
+                f"{where}case_pattern '{spec.case_pattern}' finds an empty case id in '{name}'"
+            )
+        cases.append(case or "")
+    return cases, errors
 
 
 def _from_folder(spec: TaskSpec, root: Path) -> pd.DataFrame:
@@ -59,6 +124,7 @@ def _from_folder(spec: TaskSpec, root: Path) -> pd.DataFrame:
                 if x
             )
         )
+    source = _case_source(spec, False, f"image folder {root}")
     rows = []
     for y, c in enumerate(spec.classes):
         files = sorted(
@@ -69,11 +135,18 @@ def _from_folder(spec: TaskSpec, root: Path) -> pd.DataFrame:
         for p in files:
             iid = p.relative_to(root).as_posix()
             rows.append((iid, str(p.resolve()), c, y, iid, ""))
-    return pd.DataFrame(rows, columns=COLUMNS)
+    out = pd.DataFrame(rows, columns=COLUMNS)
+    if source == "pattern":
+        cases, errors = _pattern_cases(spec, out["image_id"])
+        if errors:
+            raise LabelError(join_errors(errors, f"image folder {root} (task {spec.name})"))
+        out["case_id"] = cases
+    return out
 
 
 def _from_csv(spec: TaskSpec, path: Path) -> pd.DataFrame:
     df = read_checked_table(path, ["path", spec.label_col], "image table", spec.name)
+    source = _case_source(spec, "case_id" in df.columns, f"image table {path}")
     errors: list[str] = []
 
     def at(i, col):
@@ -96,10 +169,14 @@ def _from_csv(spec: TaskSpec, path: Path) -> pd.DataFrame:
             seen[p] = i
     labels = df[spec.label_col].str.strip()
     errors += spec.class_errors(labels, at)
-    cases = df["case_id"].str.strip() if "case_id" in df.columns else ids
-    for i, c in enumerate(cases):
-        if not c:
-            errors.append(f"{at(i, 'case_id')}: empty case id")
+    if source == "column":
+        cases = df["case_id"].str.strip()
+        errors += [f"{at(i, 'case_id')}: empty case id" for i, c in enumerate(cases) if not c]
+    elif source == "pattern":
+        found, bad = _pattern_cases(spec, ids, lambda i: at(i, "path"))
+        cases, errors = pd.Series(found, dtype=str), errors + bad
+    else:
+        cases = ids
     split = (
         df["split"].str.strip().str.lower() if "split" in df.columns else pd.Series([""] * len(df))
     )

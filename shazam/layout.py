@@ -27,8 +27,9 @@ EXTRACTION_QC = "results/qc/extraction.tsv"
 TILE_FEATURES = "results/tile_features/{task}/{teacher}.h5"
 TILE_PT = "results/tile_features/{task}/{teacher}.pt"
 # splits (rule make_splits_{task})
-FOLD = "results/splits/{task}/fold_{fold}.csv"
-SPLITS_SUMMARY = "results/splits/{task}/summary.tsv"
+SPLITS_DIR = "results/splits/{task}"
+FOLD = SPLITS_DIR + "/fold_{fold}.csv"
+SPLITS_SUMMARY = SPLITS_DIR + "/summary.tsv"
 # training (rules train_*): one folder per task, model and fold (DESIGN §3.5)
 MODELS_DIR = "results/models/{task}"
 MODEL_DIR = MODELS_DIR + "/{model}/fold_{fold}"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .duplicates import listed_twice
 from .tasks import join_errors
 
 SLIDE_ID_PATTERN = r"[A-Za-z0-9._-]+"
@@ -89,10 +90,14 @@ def load_sheet(path: str | os.PathLike, check_files: bool = True):
     mpps: list[float] = []
     seen: dict[str, int] = {}
     has_mpp = "mpp" in df.columns
+    stats: list[os.stat_result | None] = []
     for i, row in df.iterrows():
-        full, mpp = _check_row(i, row, base, has_mpp, check_files, seen, where, errors)
+        full, mpp, st = _check_row(i, row, base, has_mpp, check_files, seen, where, errors)
         resolved.append(full)
         mpps.append(mpp)
+        stats.append(st)
+    sids, cases = list(df["slide_id"].str.strip()), list(df["case_id"].str.strip())
+    errors += listed_twice(sids, cases, resolved, stats, check_files, where)
     if errors:
         raise SheetError(join_errors(errors, f"slide sheet {path}"))
     import pandas as pd
@@ -109,7 +114,8 @@ def load_sheet(path: str | os.PathLike, check_files: bool = True):
 
 
 def _check_row(i, row, base: Path, has_mpp: bool, check_files: bool, seen: dict, where, errors):
-    """(resolved path, MPP or NaN) of one sheet row; its problems are appended to ``errors``."""
+    """(resolved path, MPP or NaN, the file's stat or None) of one sheet row; its problems are
+    appended to ``errors``."""
     sid = row["slide_id"].strip()
     if not sid:
         errors.append(f"{where(i, 'slide_id')}: empty slide id")
@@ -126,6 +132,7 @@ def _check_row(i, row, base: Path, has_mpp: bool, check_files: bool, seen: dict,
     if not row["case_id"].strip():
         errors.append(f"{where(i, 'case_id')}: empty case id for slide '{sid}'")
     p = row["path"].strip()
+    st = None
     if not p:
         errors.append(f"{where(i, 'path')}: empty path for slide '{sid}'")
         full_s = ""
@@ -134,8 +141,11 @@ def _check_row(i, row, base: Path, has_mpp: bool, check_files: bool, seen: dict,
         if not full.is_absolute():
             full = base / full
         full_s = os.path.normpath(full)
-        if check_files and not os.path.exists(full_s):
-            errors.append(f"{where(i, 'path')}: file not found for slide '{sid}': {full_s}")
+        if check_files:
+            try:
+                st = os.stat(full_s)
+            except OSError:
+                errors.append(f"{where(i, 'path')}: file not found for slide '{sid}': {full_s}")
     mpp = math.nan
     if has_mpp and row["mpp"].strip():
         try:
@@ -148,7 +158,7 @@ def _check_row(i, row, base: Path, has_mpp: bool, check_files: bool, seen: dict,
                 "(µm per pixel at level 0; leave empty to use the slide's metadata)"
             )
             mpp = math.nan
-    return full_s, mpp
+    return full_s, mpp, st
 
 
 def sheet_frame(slide_id=(), path=(), case_id=()):

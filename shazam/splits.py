@@ -12,11 +12,18 @@ Imported splits (CLAM ``splits_{k}.csv`` or one table with ``fold_k`` columns, i
 slide or image ids) are checked by :func:`check_splits`: the seed's val/test overlap is an
 error naming the case. A tile dataset may bring its own split (``splits: dataset``): one fold.
 :func:`task_folds` is the one entry for every kind of task.
+
+Repeated cross-validation (``training.seeds`` with several seeds): repetition ``r`` deals the
+task's folds again with split seed ``seed + r`` (repetition 0 is the plain split, so adding
+seeds never changes existing folds) and its fold files continue the numbering: fold file
+``r · k + j`` is fold ``j`` of repetition ``r``. Imported or dataset splits cannot be dealt
+again: every repetition reuses them (only the training seed differs).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +57,19 @@ def task_folds(
     if spec.splits:
         return cohort, import_splits(spec.splits, cohort, sheet)
     return cohort, make_splits(cohort)
+
+
+def repeat_folds(
+    spec: TaskSpec, sheet: pd.DataFrame | None = None, repeat: int = 0
+) -> tuple[Cohort, list[pd.DataFrame]]:
+    """The folds of repetition ``repeat`` of a task's cross-validation: generated folds are
+    dealt again with split seed ``spec.seed + repeat``; imported and dataset splits are the
+    same in every repetition."""
+    if repeat < 0:
+        raise ValueError(f"task {spec.name}: repeat must be >= 0, got {repeat}")
+    if repeat and not spec.splits:
+        spec = replace(spec, seed=spec.seed + repeat)
+    return task_folds(spec, sheet)
 
 
 def _case_split(spec: TaskSpec, images: pd.DataFrame) -> dict[str, str]:
@@ -265,17 +285,24 @@ def summarize(folds: list[pd.DataFrame], cohort: Cohort) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def summary_name(repeat: int = 0) -> str:
+    """The splits summary of a repetition: ``summary.tsv`` (repetition 0), then
+    ``summary_repeat{r}.tsv``."""
+    return "summary.tsv" if repeat == 0 else f"summary_repeat{repeat}.tsv"
+
+
 def write_splits(
-    folds: list[pd.DataFrame], cohort: Cohort, out_dir: str | os.PathLike
+    folds: list[pd.DataFrame], cohort: Cohort, out_dir: str | os.PathLike, repeat: int = 0
 ) -> list[Path]:
+    """``fold_{r·k + j}.csv`` for the folds ``j`` of repetition ``r``, and its summary."""
     out = Path(out_dir)
     paths = []
     for f, df in enumerate(folds):
-        p = out / f"fold_{f}.csv"
+        p = out / f"fold_{repeat * len(folds) + f}.csv"
         with atomic_path(p) as tmp:
             df.sort_values("case_id").to_csv(tmp, index=False)
         paths.append(p)
-    with atomic_path(out / "summary.tsv") as tmp:
+    with atomic_path(out / summary_name(repeat)) as tmp:
         summarize(folds, cohort).to_csv(tmp, sep="\t", index=False)
     return paths
 

@@ -9,6 +9,7 @@ Pure Python (no torch, no pandas): the workflow checks every task while it parse
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
@@ -83,6 +84,11 @@ class TaskSpec:
     mpp: float | None = None
     fit: str = "resize"
     export_pt: bool = False  # also a `.pt` (features, labels) per teacher, the seed's format
+    # where a tile task's cases come from when the listing has no case_id column: a regular
+    # expression searched in each image's relative path (first group, else the whole match),
+    # or the explicit opt-in to one case per image (optimistic splits; the report says so)
+    case_pattern: str | None = None
+    image_level_splits: bool = False
 
     @property
     def record(self) -> TaskKind:
@@ -138,17 +144,14 @@ class TaskSpec:
                 f"{where}: type must be one of {', '.join(TASK_TYPES)}, got {self.type}"
             )
         if self.is_tile:
-            if not self.images:
-                raise LabelError(
-                    f"{where}: tile_classification needs `images` (a folder with one subfolder "
-                    "per class, or a CSV with path,label[,case_id][,split])"
-                )
-            if self.fit not in TILE_FITS:
-                raise LabelError(f"{where}: fit must be resize or crop, got {self.fit}")
-            if self.mpp is not None and not self.mpp > 0:
-                raise LabelError(f"{where}: mpp must be > 0 (or null), got {self.mpp}")
+            self._check_tile(where)
         elif not self.labels:
             raise LabelError(f"{where}: give `labels` (the case-level label file)")
+        elif self.case_pattern is not None or self.image_level_splits:
+            raise LabelError(
+                f"{where}: case_pattern and image_level_splits are keys of tile_classification "
+                "tasks (a slide task's cases are the slide sheet's case_id column)"
+            )
         if self.kind == "classification" and len(self.classes) < 2:
             raise LabelError(f"{where}: give `classes` (at least 2, in order)")
         if self.type == "survival" and not (self.time_col and self.event_col):
@@ -161,6 +164,33 @@ class TaskSpec:
             raise LabelError(f"{where}: val_fraction must be in (0, 1)")
         if self.unmatched not in ("drop", "error"):
             raise LabelError(f"{where}: unmatched must be drop or error")
+
+    def _check_tile(self, where: str) -> None:
+        if not self.images:
+            raise LabelError(
+                f"{where}: tile_classification needs `images` (a folder with one subfolder "
+                "per class, or a CSV with path,label[,case_id][,split])"
+            )
+        if self.fit not in TILE_FITS:
+            raise LabelError(f"{where}: fit must be resize or crop, got {self.fit}")
+        if self.mpp is not None and not self.mpp > 0:
+            raise LabelError(f"{where}: mpp must be > 0 (or null), got {self.mpp}")
+        if self.case_pattern is None:
+            return
+        if self.image_level_splits:
+            raise LabelError(
+                f"{where}: give case_pattern (cases found in the image paths) or "
+                "`image_level_splits: true` (one case per image), not both"
+            )
+        if not isinstance(self.case_pattern, str) or not self.case_pattern:
+            raise LabelError(f"{where}: case_pattern must be a non-empty regular expression")
+        try:
+            re.compile(self.case_pattern)
+        except re.error as e:
+            raise LabelError(
+                f"{where}: case_pattern '{self.case_pattern}' is not a valid regular "
+                f"expression: {e}"
+            ) from None
 
     def class_errors(self, labels: Iterable[str], at: Callable[[int, str], str]) -> list[str]:
         """One message per label that is not one of the task's classes; ``at(row, column)``

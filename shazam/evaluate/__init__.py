@@ -6,6 +6,8 @@ Reads every model's per-fold outputs (``results/models/{task}/{model}/fold_{k}/`
 
 - :mod:`.run` — :func:`evaluate_task`, the whole report of one task;
 - :mod:`.runs` — the models' outputs, pooled out-of-fold predictions, late fusion;
+- :mod:`.pooled` — the pooled estimates (survival: C-index within folds; the log-rank p of
+  each fold's cases split at its training cut-off, shared with the Kaplan–Meier figure);
 - :mod:`.stats` — bootstrap CIs and the paired comparison (mean ± SD over folds, pooled
   estimate with a case-level bootstrap CI, paired bootstrap Δ and Wilcoxon p over folds);
 - :mod:`.tables` — the TSV tables and the choice of the single-teacher baseline (on

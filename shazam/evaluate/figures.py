@@ -12,24 +12,31 @@ from ..metrics import classification_metrics
 from ..models import registry
 from ..tasks import TaskSpec
 from .document import METRIC_LABELS
+from .pooled import first_repeat, pooled_logrank, risk_groups
 from .runs import ModelRun, _class_arrays
 from .stats import Paired
 
 FIGURE_CAPTIONS = {
     "metrics": "Every model's test metrics. Bars: mean over folds; dots: single folds; black "
     "diamond and whiskers: pooled out-of-fold estimate with its case-level bootstrap 95% CI "
-    "(where defined).",
+    "(where defined; the survival C-index is pooled within folds: pairs of cases of one fold, "
+    "cases resampled within each fold). P-values have no bars: they are not averaged.",
     "roc": "ROC curves of the pooled out-of-fold predictions (several classes: micro-average "
     "of the one-vs-rest curves); the legend gives the pooled AUC with its 95% CI.",
-    "km": "Kaplan–Meier curves of the cases each model calls high risk vs low risk (above vs "
-    "at or below the median predicted risk of their own test fold; no outcome is used for the "
-    "cut-off), pooled over folds, with the log-rank p.",
+    "km": "Kaplan–Meier curves of the cases each model calls high risk vs low risk, pooled "
+    "over folds: a case is high risk when its predicted risk is above the cut-off its fold's "
+    "model recorded at training, the median risk of the fold's training cases (no test outcome "
+    "or test risk sets it; the per-fold log-rank p uses the same cut-off). The title's "
+    "log-rank p compares exactly these two groups (summary.tsv's pooled log-rank p).",
     "confusion": "Confusion matrix of the pooled out-of-fold predictions (rows: true class, "
     "columns: predicted).",
     "gate": "The student's gate: mean weight per teacher on each test fold (dots) and over "
     "folds (bars). Equal weights would be 1 / number of teachers.",
-    "delta": "Paired comparison per fold: the student's test metric minus the baseline's on "
-    "the same test cases; the diamond is the mean Δ with its paired bootstrap 95% CI.",
+    "delta": "Paired comparison per run (fold × seed): the student's test metric minus the "
+    "baseline's on the same test cases (dots); the black diamond is the mean Δ with the "
+    "verdict's interval (corrected resampled t over runs), the grey one the paired case "
+    "bootstrap 95% CI (trained models fixed). Baselines: the best single teacher chosen on "
+    "validation, early fusion (concat), late fusion, and the oracle teacher.",
 }
 # metrics whose chance level is 0.5: a dashed line marks it
 CHANCE_HALF = ("balanced_accuracy", "auc_macro", "c_index", "c_index_ipcw", "td_auc_mean")
@@ -52,10 +59,11 @@ def draw_figures(
     if spec.kind == "classification":
         figures["roc"] = fig_roc(pooled, summary, spec, fig_dir / "roc.png")
         figures["confusion"] = fig_confusion(
-            pooled[focus[0]], spec, focus[0], fig_dir / "confusion.png"
+            first_repeat(pooled[focus[0]]), spec, focus[0], fig_dir / "confusion.png"
         )
     else:
-        figures["km"] = fig_km(pooled, list(dict.fromkeys(focus)), spec, fig_dir / "km.png")
+        models = list(dict.fromkeys(focus))
+        figures["km"] = fig_km(pooled, runs, models, spec, fig_dir / "km.png")
     figures["gate"] = fig_gate(runs, fig_dir / "gate.png", teachers)
     figures["delta"] = fig_delta(pairs, fig_dir / "delta.png")
     return {n: p for n, p in figures.items() if p is not None}
@@ -195,39 +203,51 @@ def fig_confusion(pooled: pd.DataFrame, spec: TaskSpec, model: str, path: Path):
     return _save(fig, path)
 
 
-def km_groups(pooled: pd.DataFrame) -> np.ndarray:
-    """High risk = above the median predicted risk of the case's own test fold."""
-    return pooled["risk_rank"].to_numpy() > 0.5 + 1e-12
-
-
-def fig_km(pooled: dict[str, pd.DataFrame], models: list[str], spec: TaskSpec, path: Path):
+def fig_km(
+    pooled: dict[str, pd.DataFrame],
+    runs: dict[str, ModelRun],
+    models: list[str],
+    spec: TaskSpec,
+    path: Path,
+):
+    """Per model, Kaplan–Meier curves of the :func:`~.pooled.risk_groups` (each case split at
+    its fold's training cut-off) and, in the title, their log-rank p (the summary's pooled
+    ``logrank_p``); a model without recorded cut-offs gets a panel saying why."""
     from lifelines import KaplanMeierFitter
-    from lifelines.statistics import logrank_test
 
     plt = _plt()
     fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.8), squeeze=False)
     for ax, name in zip(axes[0], models, strict=True):
-        df = pooled[name]
-        high = km_groups(df)
-        t, e = df["time"].to_numpy(float), df["event"].to_numpy().astype(bool)
-        for grp, lab, col in ((~high, "low risk", "#3182bd"), (high, "high risk", "#de2d26")):
-            if grp.any():
-                KaplanMeierFitter().fit(
-                    t[grp], e[grp], label=f"{lab} (n={grp.sum()}, {e[grp].sum()} events)"
-                ).plot_survival_function(ax=ax, color=col, ci_show=True)
+        df = first_repeat(pooled[name])  # each case once, as the pooled log-rank p
+        high, why = risk_groups(df, runs[name])
         title = name
-        if high.any() and (~high).any():
-            p = logrank_test(t[high], t[~high], e[high], e[~high]).p_value
-            title += f"\nlog-rank p = {p:.2g}"
+        if high is None:
+            ax.text(0.5, 0.5, _wrap(why), ha="center", va="center", fontsize=7,
+                    transform=ax.transAxes)  # fmt: skip
+        else:
+            t, e = df["time"].to_numpy(float), df["event"].to_numpy().astype(bool)
+            for grp, lab, col in ((~high, "low risk", "#3182bd"), (high, "high risk", "#de2d26")):
+                if grp.any():
+                    KaplanMeierFitter().fit(
+                        t[grp], e[grp], label=f"{lab} (n={grp.sum()}, {e[grp].sum()} events)"
+                    ).plot_survival_function(ax=ax, color=col, ci_show=True)
+            ax.legend(fontsize=7, loc="lower left")
+            p, _ = pooled_logrank(df, runs[name])
+            title += "" if p is None else f"\nlog-rank p = {p:.2g}"
         ax.set(
             title=title,
             xlabel=f"time ({spec.time_unit})",
             ylabel="survival probability",
             ylim=(0, 1.02),
         )
-        ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _wrap(text: str, width: int = 45) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
 
 
 def fig_gate(runs: dict[str, ModelRun], path: Path, order=()):
@@ -265,24 +285,33 @@ def fig_delta(pairs: list[Paired], path: Path):
             np.full(len(d), i) + np.linspace(-0.12, 0.12, len(d)), d, "o", color="#555555", ms=4
         )
         if p.mean is not None:
-            lo = p.mean - (p.ci_low if p.ci_low is not None else p.mean)
-            hi = (p.ci_high if p.ci_high is not None else p.mean) - p.mean
-            ax.errorbar(
-                i + 0.25,
-                p.mean,
-                yerr=[[max(lo, 0)], [max(hi, 0)]],
-                fmt="D",
-                color="black",
-                capsize=4,
-            )
+            c = p.corrected
+            for dx, (lo, hi), colour in (
+                (0.25, (c.low, c.high) if c is not None else (None, None), "black"),
+                (0.33, (p.ci_low, p.ci_high), "#999999"),
+            ):
+                if lo is None:
+                    continue
+                ax.errorbar(
+                    i + dx, p.mean, yerr=[[max(p.mean - lo, 0)], [max(hi - p.mean, 0)]],
+                    fmt="D", color=colour, capsize=4, ms=5,
+                )  # fmt: skip
     ax.axhline(0, color="grey", lw=0.8, ls="--")
-    short = ["chosen on validation" if "validation" in p.label else "oracle" for p in pairs]
+    short = [_short(p.label) for p in pairs]
     ax.set_xticks(
         range(len(pairs)),
         [f"{p.a} − {p.b}\n({s})" for p, s in zip(pairs, short, strict=True)],
         fontsize=7,
     )
     ax.set_ylabel(f"Δ {METRIC_LABELS.get(pairs[0].metric, pairs[0].metric)}")
-    ax.set_title("student minus baseline, per test fold")
+    ax.set_title("student minus baseline, per run (fold × seed)")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _short(label: str) -> str:
+    for key, short in (("validation", "chosen on validation"), ("early", "early fusion"),
+                       ("late", "late fusion"), ("oracle", "oracle")):  # fmt: skip
+        if key in label:
+            return short
+    return label

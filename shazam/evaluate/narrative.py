@@ -7,7 +7,7 @@ survival); the sections read those instead of branching on the kind of task.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -17,9 +17,11 @@ from ..models import registry
 from ..tasks import TaskSpec
 from .document import METRIC_LABELS, Doc, _ci, _fmt, _none, _signed
 from .figures import FIGURE_CAPTIONS
+from .pooled import NOT_AVERAGED
 from .runs import ModelRun
 from .stats import EvalConfig, Paired
-from .tables import LOWER_IS_BETTER
+from .tables import fold_notes
+from .verdict import _params, answer
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,8 @@ WORDING = {
         student_shown="Shazam v1",
         per_step="images per step",
         split_level="case",
-        split_note=". All images of a case are in the same split (image-level when the dataset "
-        "has no case ids).",
+        split_note=". All images of a case are in the same split (each image is its own case "
+        "under `image_level_splits: true`).",
         draw_note="; each draw takes all images of a drawn case",
         uncertainty_note="; a drawn case brings all its images",
         class_counts="cases per class: ",
@@ -78,6 +80,8 @@ class Outcome:
     strata: str  # what the folds are stratified by
     fused: str  # what late fusion averages
     lower_note: str  # the metrics where lower is better, as a sentence (or nothing)
+    pooled: str = "pooled out-of-fold {label}"  # the main metric's pooled estimate, named
+    pooled_note: str = ""  # how the pooled estimates differ from all folds' cases at once
 
 
 OUTCOME = {
@@ -87,6 +91,12 @@ OUTCOME = {
         "event × time quantile",
         "within-fold rank-normalised risks",
         "Lower is better for the integrated Brier score and the log-rank p. ",
+        "{label}, pooled within folds,",
+        "The pooled C-index is pooled within folds: it counts only pairs of cases of the same "
+        "test fold (each fold's model has its own risk scale), and its CI resamples cases within "
+        "each fold. The log-rank p is not averaged over folds: the value shown is that of all "
+        "folds' cases, each split at its own fold's training median risk (the groups of the "
+        "Kaplan–Meier figure). ",
     ),
 }
 
@@ -108,6 +118,21 @@ class ReportContext:
     singles: list[str]
     cfg: EvalConfig
     settings: dict
+    seeds: list[int] = field(default_factory=list)  # training seeds (one repetition each)
+
+    @property
+    def n_repeats(self) -> int:
+        return max(len(self.seeds), 1)
+
+    @property
+    def design(self) -> str:
+        """The resampling design, as the report names it."""
+        k = self.spec.n_folds
+        one = f"{k}-fold cross-validation" if k > 1 else "the dataset's own train/val/test split"
+        if self.n_repeats == 1:
+            return one
+        how = "repeated" if k > 1 and not self.spec.splits else "the same split(s) trained"
+        return f"{one}, {how} with {self.n_repeats} seeds ({k * self.n_repeats} runs)"
 
     @property
     def words(self) -> Wording:
@@ -155,88 +180,13 @@ def question(ctx: ReportContext, doc: Doc) -> None:
     spec, w = ctx.spec, ctx.words
     classes = " vs ".join(spec.classes)
     what = w.what.format(predicting=ctx.outcome.predicting.format(classes=classes), classes=classes)
-    design = (
-        f"{spec.n_folds}-fold cross-validation"
-        if spec.n_folds > 1
-        else "the dataset's own train/val/test split"
-    )
+    design = ctx.design
     doc.h(1, f"Task {spec.name}: does the distilled student beat the best single foundation model?")
     doc.p(
         f"**Question.** For {what} ({ctx.counted}, {design}), is {w.student_is}, distilled from "
         f"{len(ctx.teachers)} pathology foundation model(s) ({', '.join(ctx.teachers)}), better "
         f"than {w.baseline_is} on the single best foundation model's features? Main metric: "
         f"**{ctx.label}**."
-    )
-
-
-def answer(ctx: ReportContext, doc: Doc) -> None:
-    doc.h(2, "Answer")
-    for line in _answer_lines(ctx):
-        doc.p(line)
-
-
-def _estimate(ctx: ReportContext, model: str) -> str:
-    s = ctx.summary[ctx.summary["metric"] == ctx.spec.primary_metric].set_index("model")
-    r = s.loc[model]
-    return (
-        f"{_fmt(_none(r['pooled']))} (95% CI {_ci(r['ci_low'], r['ci_high'])}; "
-        f"mean over folds {_fmt(_none(r['mean']))} ± {_fmt(_none(r['sd']))})"
-    )
-
-
-def _answer_lines(ctx: ReportContext) -> list[str]:
-    label, student = ctx.label, registry.FAMILY[ctx.spec.family].student
-    if student not in ctx.runs:
-        n = len(ctx.teachers)
-        best = ctx.chosen.get("val")
-        return [
-            f"This run has {n} teacher" + ("" if n == 1 else "s") + "; the Shazam student (and "
-            "the concat baseline) need two or more, so there is no student to compare."
-        ] + (
-            [
-                f"The best single teacher on validation, **{best}**, reaches pooled "
-                f"{label} {_estimate(ctx, best)}."
-            ]
-            if best
-            else []
-        )
-    if not ctx.pairs:
-        return [
-            f"The student reaches pooled {label} {_estimate(ctx, student)}; no single-teacher "
-            "baseline has a defined validation score, so there is no paired comparison."
-        ]
-    p = ctx.pairs[0]
-    if p.mean is None:
-        return [
-            f"The paired difference is undefined on these folds ({label} missing); see "
-            "the table of missing metrics below."
-        ]
-    lines = [
-        f"**{ctx.words.student_shown}** reaches pooled out-of-fold {label} "
-        f"{_estimate(ctx, student)}; the best single teacher chosen on validation, **{p.b}**, "
-        f"reaches {_estimate(ctx, p.b)}.",
-        f"Mean per-fold Δ = **{_signed(p.mean)}** (paired bootstrap 95% CI "
-        f"{_signed(p.ci_low)} to {_signed(p.ci_high)}; Wilcoxon signed-rank p = "
-        f"{_fmt(p.wilcoxon_p, 'wilcoxon_p')}): {_verdict(p)}.",
-    ]
-    if len(ctx.pairs) > 1:
-        o = ctx.pairs[1]
-        lines.append(
-            f"Against the best single teacher on test (**{o.b}**, an optimistic oracle choice): "
-            f"Δ = {_signed(o.mean)} (95% CI {_signed(o.ci_low)} to {_signed(o.ci_high)})."
-        )
-    return lines
-
-
-def _verdict(p: Paired) -> str:
-    if not p.excludes_zero:
-        return (
-            "the difference is **not distinguishable from 0**: its 95% CI includes 0 "
-            "(no evidence either way at this cohort size)"
-        )
-    better = p.mean > 0 if p.metric not in LOWER_IS_BETTER else p.mean < 0
-    return ("the student is **better**" if better else "the student is **worse**") + (
-        ": the 95% CI of the difference excludes 0"
     )
 
 
@@ -247,21 +197,31 @@ def results(ctx: ReportContext, doc: Doc) -> None:
     for name in ctx.runs:
         s = ctx.summary[ctx.summary["model"] == name].set_index("metric")
         what = registry.parse(name).describe(ctx.teachers, len(ctx.singles))
-        row = {"model": name, "what it is": what}
+        params = _none(s["params"].iloc[0]) if "params" in s else None
+        row = {
+            "model": name,
+            "what it is": what,
+            "parameters": "—" if params is None else f"{int(params):,}",
+        }
         for m in spec.record.scalars:
             r = s.loc[m]
             cell = f"{_fmt(_none(r['mean']), m)}"
             if _none(r["sd"]) is not None:
                 cell += f" ± {_fmt(r['sd'], m)}"
-            if m in spec.record.ci_metrics:
+            if m in NOT_AVERAGED:  # a p-value: the pooled one only
+                cell = f"pooled {_fmt(_none(r['pooled']), m)}"
+            elif m in spec.record.ci_metrics:
                 cell += f" (pooled {_fmt(_none(r['pooled']), m)}, {_ci(r['ci_low'], r['ci_high'])})"
             row[METRIC_LABELS[m]] = cell
         rows.append(row)
     doc.table(pd.DataFrame(rows))
     doc.p(
-        f"Mean ± SD over the {spec.n_folds} test fold(s); in brackets the pooled out-of-fold "
+        f"Mean ± SD over the {spec.n_folds * ctx.n_repeats} test fold(s) ({ctx.design}); "
+        "parameters: trainable, of fold 0's model (late fusion: its single teachers' "
+        "together); in brackets the pooled out-of-fold "
         f"estimate with its case-level bootstrap {int(cfg.level * 100)}% CI ({cfg.n_boot} "
-        f"resamples, seed {cfg.seed}{ctx.words.draw_note}). {ctx.outcome.lower_note}"
+        f"resamples, seed {cfg.seed}{ctx.words.draw_note}). {ctx.outcome.pooled_note}"
+        f"{ctx.outcome.lower_note}"
         "Full numbers: `summary.tsv` (per model and metric) and `per_fold.tsv` (per fold)."
     )
 
@@ -272,10 +232,19 @@ def comparison(ctx: ReportContext, doc: Doc) -> None:
     cfg = ctx.cfg
     doc.h(2, "Paired comparison")
     rows = []
+    level = int(cfg.level * 100)
     for p in ctx.pairs:
+        c = p.corrected
         row = {"student − baseline": f"{p.a} − {p.b}", "baseline chosen as": p.label}
-        row.update({f"fold {k}": _signed(d) for k, d in enumerate(p.per_fold)})
-        row["mean Δ (95% CI)"] = f"{_signed(p.mean)} ({_signed(p.ci_low)} to {_signed(p.ci_high)})"
+        row["parameters"] = " vs ".join(_params(n).split(" ")[0] for n in p.params)
+        if len(p.per_fold) <= 10:
+            row.update({f"run {k}": _signed(d) for k, d in enumerate(p.per_fold)})
+        row["mean Δ"] = _signed(p.mean)
+        row[f"{level}% CI over runs (corrected t)"] = (
+            f"{_signed(c.low)} to {_signed(c.high)}" if c is not None and c.low is not None else "—"
+        )
+        row["corrected p"] = _fmt(c.p if c is not None else None, "corrected_p")
+        row[f"{level}% CI, case bootstrap"] = f"{_signed(p.ci_low)} to {_signed(p.ci_high)}"
         row["Wilcoxon p"] = _fmt(p.wilcoxon_p, "wilcoxon_p")
         rows.append(row)
     doc.table(pd.DataFrame(rows))
@@ -287,23 +256,37 @@ def comparison(ctx: ReportContext, doc: Doc) -> None:
         if p.n_valid < cfg.n_boot
     ]
     doc.p(
-        f"Δ of {ctx.label} on each test fold (same cases for both models). The CI "
-        f"resamples cases within each test fold ({cfg.n_boot} times, the same draw for both "
-        "models) and averages the per-fold Δ. " + (f"Note: {'; '.join(notes)}." if notes else "")
+        f"Δ of {ctx.label} on each run's test fold (same cases for both models; run = fold "
+        "file, fold j of seed r is run r·k + j). The verdict's interval is the corrected "
+        "resampled t over the runs (Nadeau & Bengio 2003): mean Δ ± t · √((1/J + n_test/"
+        "n_train) · s²), which covers the training sets and seeds as well as the test cases. "
+        f"The case bootstrap resamples cases within each test fold ({cfg.n_boot} times, the "
+        "same draw for both models) and averages the per-run Δ: it holds the trained models "
+        "fixed. Early and late fusion see every teacher, as the student does: they are the "
+        "controls for whether fusing the teachers helps. "
+        + (f"Note: {'; '.join(notes)}." if notes else "")
     )
 
 
 def missing(ctx: ReportContext, doc: Doc) -> None:
     gone = ctx.summary[ctx.summary["missing"].astype(str).str.len() > 0]
-    if not len(gone):
-        return
-    doc.h(3, "Metrics that are undefined on some folds")
-    doc.ul(
-        [
-            f"{r.model}, {METRIC_LABELS.get(r.metric, r.metric)}: {r.missing}"
-            for r in gone.itertuples()
-        ]
-    )
+    if len(gone):
+        doc.h(3, "Metrics that are undefined on some folds")
+        doc.ul(
+            [
+                f"{r.model}, {METRIC_LABELS.get(r.metric, r.metric)}: {r.missing}"
+                for r in gone.itertuples()
+            ]
+        )
+    part = [
+        f"{name}, {METRIC_LABELS.get(m, m)}: {'; '.join(notes)}"
+        for name, run in ctx.runs.items()
+        for m in ctx.spec.record.scalars
+        if (notes := fold_notes(run.metrics, m))
+    ]
+    if part:
+        doc.h(3, "Metrics computed on part of a fold's cases")
+        doc.ul(part)
 
 
 def figures(ctx: ReportContext, doc: Doc) -> None:
@@ -333,6 +316,28 @@ def dataset(ctx: ReportContext, doc: Doc) -> None:
         )
     )
     doc.table(d)
+    dropped = _no_patches(ctx)
+    if dropped:
+        doc.p(
+            f"**Left out: {len(dropped)} case(s) without patches** (every slide of the case "
+            "was skipped as unreadable or has no tissue): nothing for a model to look at, so "
+            "they are left out of training, selection and the test metrics of every model, "
+            "rather than scored on a constant prediction: "
+            + ", ".join(f"{c} ({sp})" for c, sp in sorted(dropped.items())[:20])
+            + (" …" if len(dropped) > 20 else "")
+            + ". Check the QC table (results/qc/tiling.tsv)."
+        )
+
+
+def _no_patches(ctx: ReportContext) -> dict[str, str]:
+    """{case: the split(s) it would have had} of the cases left out for having no patches."""
+    out: dict[str, set] = {}
+    for r in ctx.runs.values():
+        for k, m in enumerate(r.metrics):
+            for sp, ids in (m.get("no_patches") or {}).items():
+                for c in ids:
+                    out.setdefault(c, set()).add(f"{sp} of fold {k}")
+    return {c: ", ".join(sorted(v)) for c, v in out.items()}
 
 
 def protocol(ctx: ReportContext, doc: Doc) -> None:
@@ -349,7 +354,11 @@ def protocol(ctx: ReportContext, doc: Doc) -> None:
         "The single-teacher baseline of the paired comparison is the one with the best mean "
         f"validation {ctx.label}"
         + (f" ({chosen['val']})" if chosen.get("val") else "")
-        + "; the best on test is shown as an oracle, which is optimistic for the baseline.",
+        + "; the best on test is shown as an oracle, which is optimistic for the baseline. "
+        "The single teachers read each teacher's last (high) level; the student reads the "
+        "configured levels of every teacher, so the controls for fusing teachers are early "
+        "fusion (concat) and late fusion, and `shazam-high` is the student on the high level "
+        "only.",
         f"Late fusion averages the single teachers' {ctx.outcome.fused}; it is not trained.",
     ]
     if ctx.spec.kind == "survival":
@@ -357,8 +366,10 @@ def protocol(ctx: ReportContext, doc: Doc) -> None:
     items.append(
         f"Uncertainty: mean ± SD over folds; case-level percentile bootstrap of the pooled "
         f"out-of-fold predictions ({cfg.n_boot} resamples, seed {cfg.seed}"
-        f"{ctx.words.uncertainty_note}); paired comparison by a fold-stratified paired "
-        "bootstrap and the Wilcoxon signed-rank test over folds."
+        f"{ctx.words.uncertainty_note}; a case tested in several repetitions is drawn with "
+        "all its runs); the verdict: Nadeau–Bengio corrected resampled t-test over every run "
+        f"({ctx.design}); besides it a fold-stratified paired case bootstrap (trained models "
+        "fixed) and, with one run per fold, the Wilcoxon signed-rank test over folds."
     )
     doc.ul(items)
     if ctx.settings:
@@ -376,24 +387,37 @@ def _budget(ctx: ReportContext) -> str:
             ("lr", "AdamW lr"),
             ("weight_decay", "weight decay"),
             ("accumulate", ctx.words.per_step),
-            ("seed", "seed"),
         )
         if key in train
+    ) + (
+        f", seed{'s' if len(ctx.seeds) > 1 else ''} {', '.join(map(str, ctx.seeds))}"
+        if ctx.seeds
+        else (f", seed {train['seed']}" if "seed" in train else "")
     )
 
 
 def _split_line(ctx: ReportContext) -> str:
     spec = ctx.spec
+    level = ctx.words.split_level
+    if spec.image_level_splits:
+        level = "image (`image_level_splits: true`: optimistic, see the answer)"
     if spec.n_folds == 1:
         return (
             "Splits: the dataset's own train/val/test assignment (one fold); all images of a "
             "case must share a split."
         )
     return (
-        f"Splits: {ctx.words.split_level}-level, stratified ({ctx.outcome.strata}), "
+        f"Splits: {level}-level, stratified ({ctx.outcome.strata}), "
         f"{spec.n_folds} folds whose test parts partition the cohort; validation is "
         f"{spec.val_fraction:.0%} of each fold's non-test cases (split seed {spec.seed})"
         + ctx.words.split_note
+        + (
+            f" Repeated {ctx.n_repeats} times: repetition r deals the folds again with split "
+            f"seed {spec.seed} + r and trains every model with training seed r of "
+            f"{', '.join(map(str, ctx.seeds))}."
+            if ctx.n_repeats > 1 and not spec.splits
+            else ""
+        )
     )
 
 
@@ -415,8 +439,14 @@ def _survival_line(ctx: ReportContext) -> str:
         "quantiles of the event times of each fold's **training** cases"
         + (f" (fold 0: {', '.join(f'{b:.3g}' for b in bins)})" if bins else "")
         + "; risk = −Σ survival. IPCW C-index with τ = 90th percentile of training times; "
-        "per-fold log-rank p splits test cases at the training median risk. Pooled risks "
-        "are rank-normalised within each fold before pooling."
+        "integrated Brier score and time-dependent AUC on a time grid inside the test "
+        "follow-up and below the longest training time, where the training censoring estimate "
+        "ends (test cases past it count as event-free over the grid; `per_fold.tsv`'s "
+        "n_beyond_followup). "
+        "The log-rank p splits test cases at the median risk of the fold's training cases, "
+        "recorded at training: per fold, and pooled over folds for the summary and the "
+        "Kaplan–Meier figure (p-values are not averaged). The pooled C-index counts pairs "
+        "within a fold only."
     )
 
 

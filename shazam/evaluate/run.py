@@ -20,6 +20,7 @@ from .tables import (
     choose_baselines,
     comparison_table,
     dataset_table,
+    fusion_controls,
     paired_comparisons,
     per_fold_table,
     summary_table,
@@ -41,25 +42,32 @@ def evaluate_task(
     feature_files: list[str | os.PathLike] = (),
     cfg: EvalConfig = DEFAULTS,
     settings: dict | None = None,
+    seeds: list[int] | None = None,
 ) -> dict:
-    """Write the task's report folder; returns the headline numbers."""
+    """Write the task's report folder; returns the headline numbers. ``seeds``: the training
+    seeds, one repetition of the cross-validation each (None: one run)."""
     out = Path(out_dir)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     for old in fig_dir.glob("*.png"):  # a figure that no longer applies must not linger
         old.unlink()
     student = registry.FAMILY[spec.family].student
-    runs = load_runs(spec, models, models_dir, sheet, splits_dir)
+    seeds = list(seeds or [])
+    n_runs = spec.n_folds * max(len(seeds), 1)
+    runs = load_runs(spec, models, models_dir, sheet, splits_dir, n_runs)
     singles = single_teachers(spec, models)
     pooled = {n: pooled_predictions(r, spec) for n, r in runs.items()}
     per_fold = per_fold_table(runs, spec)
     summary = summary_table(runs, pooled, spec, cfg)
-    chosen = choose_baselines(summary, singles, spec.primary_metric)
+    chosen = {
+        **choose_baselines(summary, singles, spec.primary_metric),
+        **fusion_controls(runs, spec),
+    }
     pairs = paired_comparisons(runs, student, chosen, spec, cfg)
     tables = {
         "per_fold": per_fold,
         "summary": summary,
-        "comparison": comparison_table(pairs, spec.n_folds),
+        "comparison": comparison_table(pairs, n_runs),
         "dataset": dataset_table(splits_dir),
     }
     focus = [m for m in (student, chosen.get("val")) if m in runs] or [next(iter(runs))]
@@ -79,6 +87,7 @@ def evaluate_task(
         singles=singles,
         cfg=cfg,
         settings=settings or {},
+        seeds=seeds,
     )
     for name, df in tables.items():
         with atomic_path(out / f"{name}.tsv") as tmp:
@@ -100,5 +109,12 @@ def headline(ctx: ReportContext) -> dict:
     }
     if ctx.pairs:
         p = ctx.pairs[0]
-        head.update(mean_delta=p.mean, ci=(p.ci_low, p.ci_high), wilcoxon_p=p.wilcoxon_p)
+        c = p.corrected
+        head.update(
+            mean_delta=p.mean,
+            ci=(p.ci_low, p.ci_high),
+            wilcoxon_p=p.wilcoxon_p,
+            corrected=(c.low, c.high, c.p) if c else None,
+            runs=c.runs if c else None,
+        )
     return head

@@ -2,9 +2,10 @@
 fold_{k}/``, and what the report derives from them without training:
 
 - the pooled out-of-fold predictions: every case is tested exactly once, so the test
-  predictions of all folds form one prediction per case (per image for a tile task). Survival
-  risks are on a different scale in each fold's model, so they are rank-normalised within the
-  fold before pooling (a C-index within a fold is unchanged by that);
+  predictions of all folds form one prediction per case (per image for a tile task), with
+  its ``fold``. Survival risks are on a different scale in each fold's model: the pooled
+  estimates compare cases of one fold only (:mod:`.pooled`); ``risk_rank``, the within-fold
+  rank-normalised risk, puts them on one scale;
 - late fusion: per fold, the average of the single teachers' class probabilities, or of their
   within-fold rank-normalised risks.
 """
@@ -35,9 +36,28 @@ class ModelRun:
     predictions: list[pd.DataFrame]  # test predictions per fold
     metrics: list[dict]  # metrics.json per fold (test at top level, `val`, `reasons`)
     configs: list[dict] = field(default_factory=list)
+    params: int | None = None  # trainable parameters (late fusion: its models' together)
+
+
+def model_params(path: str | os.PathLike) -> int | None:
+    """Trainable parameters in a ``model.safetensors`` (read from its header; the input
+    standardisation saved beside the weights is not a parameter), or None without the file."""
+    from safetensors import safe_open
+
+    if not Path(path).exists():
+        return None
+    with safe_open(str(path), framework="np") as f:
+        return int(
+            sum(
+                np.prod(f.get_slice(k).get_shape(), dtype=np.int64)
+                for k in f.keys()
+                if not k.startswith("input_scaler.")
+            )
+        )
 
 
 def load_model_run(models_dir: str | os.PathLike, model: str, n_folds: int) -> ModelRun:
+    """A model's outputs on ``n_folds`` fold files (folds × seeds under repeated runs)."""
     preds, metrics, configs = [], [], []
     for k in range(n_folds):
         d = Path(models_dir) / model / f"fold_{k}"
@@ -52,7 +72,8 @@ def load_model_run(models_dir: str | os.PathLike, model: str, n_folds: int) -> M
         configs.append(
             json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
         )
-    return ModelRun(model, preds, metrics, configs)
+    params = model_params(Path(models_dir) / model / "fold_0" / "model.safetensors")
+    return ModelRun(model, preds, metrics, configs, params)
 
 
 def _prob_cols(spec: TaskSpec) -> list[str]:
@@ -101,7 +122,7 @@ def arrays_metrics(arrays: tuple, spec: TaskSpec, idx=None, train=None, only=Non
     ``train``: (event, time) of the fold's training cases (survival IPCW C and td-AUC)."""
     a = arrays if idx is None else tuple(x[idx] for x in arrays)
     if spec.kind == "classification":
-        return classification_metrics(a[0], a[1], len(spec.classes), only=only)
+        return classification_metrics(a[0], a[1], len(spec.classes), only, spec.classes)
     tr_e, tr_t = train if train is not None else (None, None)
     return survival_metrics(a[0], a[1], a[2], None, tr_e, tr_t, None, only=only)
 
@@ -159,30 +180,28 @@ def late_fusion(runs: list[ModelRun], spec: TaskSpec) -> list[pd.DataFrame]:
 
 
 def pooled_predictions(run: ModelRun, spec: TaskSpec) -> pd.DataFrame:
-    """All folds' test predictions in one table (one row per case — per image for a tile
-    task — sorted by it);
+    """All folds' test predictions in one table: one row per case (per image for a tile
+    task) and repetition (``repeat``: fold file // folds; one per training seed), sorted;
     survival gets ``risk_rank``, the within-fold rank-normalised risk."""
     parts = []
     for k, df in enumerate(run.predictions):
         df = df.copy()
         df["fold"] = k
+        df["repeat"] = k // spec.n_folds
         if spec.kind == "survival":
             df["risk_rank"] = rank_normalise(df["risk"])
         parts.append(df)
     pooled = pd.concat(parts, ignore_index=True)
     unit = spec.record.unit
-    dup = pooled[unit][pooled[unit].duplicated()].unique()
+    twice = pooled[[unit, "repeat"]].duplicated()
+    dup = pooled.loc[twice, unit].unique()
     if len(dup):
         what = "image(s)" if unit == "image_id" else "case(s)"
         raise ValueError(
             f"model {run.name}: {what} {', '.join(map(str, dup[:5]))} are in more than one "
             "test fold — the test folds must partition the cohort (check the split files)"
         )
-    return pooled.sort_values(unit).reset_index(drop=True)
-
-
-def pooled_metrics(pooled: pd.DataFrame, spec: TaskSpec, only=None) -> tuple[dict, dict]:
-    return prediction_metrics(pooled, spec, only=only, risk_col="risk_rank")
+    return pooled.sort_values(["repeat", unit]).reset_index(drop=True)
 
 
 def fold_outcomes(spec: TaskSpec, sheet: pd.DataFrame, splits_dir, n_folds: int) -> list:
@@ -209,29 +228,38 @@ FUSION_REASONS = {
 
 def fused_run(singles: list[ModelRun], spec: TaskSpec, train: list) -> ModelRun:
     preds = late_fusion(singles, spec)
+    params = [r.params for r in singles]
     metrics = []
     for k, df in enumerate(preds):
         m, r = prediction_metrics(df, spec, train[k])
         r.update({key: why for key, why in FUSION_REASONS.items() if key in spec.record.scalars})
         m.pop("confusion", None)
         metrics.append({**m, "val": {}, "reasons": r})
-    return ModelRun(registry.LATE_FUSION, preds, metrics)
+    total = None if None in params else int(sum(params))
+    return ModelRun(registry.LATE_FUSION, preds, metrics, params=total)
 
 
 def load_runs(
-    spec: TaskSpec, models: list[str], models_dir, sheet: pd.DataFrame | None, splits_dir
+    spec: TaskSpec,
+    models: list[str],
+    models_dir,
+    sheet: pd.DataFrame | None,
+    splits_dir,
+    n_runs: int | None = None,
 ) -> dict[str, ModelRun]:
     """Every model's run in report order; with two or more single teachers their late fusion
-    follows them. An unknown model name fails first, with the registry's list of names."""
+    follows them. ``n_runs``: fold files (folds × seeds; default one cross-validation). An
+    unknown model name fails first, with the registry's list of names."""
     for m in models:
         registry.parse(m)
-    runs = {m: load_model_run(models_dir, m, spec.n_folds) for m in models}
+    n_runs = n_runs or spec.n_folds
+    runs = {m: load_model_run(models_dir, m, n_runs) for m in models}
     for r in runs.values():
         _check_predictions(r, spec)
     singles = single_teachers(spec, models)
     if len(singles) < 2:
         return runs
-    train = fold_outcomes(spec, sheet, splits_dir, spec.n_folds)
+    train = fold_outcomes(spec, sheet, splits_dir, n_runs)
     fused = fused_run([runs[m] for m in singles], spec, train)
     order = singles + [registry.LATE_FUSION] + [m for m in models if m not in singles]
     return {n: (fused if n == registry.LATE_FUSION else runs[n]) for n in order}

@@ -5,7 +5,12 @@ never re-implementing a metric:
   a tile task's images of one case are drawn together (a cluster bootstrap);
 - the paired comparison of the student against a baseline: per-fold Δ, the mean Δ with a
   paired bootstrap CI (cases resampled within each test fold, the same cases for both models,
-  Δ recomputed per fold and averaged) and a Wilcoxon signed-rank p over folds.
+  Δ recomputed per fold and averaged) and a Wilcoxon signed-rank p over folds;
+- the verdict's test: the corrected resampled t-test of Nadeau & Bengio (2003) over every
+  run (fold × seed). The bootstrap above holds the trained models fixed, so its CI covers
+  only which test cases were drawn; the corrected t also covers the training set and the
+  seed, and its variance term ``(1/J + n_test/n_train)`` accounts for the overlap of the
+  runs' training sets (Bouckaert & Frank 2004 for repeated cross-validation).
 
 A draw on which a metric is undefined (one class present, no events, …) is left out and
 counted, never 0 and never a crash.
@@ -75,16 +80,23 @@ def bootstrap_ci(
     seed: int = 42,
     level: float = 0.95,
     clusters: list[np.ndarray] | None = None,
+    strata: list[np.ndarray] | None = None,
 ) -> dict:
     """Case-level percentile bootstrap. ``stat(idx) -> {name: value or None}`` is evaluated on
     ``n_boot`` resamples of ``range(n)`` (whole cases when ``clusters`` gives each case's rows);
-    returns ``{name: (low, high, n_valid)}``."""
+    returns ``{name: (low, high, n_valid)}``. ``strata`` (the rows of each test fold): each
+    resample draws within every stratum as many as it holds, and ``clusters`` is then a list
+    per stratum (rows within the stratum, or None)."""
     rng = np.random.default_rng(seed)
+    rows = [np.arange(n)] if strata is None else [np.asarray(s) for s in strata]
+    if strata is None and clusters is not None:
+        clusters = [clusters]
     draws: dict[str, list] = {}
     with warnings.catch_warnings():  # degenerate resamples: the metric is None, not a warning
         warnings.simplefilter("ignore", RuntimeWarning)
         for _ in range(n_boot):
-            (idx,) = _resample(rng, [n], None if clusters is None else [clusters])
+            picks = _resample(rng, [len(x) for x in rows], clusters)
+            idx = np.concatenate([x[i] for x, i in zip(rows, picks, strict=True)])
             for k, v in stat(idx).items():
                 draws.setdefault(k, []).append(v)
     return {k: percentile_ci(v, level) for k, v in draws.items()}
@@ -105,10 +117,51 @@ class Paired:
     n_valid: int
     wilcoxon_p: float | None
     note: str = ""
+    # the verdict's test over every run (fold × seed): Nadeau–Bengio corrected resampled t
+    corrected: Corrected | None = None
+    params: tuple[int | None, int | None] = (None, None)  # trainable parameters of a and b
 
     @property
     def excludes_zero(self) -> bool:
+        """The verdict: the corrected interval (over runs) excludes 0; without one (a single
+        run), the paired bootstrap CI."""
+        c = self.corrected
+        if c is not None and c.low is not None:
+            return c.low > 0 or c.high < 0
         return self.ci_low is not None and (self.ci_low > 0 or self.ci_high < 0)
+
+
+@dataclass(frozen=True)
+class Corrected:
+    """Nadeau–Bengio corrected resampled t over J runs' Δ."""
+
+    mean: float | None
+    low: float | None
+    high: float | None
+    p: float | None
+    runs: int  # J: runs with a defined Δ
+    ratio: float  # n_test / n_train of a run (the correction)
+    note: str = ""
+
+
+def corrected_t(deltas, ratio: float, level: float = 0.95) -> Corrected:
+    """Nadeau & Bengio's corrected resampled t-test of mean Δ = 0 over the runs' Δ:
+    t = mean / sqrt((1/J + n_test/n_train) · s²), J − 1 degrees of freedom. The plain
+    ``1/J`` would treat runs that share most training cases as independent; the correction
+    keeps the test's size near nominal for k-fold and repeated k-fold cross-validation."""
+    from scipy import stats as st
+
+    d = np.asarray([x for x in deltas if x is not None], dtype=float)
+    j = len(d)
+    if j < 2:
+        return Corrected(None, None, None, None, j, ratio, f"{j} run(s) with a defined Δ")
+    mean = float(d.mean())
+    se = float(np.sqrt((1 / j + ratio) * d.var(ddof=1)))
+    if np.allclose(d, d[0], rtol=0, atol=1e-12):
+        return Corrected(mean, mean, mean, None, j, ratio, "every run's Δ is the same")
+    q = float(st.t.ppf(0.5 + level / 2, j - 1))
+    p = float(2 * st.t.sf(abs(mean / se), j - 1))
+    return Corrected(mean, mean - q * se, mean + q * se, p, j, ratio)
 
 
 def wilcoxon_p(deltas) -> tuple[float | None, str]:

@@ -305,7 +305,7 @@ class Engine:
         if self.spec.kind == "classification":
             prob = torch.softmax(p["logits"], dim=1).numpy()
             m, r = classification_metrics(
-                cases["y"].to_numpy(), prob, len(self.spec.classes), only=only
+                cases["y"].to_numpy(), prob, len(self.spec.classes), only, self.spec.classes
             )
             return {"loss": p["loss"], "metrics": m, "reasons": r, "prob": prob, "gate": p["gate"]}
         return self._evaluate_survival(p, cases, train_ids, only)

@@ -125,9 +125,23 @@ def slide_items(spec, model_name, teachers, fold_csv, sheet, labels, root, shaza
         settings = {k: v for k, v in s.as_dict().items() if k != "d_model"}  # as recorded
     all_ids = [c for v in ids.values() for c in v]
     store, _ = FeatureStore.for_task(spec, used, root, levels, sheet, all_ids)
+    ids, empty = drop_empty(ids, store)
+    _check_splits(ids, fold_csv, spec, "cases with patches")
     meta = {"teachers": used, "shazam": settings,
-            "bins": None if edges is None else [float(e) for e in edges]}  # fmt: skip
+            "bins": None if edges is None else [float(e) for e in edges],
+            "no_patches": empty}  # fmt: skip
     return FoldItems(store, Targets(spec, cases, edges), ids, meta)
+
+
+def drop_empty(ids: dict[str, list[str]], store: FeatureStore):
+    """(the ids with patches, {split: ids without}). A case none of whose slides has a patch
+    (every slide skipped as unreadable, or without tissue) has nothing a model could look at:
+    it is left out of training, selection and the test metrics of every model alike, and
+    listed (``metrics.json`` ``no_patches``; the report names it) instead of being scored on
+    a constant prediction."""
+    empty = {sp: [i for i in v if store.size(i) == 0] for sp, v in ids.items()}
+    kept = {sp: [i for i in v if store.size(i) > 0] for sp, v in ids.items()}
+    return kept, {sp: v for sp, v in empty.items() if v}
 
 
 def tile_items(spec, model_name, teachers, fold_csv, sheet, labels, root, shazam_cfg):
@@ -207,7 +221,7 @@ def write_outputs(out: Path, eng, model_name, items, fitted, fold_csv, t0) -> di
     with atomic_path(out / "predictions.csv") as tmp:
         rows = items.targets.cases.loc[test_ids]
         predictions(eng.spec, rows, fitted.test, test_ids).to_csv(tmp, index=False)
-    metrics = metrics_record(fitted, items.meta["teachers"], t0)
+    metrics = metrics_record(fitted, items.meta["teachers"], t0, items.meta.get("no_patches"))
     write_json_atomic(out / "metrics.json", metrics)
     return metrics
 
@@ -241,13 +255,17 @@ def config_record(eng: Engine, model_name, items: FoldItems, fitted: Fitted, fol
     }
 
 
-def metrics_record(fitted: Fitted, teachers: list[str], t0: float) -> dict:
+def metrics_record(
+    fitted: Fitted, teachers: list[str], t0: float, no_patches: dict | None = None
+) -> dict:
     """``metrics.json``: test metrics, val's, the selected epoch, why any metric is missing,
     the fold's seconds, and the student's mean gate weight per teacher on test."""
     test, val = fitted.test, fitted.val
     metrics = {**test["metrics"], "val": val["metrics"], "selected_epoch": fitted.best_epoch,
                "reasons": {**test["reasons"], **{f"val.{k}": v for k, v in val["reasons"].items()}},
                "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
+    if no_patches:
+        metrics["no_patches"] = no_patches
     if test.get("gate"):  # the student's mean gate weight per teacher on the test set
         mean = torch.stack(list(test["gate"].values())).mean(0).tolist()
         metrics["gate_mean"] = dict(zip(teachers, mean, strict=True))

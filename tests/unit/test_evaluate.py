@@ -99,6 +99,18 @@ def test_cluster_bootstrap_draws_whole_cases():
     assert len(idx) == n and (counts % per == 0).all()
 
 
+def test_stratified_bootstrap_draws_within_each_stratum():
+    """Strata (the test folds): every resample holds each stratum's own number of rows, drawn
+    from that stratum only."""
+    strata = [np.array([0, 3, 5]), np.array([1, 2, 4, 6, 7])]
+
+    def stat(idx):
+        return {"n0": int(np.isin(idx, strata[0]).sum()), "n": len(idx)}
+
+    cis = bootstrap_ci(stat, 8, n_boot=30, seed=0, strata=strata)
+    assert cis["n0"] == (3.0, 3.0, 30) and cis["n"] == (8.0, 8.0, 30)
+
+
 def _cls_folds(rng, n_folds=5, n=30, skill=0.0):
     """Per fold a prediction table; skill 1 = perfect probabilities, 0 = random."""
     folds = []
@@ -296,7 +308,8 @@ def _write_task(tmp_path, kind, models, teachers, n_cases=40, folds=4, single_cl
                         "risk": risk,
                     }
                 )
-                met, rea = survival_metrics(sub["event"], sub["time"], risk)
+                train_risk = risk + rng.normal(size=len(risk))  # a cut-off like training's
+                met, rea = survival_metrics(sub["event"], sub["time"], risk, train_risk=train_risk)
             pred.to_csv(d / "predictions.csv", index=False)
             metrics = {
                 **met,
@@ -367,6 +380,13 @@ def test_report_on_synthetic_outputs(tmp_path, kind):
     assert "95% CI" in md and "abmil-b" in md and "figures/metrics.png" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(expected)
+    if kind == "survival":  # p-values are pooled, not averaged; the C-index within folds
+        lr = summary[summary["metric"] == "logrank_p"]
+        assert lr["mean"].isna().all() and lr["sd"].isna().all()
+        assert lr["note"].str.contains("not averaged").all()
+        assert lr.loc[lr["model"] == "shazam", "pooled"].notna().all()
+        assert "pooled within folds" in md and "pooled within folds" in row["note"]
+        assert per_fold["metric"].isin(["n_beyond_followup", "risk_cutoff"]).any()
 
 
 def test_undefined_metrics_are_reported_not_fatal(tmp_path):
@@ -404,3 +424,99 @@ def test_missing_model_output_names_the_file(tmp_path):
     (models_dir / "abmil-a/fold_2/predictions.csv").unlink()
     with pytest.raises(ValueError, match=r"abmil-a, fold 2: .*predictions.csv is missing"):
         evaluate_task(spec, ["abmil-a"], ["a"], sheet, models_dir, split_dir, tmp_path / "r")
+
+
+# --------------------------------------------------------------------------- pooled survival
+
+
+def _surv_run(name, times, events, risks, folds, cutoffs=None):
+    """A survival model's run: per fold its predictions and metrics (``cutoffs``: the fold's
+    recorded training median risk; None: not recorded, as in older runs)."""
+    preds, metrics = [], []
+    for k in np.unique(folds):
+        sel = folds == k
+        df = pd.DataFrame(
+            {
+                "case_id": [f"c{i:03d}" for i in np.flatnonzero(sel)],
+                "time": times[sel],
+                "event": events[sel].astype(int),
+                "risk": risks[sel],
+            }
+        )
+        tr = None if cutoffs is None else np.full(3, cutoffs[k])
+        m, r = survival_metrics(events[sel], times[sel], risks[sel], train_risk=tr)
+        preds.append(df)
+        metrics.append({**m, "val": {}, "reasons": r})
+    return ModelRun(name, preds, metrics)
+
+
+@pytest.mark.parametrize("shift", [0.0, 100.0])
+def test_pooled_c_index_of_a_perfect_model_is_one_within_folds(shift):
+    """risk = −time ranks every fold perfectly (C = 1 per fold). Folds stratified by time, or
+    one fold's times shifted: pairs across folds compare different models' risk scales, so
+    only pairs within a fold may be counted — the pooled C is then 1.0 too, with a CI of 1."""
+    from shazam.evaluate.runs import pooled_predictions
+    from shazam.evaluate.tables import summary_table
+
+    rng = np.random.default_rng(8)
+    t = np.sort(rng.uniform(1, 60, 100))
+    folds = np.arange(100) % 5  # each fold spans the times (time-stratified)
+    t = t + shift * (folds == 4)
+    e = rng.random(100) < 0.7
+    e[:5] = True
+    risk = -t + 50 * folds  # each fold's model on its own scale: perfect within the fold
+    run = _surv_run("abmil-a", t, e, risk, folds)
+    pooled = {"abmil-a": pooled_predictions(run, SURV)}
+    s = summary_table({"abmil-a": run}, pooled, SURV, EvalConfig(n_boot=50))
+    row = s.set_index("metric").loc["c_index"]
+    assert row["mean"] == 1.0 and row["pooled"] == 1.0
+    assert (row["ci_low"], row["ci_high"], row["n_boot"]) == (1.0, 1.0, 50)
+
+
+def test_km_groups_and_pooled_logrank_follow_the_training_cut_off(tmp_path, monkeypatch):
+    """Each fold's cut-off (its training median risk) differs from its test median: the
+    Kaplan–Meier groups follow the recorded cut-off, summary.tsv has no mean of per-fold
+    p-values, and its pooled p is the log-rank p of exactly the figure's groups."""
+    from lifelines.statistics import logrank_test
+
+    from shazam.evaluate import figures
+    from shazam.evaluate.pooled import risk_groups
+    from shazam.evaluate.runs import pooled_predictions
+    from shazam.evaluate.tables import summary_table
+
+    rng = np.random.default_rng(9)
+    n = 100
+    folds = np.arange(n) % 5
+    t = rng.uniform(1, 60, n)
+    e = rng.random(n) < 0.7
+    risk = -t / 10 + rng.normal(size=n) + 3 * folds  # informative, a scale per fold
+    cutoffs = {k: float(np.percentile(risk[folds == k], 25)) for k in range(5)}
+    run = _surv_run("abmil-a", t, e, risk, folds, cutoffs)
+    pooled = pooled_predictions(run, SURV)
+    high, why = risk_groups(pooled, run)
+    want = pooled["risk"].to_numpy() > pooled["fold"].map(cutoffs).to_numpy()
+    assert not why and (high == want).all()
+    assert high.sum() == 75  # a quarter low: not the test median's half
+    pt, pe = pooled["time"].to_numpy(), pooled["event"].to_numpy().astype(bool)
+    p = logrank_test(pt[high], pt[~high], pe[high], pe[~high]).p_value
+    s = summary_table({"abmil-a": run}, {"abmil-a": pooled}, SURV, EvalConfig(n_boot=20))
+    row = s.set_index("metric").loc["logrank_p"]
+    assert pd.isna(row["mean"]) and pd.isna(row["sd"]) and pd.isna(row["val_mean"])
+    assert "not averaged" in row["note"] and row["missing"] == ""
+    assert row["pooled"] == pytest.approx(p)
+    # the figure draws the same groups and prints the same p
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or path)
+    figures.fig_km({"abmil-a": pooled}, {"abmil-a": run}, ["abmil-a"], SURV, tmp_path / "km.png")
+    ax = drawn[0].axes[0]
+    assert f"log-rank p = {p:.2g}" in ax.get_title()
+    labels = [x.get_text() for x in ax.get_legend().get_texts()]
+    assert f"high risk (n={high.sum()}, {pe[high].sum()} events)" in labels
+    # no recorded cut-off (older runs, late fusion): None with the reason, not a crash
+    old = _surv_run("abmil-a", t, e, risk, folds)
+    pooled_old = pooled_predictions(old, SURV)
+    s = summary_table({"abmil-a": old}, {"abmil-a": pooled_old}, SURV, EvalConfig(n_boot=5))
+    row = s.set_index("metric").loc["logrank_p"]
+    assert pd.isna(row["pooled"]) and "no risk cut-off for folds 0, 1, 2, 3, 4" in row["missing"]
+    figures.fig_km({"a": pooled_old}, {"a": old}, ["a"], SURV, tmp_path / "km.png")
+    assert "no risk cut-off" in drawn[1].axes[0].texts[0].get_text().replace("\n", " ")

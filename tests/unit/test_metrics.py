@@ -4,7 +4,7 @@ from lifelines.utils import concordance_index
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 from sksurv.metrics import concordance_index_censored
 
-from shazam.metrics import classification_metrics, survival_metrics
+from shazam.metrics import c_index_within, classification_metrics, survival_metrics
 
 
 def test_classification_against_sklearn():
@@ -63,3 +63,85 @@ def test_survival_without_events_is_missing_not_zero():
     m, r = survival_metrics(np.zeros(5, bool), np.arange(1, 6.0), np.arange(5.0))
     assert m["c_index"] is None and "no events" in r["c_index"]
     assert m["logrank_p"] is None
+
+
+def test_macro_f1_averages_over_the_classes_present():
+    """Perfect predictions, 3 classes, class C absent from the fold: macro-F1 is 1.0 (not
+    2/3: an absent class has no F1), with a note saying what it covers."""
+    y = np.array([0, 1, 0, 1, 0, 1])
+    m, r = classification_metrics(y, np.eye(3)[y], 3, class_names=("A", "B", "C"))
+    assert m["f1_macro"] == 1.0
+    assert r["f1_macro"] == "over the 2 of 3 classes present: A, B"
+    # a present class never predicted right still scores 0 (mean of 1 and 0 … over A, B)
+    pred = np.array([0, 0, 0, 0, 0, 0])
+    m, _ = classification_metrics(y, np.eye(3)[pred], 3)
+    assert m["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro", labels=[0, 1]))
+    assert 0 < m["f1_macro"] < 0.5
+
+
+def _surv_fn(risk):
+    return lambda times: np.exp(-np.outer(np.exp(risk), times) / 10)
+
+
+def test_ibs_and_td_auc_with_a_test_time_beyond_the_training_follow_up():
+    """One test event after the longest training time (itself an event): the censoring
+    estimate from training ends before it and sksurv refuses the whole fold. The case is
+    event-free at every grid time (the grid stays inside training follow-up), so both metrics
+    are defined on all cases, and the case is counted."""
+    e, t, risk = _surv_data(60, 4)
+    tr_e, tr_t, tr_risk = _surv_data(150, 5)
+    tr_e[np.argmax(tr_t)] = True  # the censoring estimate stays > 0 at its end
+    t = np.minimum(t, tr_t.max() * 0.9)
+    t[0], e[0] = tr_t.max() + 5, True  # the longest survivor, beyond training follow-up
+    m, r = survival_metrics(e, t, risk, _surv_fn(risk), tr_e, tr_t, tr_risk)
+    assert m["n_beyond_followup"] == 1 and "1 of 60 test case(s)" in r["n_beyond_followup"]
+    assert m["ibs"] is not None and m["td_auc_mean"] is not None, r
+    assert 0 < m["ibs"] < 0.5 and 0.5 < m["td_auc_mean"] <= 1
+    # with the case at the end of follow-up instead: the same values (it is a case at risk
+    # over the whole grid either way)
+    t2 = t.copy()
+    t2[0] = tr_t.max() * 0.95
+    m2, r2 = survival_metrics(e, t2, risk, _surv_fn(risk), tr_e, tr_t, tr_risk)
+    assert m2["n_beyond_followup"] == 0 and "n_beyond_followup" not in r2
+    assert m["ibs"] == pytest.approx(m2["ibs"]) and m["td_auc_mean"] == pytest.approx(
+        m2["td_auc_mean"]
+    )
+    # the cut-off of the log-rank split is recorded: the training median risk
+    assert m["risk_cutoff"] == pytest.approx(np.median(tr_risk))
+
+
+def test_ibs_and_td_auc_beyond_follow_up_equal_sksurv_where_it_computes_them():
+    """The longest training time censored (the censoring estimate falls to 0 there) and the
+    late test case censored: sksurv accepts the data as they are; the values are its own."""
+    from sksurv.metrics import cumulative_dynamic_auc, integrated_brier_score
+    from sksurv.util import Surv
+
+    e, t, risk = _surv_data(60, 4)
+    tr_e, tr_t, tr_risk = _surv_data(150, 5)
+    tr_e[np.argmax(tr_t)] = False
+    t = np.minimum(t, tr_t.max() * 0.9)
+    t[:2], e[:2] = tr_t.max() + 5, False
+    m, _ = survival_metrics(e, t, risk, _surv_fn(risk), tr_e, tr_t, tr_risk)
+    assert m["n_beyond_followup"] == 2
+    lo, hi = np.percentile(np.minimum(t, tr_t.max()), [10, 80])
+    g = np.unique(np.linspace(lo, hi, 20))
+    g = g[(g >= t.min()) & (g < tr_t.max())]
+    train, test = Surv.from_arrays(tr_e, tr_t), Surv.from_arrays(e, t)
+    assert m["ibs"] == pytest.approx(integrated_brier_score(train, test, _surv_fn(risk)(g), g))
+    assert m["td_auc_mean"] == pytest.approx(cumulative_dynamic_auc(train, test, risk, g)[1])
+
+
+def test_c_index_within_groups_counts_pairs_inside_each_group():
+    e, t, risk = _surv_data(90, 6)
+    g = np.repeat([0, 1, 2], 30)
+    risk = risk + g * 100  # a different risk scale per group: across groups it is noise
+    m, _ = c_index_within(e, t, risk, g)
+    counts = np.array([concordance_index_censored(e[g == k], t[g == k], risk[g == k])[1:4]
+                       for k in range(3)])  # fmt: skip
+    conc, disc, tied = counts.sum(0)
+    assert m["c_index"] == pytest.approx((conc + 0.5 * tied) / (conc + disc + tied))
+    # a perfect ranking within each group is 1.0 whatever the scales
+    m, _ = c_index_within(e, t, -t + g * 1000, g)
+    assert m["c_index"] == 1.0
+    m, r = c_index_within(np.zeros(4, bool), np.arange(4.0), np.arange(4.0), [0, 0, 1, 1])
+    assert m["c_index"] is None and "no comparable pairs" in r["c_index"]

@@ -79,7 +79,7 @@ def test_best_level_never_coarser_than_target():
 @pytest.fixture
 def slide_files(tmp_path):
     for n in ("a.svs", "b.svs"):
-        (tmp_path / n).write_bytes(b"x")
+        (tmp_path / n).write_bytes(n.encode())  # distinct files (equal contents are an error)
     return tmp_path
 
 
@@ -134,6 +134,78 @@ def test_sheet_reports_all_problems_at_once(slide_files):
     with pytest.raises(SheetError, match="2 problem") as e:
         load_sheet(sheet)
     assert "line 2" in str(e.value) and "line 3" in str(e.value)
+
+
+# ------------------------------------------------------------------ one slide file listed twice
+
+
+def _sheet(root, rows, check_files=True):
+    sheet = write(root / "s.tsv", "slide_id\tpath\tcase_id\n" + "".join(r + "\n" for r in rows))
+    return load_sheet(sheet, check_files=check_files)
+
+
+def _refused(root, rows, check_files=True) -> str:
+    with pytest.raises(SheetError) as e:
+        _sheet(root, rows, check_files)
+    return str(e.value)
+
+
+def test_the_same_file_under_two_case_ids_is_an_error_naming_both_lines(slide_files):
+    (slide_files / "sub").mkdir()
+    (slide_files / "link.svs").symlink_to(slide_files / "a.svs")
+    sheet = slide_files / "s.tsv"
+    for path in ("a.svs", "link.svs", "./sub/../a.svs", str(slide_files / "a.svs")):
+        for check_files in (True, False):
+            msg = _refused(slide_files, ["S1\ta.svs\tC1", "S9\tb.svs\tC9", f"S2\t{path}\tC2"],
+                           check_files)  # fmt: skip
+            assert msg.startswith("1 problem(s)")
+            assert (
+                f"slide sheet {sheet}, line 4, column path: slide 'S2' of case 'C2' is the same "
+                "file as slide 'S1' of case 'C1' on line 2 ("
+            ) in msg
+            assert "would sit on both sides of a fold; keep only the line of the case" in msg
+            if path == "link.svs":
+                assert f"{slide_files / 'link.svs'} and {slide_files / 'a.svs'} are both" in msg
+
+
+def test_the_same_file_twice_in_one_case_is_an_error_of_its_own(slide_files):
+    msg = _refused(slide_files, ["S1\ta.svs\tC1", "S2\ta.svs\tC1"])
+    assert (
+        "line 3, column path: slide 'S2' is the same file as slide 'S1' on line 2 "
+        f"({slide_files / 'a.svs'}), both of case 'C1': its patches would enter the case's bag "
+        "twice; remove one of the two lines"
+    ) in msg
+
+
+def test_a_copy_under_another_name_is_found_by_its_content(slide_files):
+    big = np.random.default_rng(0).bytes(5 * 2**20)  # > 3 MiB: first, middle and last MiB
+    (slide_files / "big.svs").write_bytes(big)
+    (slide_files / "copy.svs").write_bytes(big)
+    msg = _refused(slide_files, ["S1\tbig.svs\tC1", "S2\ta.svs\tC2", "S3\tcopy.svs\tC3"])
+    assert (
+        f"line 4, column path: slide 'S3' ({slide_files / 'copy.svs'}) has the same content as "
+        f"slide 'S1' on line 2 ({slide_files / 'big.svs'}) (same size and same first, middle "
+        "and last MiB), but their case ids differ ('C3' here, 'C1' on line 2): a copy of one "
+        "slide under two case ids would sit on both sides of a fold"
+    ) in msg
+    msg = _refused(slide_files, ["S1\tbig.svs\tC1", "S3\tcopy.svs\tC1"])
+    assert "both of case 'C1': a copy within one case would put the slide's patches" in msg
+    # before the files exist (the demo's sheet), contents are not compared
+    assert len(_sheet(slide_files, ["S1\tbig.svs\tC1", "S3\tcopy.svs\tC3"], False)) == 2
+
+
+def test_distinct_files_of_equal_size_are_accepted(slide_files):
+    rng = np.random.default_rng(1)
+    names = ["a.svs", "b.svs", "x.svs", "y.svs", "u.svs", "v.svs"]  # a, b: 1 byte each
+    for name in ("x.svs", "y.svs"):
+        (slide_files / name).write_bytes(rng.bytes(4 * 2**20))
+    # u and v differ in one byte of the middle MiB (of 4 MiB: from 1.5 MiB on)
+    data = bytearray(rng.bytes(4 * 2**20))
+    (slide_files / "u.svs").write_bytes(bytes(data))
+    data[int(1.5 * 2**20) + 5] ^= 0xFF
+    (slide_files / "v.svs").write_bytes(bytes(data))
+    sheet = _sheet(slide_files, [f"S{i}\t{n}\tC{i}" for i, n in enumerate(names)])
+    assert list(sheet["slide_id"]) == [f"S{i}" for i in range(6)]
 
 
 # ------------------------------------------------------------------ slide reader

@@ -13,6 +13,7 @@ from conftest import textured, tile_spec
 
 from shazam.extraction import ExtractParams, extract_tiles
 from shazam.formats import export_pt, read_tile_features, write_tile_features
+from shazam.images import load_images
 from shazam.losses import cosine_huber
 from shazam.models import registry
 from shazam.models.tile import ShazamV1
@@ -98,7 +99,7 @@ def test_folder_dataset_with_mixed_sizes_extracts_in_listing_order(tmp_path):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         colour = (230, 140, 190) if name.startswith("A") else (90, 40, 140)
         textured(h, w, colour, i).save(root / name)
-    spec = tile_spec(root, mpp=0.25)
+    spec = tile_spec(root, mpp=0.25, case_pattern=r"[xy]")  # case = the file name's letter
     out = tmp_path / "f.h5"
     res = extract_tiles(spec, "toy_cnn", out, CPU, progress=False)
     assert res["n_images"] == 4
@@ -106,6 +107,7 @@ def test_folder_dataset_with_mixed_sizes_extracts_in_listing_order(tmp_path):
     # classes are [B, A]: B's images first, each class's files sorted, labels follow
     assert list(rows["image_id"]) == ["B/sub/y2.tif", "B/y1.png", "A/x1.png", "A/x2.jpg"]
     assert list(rows["y"]) == [0, 0, 1, 1]
+    assert list(rows["case_id"]) == ["y", "y", "x", "x"]
     assert feats["high"].shape == (4, 512) and feats["low"].shape == (4, 128)
     with h5py.File(out) as f:
         assert f["image_size"][:].tolist() == [[100, 100], [300, 180], [40, 60], [224, 224]]
@@ -117,7 +119,7 @@ def test_folder_dataset_with_mixed_sizes_extracts_in_listing_order(tmp_path):
     assert attrs["mpp_source"] == "declared"
     # a row is that image's own features: the same image alone gives the same vector
     (tmp_path / "solo.csv").write_text(f"path,label\n{root / 'A/x1.png'},A\n")
-    solo = tile_spec(tmp_path / "solo.csv", mpp=0.25)
+    solo = tile_spec(tmp_path / "solo.csv", mpp=0.25, image_level_splits=True)
     extract_tiles(solo, "toy_cnn", tmp_path / "s.h5", CPU, progress=False)
     alone, _, _ = read_tile_features(tmp_path / "s.h5")
     np.testing.assert_allclose(alone["high"][0], feats["high"][2], rtol=1e-4, atol=1e-5)
@@ -140,7 +142,8 @@ def test_unreadable_image_is_named(tmp_path):
     textured(8, 8, (200, 100, 200), 0).save(tmp_path / "A/ok.png")
     (tmp_path / "B/bad.png").write_bytes(b"not a png")
     with pytest.raises(LabelError, match=r"image B/bad.png \(.*bad.png\): cannot open"):
-        extract_tiles(tile_spec(tmp_path), "toy_cnn", tmp_path / "f.h5", CPU, progress=False)
+        spec = tile_spec(tmp_path, image_level_splits=True)
+        extract_tiles(spec, "toy_cnn", tmp_path / "f.h5", CPU, progress=False)
     assert not (tmp_path / "f.h5").exists()
 
 
@@ -172,12 +175,60 @@ def test_generated_folds_are_case_level_and_stratified(tmp_path):
         assert sorted(test["label"].value_counts().tolist()) == [2, 2]
         tested += list(test.index)
     assert sorted(tested) == sorted(cohort.cases["case_id"])
-    # without case ids every image is its own case
+    # without case ids, only on the explicit opt-in, every image is its own case
     (tmp_path / "t.csv").write_text(
         "path,label\n" + "".join(f"c{c}_0.png,{'AB'[c % 2]}\n" for c in range(12))
     )
-    cohort, _ = task_folds(tile_spec(tmp_path / "t.csv", folds=3))
+    cohort, _ = task_folds(tile_spec(tmp_path / "t.csv", folds=3, image_level_splits=True))
     assert list(cohort.cases["case_id"]) == sorted(f"c{c}_0.png" for c in range(12))
+
+
+def test_folds_of_a_class_folder_keep_each_source_slide_on_one_side(tmp_path):
+    """CRC-100K-style folders: several crops per source slide, the slide only in the file
+    name. With case_pattern, no slide has crops on two sides (train/val/test) of any fold."""
+    root = tmp_path / "ds"
+    sources = {"A": ["TCGA-AA-0001", "TCGA-AA-0002", "TCGA-AA-0003", "TCGA-AA-0004"],
+               "B": ["TCGA-BB-0005", "TCGA-BB-0006", "TCGA-BB-0007", "TCGA-BB-0008"]}  # fmt: skip
+    for c, slides in sources.items():
+        (root / c).mkdir(parents=True)
+        for s in slides:
+            for k in range(4):
+                textured(8, 8, (200, 100, 200), k).save(root / c / f"{s}-01Z-00-DX1_crop{k}.png")
+    spec = tile_spec(root, folds=4, val_fraction=0.2, case_pattern=r"(TCGA-\w\w-\w{4})")
+    images = load_images(spec)
+    source = images["image_id"].str.split("/").str[1].str[:12]  # the test's own reading
+    cohort, folds = task_folds(spec)
+    assert len(cohort.cases) == 8 and (cohort.cases["n_slides"] == 4).all()
+    tested = []
+    for f in folds:
+        side = images["case_id"].map(dict(zip(f["case_id"], f["split"], strict=True)))
+        assert set(side) == {"train", "val", "test"}
+        per_source = side.groupby(source.to_numpy()).nunique()
+        assert (per_source == 1).all(), per_source[per_source > 1]
+        tested += sorted(set(source[(side == "test").to_numpy()]))
+    assert sorted(tested) == sorted(sources["A"] + sources["B"])  # each slide tested once
+
+
+def test_image_level_splits_are_stated_at_the_top_of_the_answer():
+    from shazam.evaluate.document import Doc
+    from shazam.evaluate.narrative import ReportContext
+    from shazam.evaluate.stats import EvalConfig
+    from shazam.evaluate.verdict import IMAGE_LEVEL_SPLITS, answer
+
+    def answer_text(**kw):
+        ctx = ReportContext(
+            spec=tile_spec("x.csv", **kw), runs={}, summary=pd.DataFrame(), pairs=[],
+            chosen={}, dataset=pd.DataFrame(), software={}, teachers_df=pd.DataFrame(),
+            figures={}, teachers=["a"], singles=["mlp-a"], cfg=EvalConfig(), settings={},
+        )  # fmt: skip
+        doc = Doc()
+        answer(ctx, doc)
+        return doc.markdown()
+
+    text = answer_text(image_level_splits=True)
+    assert text.startswith("## Answer\n\n**Splits are by image, not by case**")
+    assert IMAGE_LEVEL_SPLITS in text and "optimistic" in text
+    assert "Splits are by image" not in answer_text(case_pattern="x")
 
 
 def test_dataset_split_is_kept_and_val_is_carved_from_train(tmp_path):

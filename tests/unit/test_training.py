@@ -256,26 +256,67 @@ def test_selection_never_reads_test(tmp_path):
     assert m0["accuracy"] != m1["accuracy"] or m0["confusion"] != m1["confusion"]
 
 
+def _change_labels(tmp_path, splits, **change):
+    """Rewrite the label file: for the cases of ``splits``, each column's values through
+    ``change[column]``."""
+    lab = pd.read_csv(tmp_path / "labels.csv")
+    fold = pd.read_csv(tmp_path / "fold.csv")
+    rows = lab["case_id"].isin(fold.loc[fold["split"].isin(splits), "case_id"])
+    for col, f in change.items():
+        lab.loc[rows, col] = f(lab.loc[rows, col])
+    lab.to_csv(tmp_path / "labels.csv", index=False)
+
+
+def test_survival_selection_never_reads_test(tmp_path):
+    """Poisoned test times and events (all censored, far beyond training follow-up) leave the
+    history, the selected epoch, every val metric and the log-rank cut-off unchanged."""
+    sheet, spec = make_cohort(tmp_path, survival=True)
+    res = []
+    for poison in (False, True):
+        if poison:
+            _change_labels(tmp_path, ["test"], months=lambda t: t * 5 + 100,
+                           censorship=lambda c: c * 0 + 1)  # fmt: skip
+        out = tmp_path / f"m{poison}"
+        m = train_fold("abmil-ta", spec, tmp_path / "fold.csv", sheet, ["ta"], out, CFG,
+                       features_root=tmp_path / "results", log=lambda s: None)  # fmt: skip
+        res.append((m, pd.read_csv(out / "history.csv").drop(columns=["seconds"])))
+    (m0, h0), (m1, h1) = res
+    pd.testing.assert_frame_equal(h0, h1)
+    assert m0["selected_epoch"] == m1["selected_epoch"] and m0["val"] == m1["val"]
+    assert m0["val"]["ibs"] is not None and m0["val"]["logrank_p"] is not None
+    assert m0["risk_cutoff"] == m1["risk_cutoff"] == m0["val"]["risk_cutoff"]
+    # the test metrics did see the poison
+    assert m0["n_events"] > 0 and m1["n_events"] == 0 and m1["c_index"] is None
+    assert m1["n_beyond_followup"] == 6
+
+
 def test_survival_training_outputs_and_bins_from_train(tmp_path):
+    from shazam.training.fold import fold_items
+
     sheet, spec = make_cohort(tmp_path, survival=True)
     out = tmp_path / "m"
     m = train_fold("abmil-ta", spec, tmp_path / "fold.csv", sheet, ["ta"], out, CFG,
                    features_root=tmp_path / "results", log=lambda s: None)  # fmt: skip
-    for k in ("c_index", "c_index_ipcw", "ibs", "td_auc_mean", "logrank_p", "n_events"):
+    for k in ("c_index", "c_index_ipcw", "ibs", "td_auc_mean", "logrank_p", "n_events",
+              "n_beyond_followup", "risk_cutoff"):  # fmt: skip
         assert k in m
     assert m["c_index"] is not None and m["c_index"] > 0.7
     pred = pd.read_csv(out / "predictions.csv")
     assert {"risk", "hazard_0", "surv_2", "time", "event"} <= set(pred.columns)
     bins = json.loads((out / "config.json").read_text())["bins"]
-    # changing only test times leaves the bins unchanged
-    lab = pd.read_csv(tmp_path / "labels.csv")
-    fold = pd.read_csv(tmp_path / "fold.csv")
-    test = fold.loc[fold["split"] == "test", "case_id"]
-    lab.loc[lab["case_id"].isin(test), "months"] *= 7
-    lab.to_csv(tmp_path / "labels.csv", index=False)
+    # changing only validation and test times leaves the bins unchanged
+    _change_labels(tmp_path, ["val", "test"], months=lambda t: t * 7)
     train_fold("abmil-ta", spec, tmp_path / "fold.csv", sheet, ["ta"], tmp_path / "m2", CFG,
                features_root=tmp_path / "results", log=lambda s: None)  # fmt: skip
     assert json.loads((tmp_path / "m2" / "config.json").read_text())["bins"] == bins
+
+    def fold_bins():
+        return fold_items(spec, "abmil-ta", ["ta"], tmp_path / "fold.csv", sheet=sheet,
+                          root=tmp_path / "results").meta["bins"]  # fmt: skip
+
+    assert fold_bins() == bins
+    _change_labels(tmp_path, ["train"], months=lambda t: t * 7)  # training times do move them
+    assert fold_bins() != bins
 
 
 def test_unpack_places_packed_rows_with_and_without_padding():
@@ -292,3 +333,22 @@ def test_unpack_places_packed_rows_with_and_without_padding():
     assert (
         out.shape == (2, 4, 3) and torch.equal(out[0], rows8[:4]) and torch.equal(out[1], rows8[4:])
     )
+
+
+def test_a_case_without_patches_is_left_out_and_listed(tmp_path):
+    """A case whose only slide has no patches (skipped or without tissue) is not scored on a
+    constant prediction: it is left out of every split of the fold and listed."""
+    sheet, spec = make_cohort(tmp_path)
+    empty = sheet["slide_id"].iloc[-1]  # a test case's only slide
+    for t in ("ta", "tb"):
+        with h5py.File(tmp_path / "results" / "features" / t / f"{empty}.h5", "w") as f:
+            f["features"] = np.zeros((0, 16), np.float16)
+            f["coords"] = np.zeros((0, 2), np.int64)
+    out = tmp_path / "m"
+    m = train_fold("abmil-ta", spec, tmp_path / "fold.csv", sheet, ["ta", "tb"], out, CFG,
+                   features_root=tmp_path / "results", log=lambda s: None)  # fmt: skip
+    case = sheet["case_id"].iloc[-1]
+    assert m["no_patches"] == {"test": [case]} and m["n_cases"] == 5
+    pred = pd.read_csv(out / "predictions.csv")
+    assert case not in set(pred["case_id"]) and len(pred) == 5
+    assert json.loads((out / "config.json").read_text())["no_patches"] == {"test": [case]}

@@ -56,7 +56,8 @@ def test_dry_run_lists_expected_jobs(fresh_workdir):
     assert counts["make_splits_subtype"] == counts["make_splits_os"] == 1
     assert counts["train_baseline"] == 2 * 2 * 5  # tasks x teachers x folds
     assert counts["train_fusion"] == 2 * 5
-    assert counts["train_shazam"] == 2 * 2 * 5  # tasks x (shazam, shazam-nodistill) x folds
+    # tasks x (shazam, shazam-nodistill, shazam-high) x folds
+    assert counts["train_shazam"] == 2 * 3 * 5
     assert counts["evaluate"] == 3  # one report per task (subtype, os and the tile task)
     # the tile task: demo images, one feature file per teacher, folds, 5 models x 2 folds
     assert counts["make_demo_tiles"] == counts["make_splits_tiles"] == 1
@@ -91,7 +92,8 @@ def test_tile_only_config_needs_no_slide_sheet(tmp_path):
     (tmp_path / "config").mkdir()
     (tmp_path / "config/config.yaml").write_text(
         "teachers: [toy_vit, toy_cnn]\n"
-        "tasks: {crc: {type: tile_classification, images: data, classes: [X, Y], folds: 3}}\n"
+        "tasks: {crc: {type: tile_classification, images: data, classes: [X, Y], folds: 3,"
+        " image_level_splits: true}}\n"
     )
     counts = _job_counts(run_snakemake(tmp_path, "-n", "--cores", "2").stdout)
     assert counts == {"extract_tile_features": 2, "make_splits_crc": 1, "train_tile_model": 15,
@@ -212,7 +214,7 @@ def test_demo_run_trains_every_model_and_needs_both_teachers(demo_run):
     wd, _ = demo_run
     models = ["abmil-toy_vit", "abmil-toy_cnn", "concat"]
     for task in ("subtype", "os"):
-        for m in models + ["shazam", "shazam-nodistill"]:
+        for m in models + ["shazam", "shazam-nodistill", "shazam-high"]:
             for k in range(5):
                 d = wd / f"results/models/{task}/{m}/fold_{k}"
                 assert sorted(p.name for p in d.iterdir()) == sorted(MODEL_FILES)
@@ -447,9 +449,17 @@ def test_demo_run_reports_every_task(demo_run):
         assert primary["pooled"].notna().all() and (primary["ci_low"] <= primary["ci_high"]).all()
         comparison = pd.read_csv(d / "comparison.tsv", sep="\t")
         assert set(comparison["student"]) == {student}
-        assert set(comparison["baseline"]) <= singles
+        # the best single teacher (chosen on validation), then the fair controls: early and
+        # late fusion, which see every teacher as the student does
+        fusion = "concat-mlp" if tile else "concat"
+        assert set(comparison["baseline"]) <= singles | {fusion, "late-fusion"}
         assert "validation" in comparison.iloc[0]["comparison"]
+        assert {fusion, "late-fusion"} <= set(comparison["baseline"])
+        assert comparison["params_student"].notna().all()
         md = (d / "report.md").read_text()
+        k = t.get("folds", 5)  # the demo keeps one seed, and its report says so
+        assert f"all {k} runs (1 seed(s) × {k} fold(s))" in md
+        assert "One training seed and one cross-validation" in md
         heads = ["## Answer", "## Results per model", "## Paired comparison", "## Figures",
                  "## Dataset", "## Protocol", "## Software and teachers"]  # fmt: skip
         assert [md.index(h) for h in heads] == sorted(md.index(h) for h in heads)
