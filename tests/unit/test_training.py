@@ -238,22 +238,25 @@ def test_training_precision_policy(monkeypatch):
 def test_selection_never_reads_test(tmp_path):
     """Poisoned test labels leave training history and the selected epoch unchanged."""
     sheet, spec = make_cohort(tmp_path, signal=0.8)
-    res = []
-    for poison in (False, True):
-        if poison:
-            lab = pd.read_csv(tmp_path / "labels.csv")
-            fold = pd.read_csv(tmp_path / "fold.csv")
-            test = fold.loc[fold["split"] == "test", "case_id"]
-            lab.loc[lab["case_id"].isin(test), "label"] = "A"
-            lab.to_csv(tmp_path / "labels.csv", index=False)
-        out = tmp_path / f"m{poison}"
-        m = train_fold("abmil-ta", spec, tmp_path / "fold.csv", sheet, ["ta"], out, CFG,
-                       features_root=tmp_path / "results", log=lambda s: None)  # fmt: skip
-        res.append((m, pd.read_csv(out / "history.csv").drop(columns=["seconds"])))
-    (m0, h0), (m1, h1) = res
+    (m0, h0), (m1, h1) = _before_and_after(
+        tmp_path, sheet, spec, lambda: _change_labels(tmp_path, ["test"], label=lambda v: "A")
+    )
     pd.testing.assert_frame_equal(h0, h1)
     assert m0["selected_epoch"] == m1["selected_epoch"] and m0["val"] == m1["val"]
     assert m0["accuracy"] != m1["accuracy"] or m0["confusion"] != m1["confusion"]
+
+
+def _before_and_after(tmp_path, sheet, spec, poison):
+    """(metrics, history) of abmil-ta trained on the fold as it is, then after ``poison()``."""
+    res = []
+    for poisoned in (False, True):
+        if poisoned:
+            poison()
+        out = tmp_path / f"m{poisoned}"
+        m = train_fold("abmil-ta", spec, tmp_path / "fold.csv", sheet, ["ta"], out, CFG,
+                       features_root=tmp_path / "results", log=lambda s: None)  # fmt: skip
+        res.append((m, pd.read_csv(out / "history.csv").drop(columns=["seconds"])))
+    return res
 
 
 def _change_labels(tmp_path, splits, **change):
@@ -271,16 +274,11 @@ def test_survival_selection_never_reads_test(tmp_path):
     """Poisoned test times and events (all censored, far beyond training follow-up) leave the
     history, the selected epoch, every val metric and the log-rank cut-off unchanged."""
     sheet, spec = make_cohort(tmp_path, survival=True)
-    res = []
-    for poison in (False, True):
-        if poison:
-            _change_labels(tmp_path, ["test"], months=lambda t: t * 5 + 100,
-                           censorship=lambda c: c * 0 + 1)  # fmt: skip
-        out = tmp_path / f"m{poison}"
-        m = train_fold("abmil-ta", spec, tmp_path / "fold.csv", sheet, ["ta"], out, CFG,
-                       features_root=tmp_path / "results", log=lambda s: None)  # fmt: skip
-        res.append((m, pd.read_csv(out / "history.csv").drop(columns=["seconds"])))
-    (m0, h0), (m1, h1) = res
+    (m0, h0), (m1, h1) = _before_and_after(
+        tmp_path, sheet, spec,
+        lambda: _change_labels(tmp_path, ["test"], months=lambda t: t * 5 + 100,
+                               censorship=lambda c: c * 0 + 1),
+    )  # fmt: skip
     pd.testing.assert_frame_equal(h0, h1)
     assert m0["selected_epoch"] == m1["selected_epoch"] and m0["val"] == m1["val"]
     assert m0["val"]["ibs"] is not None and m0["val"]["logrank_p"] is not None
