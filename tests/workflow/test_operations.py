@@ -274,6 +274,29 @@ def check_changing_a_training_parameter(wd):
     for stage in ("make_demo_data", "tile_slide", "tiling_qc", "extract_features"):
         assert stage not in jobs, jobs.get(stage)
     assert not any(r.startswith("make_splits") for r in jobs)
+    check_adding_a_seed(wd)
+
+
+def check_adding_a_seed(wd):
+    """A second training seed repeats the cross-validation: its repetition's splits, its
+    models (fold files k … 2k − 1, seed 43) and the reports; nothing that exists reruns."""
+    import yaml
+
+    conf = yaml.safe_load((wd / "config/config.yaml").read_text())
+    (wd / "seeds.yaml").write_text("training: {seeds: [42, 43]}\n")
+    p = run_snakemake(wd, "-n", "-p", "--cores", "2", "--configfile",
+                      str(wd / "config/config.yaml"), str(wd / "seeds.yaml"))  # fmt: skip
+    jobs = planned(wd, "--configfile", str(wd / "config/config.yaml"), str(wd / "seeds.yaml"))
+    splits = {r for r in jobs if r.startswith("make_splits")}
+    assert splits == {f"make_splits_{t}_repeat1" for t in conf["tasks"]}
+    assert set(jobs) - splits <= {*TRAIN_RULES, "train_tile_model", "evaluate", "all"}
+    for rule in (*TRAIN_RULES, "train_tile_model"):
+        for out in jobs.get(rule, []):  # results/models/{task}/{model}/fold_{k}/…
+            task, k = out.split("/")[2], int(out.split("/fold_")[1].split("/")[0])
+            assert k >= conf["tasks"][task].get("folds", 5), out
+    out = (p.stdout + p.stderr).splitlines()
+    trained = [line for line in out if "shazam train " in line and "--fold-csv" in line]
+    assert trained and all('"seed": 43' in line for line in trained)
 
 
 @pytest.mark.slow
