@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .convert import to_timm
 from .registry import TeacherSpec
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,9 @@ def assign_weights(spec: TeacherSpec, model: nn.Module, sd: dict, source: str) -
     unexpected = [k for k in sd if k not in own]
     shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shape:
+        layout = "" if spec.weights_layout == "timm" else f" (read as {spec.weights_layout})"
         raise TeacherWeightsError(
-            f"teacher {spec.name}: {source} does not match the {spec.arch} architecture "
+            f"teacher {spec.name}: {source}{layout} does not match the {spec.arch} architecture "
             f"({len(missing)} missing keys e.g. {missing[:3]}, {len(unexpected)} unexpected "
             f"e.g. {unexpected[:3]}, {len(shape)} of another shape e.g. {shape[:3]}); is it "
             "the right checkpoint for this teacher?"
@@ -157,10 +159,15 @@ def _download(spec: TeacherSpec) -> Weights:
         RepositoryNotFoundError,
     )
 
+    local = (
+        f"download the weights and set teacher_weights.{spec.name}: "
+        "/path/to/model.safetensors (or its folder) in the config"
+    )
     hint = (
         f"{spec.hf_repo} is gated: accept its terms on the Hugging Face hub and export "
-        f"HF_TOKEN, or download the weights and set teacher_weights.{spec.name}: "
-        "/path/to/model.safetensors (or its folder) in the config"
+        f"HF_TOKEN, or {local}"
+        if spec.gated
+        else f"{spec.hf_repo} is public: connect to the hub once to cache it, or {local}"
     )
     last: Exception | None = None
     for filename in WEIGHT_FILES[:2]:
@@ -248,7 +255,10 @@ def build_model(
     if w.path is None:  # built-in toy weights: the fixed-seed initialisation is the weights
         return build_architecture(spec), w
     t0 = time.perf_counter()
-    model = assign_weights(spec, empty_architecture(spec), load_state_dict(w.path), w.path)
+    model = empty_architecture(spec)
+    # a checkpoint published in another layout (e.g. transformers) gets timm's tensor names
+    sd = to_timm(spec.weights_layout, load_state_dict(w.path), model.state_dict())
+    model = assign_weights(spec, model, sd, w.path)
     log.debug("teacher %s built from %s in %.2fs", spec.name, w.path, time.perf_counter() - t0)
     return model, w
 

@@ -18,6 +18,10 @@ LEVELS = ("low", "mid", "high")
 # see the full patch; the demo's toy teachers are complementary by construction: one sees only
 # the patch's mean colour, the other only its grayscale local-contrast texture.
 VIEWS = ("full", "colour", "texture")
+# How the published checkpoint names its tensors. timm: as the timm architecture (loaded as is);
+# hf_dinov2: a Hugging Face transformers Dinov2Model, converted to the timm layout when loaded
+# (shazam.teachers.convert).
+WEIGHT_LAYOUTS = ("timm", "hf_dinov2")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)
@@ -49,11 +53,17 @@ class TeacherSpec:
     precision: str = "bf16"  # preferred autocast dtype on CUDA
     seed: int | None = None  # toy teachers: fixed-seed random init, no download
     view: str = "full"  # input transform before normalisation: full | colour | texture (VIEWS)
+    weights_layout: str = "timm"  # tensor names of the published checkpoint (WEIGHT_LAYOUTS)
     description: str = ""
 
     def __post_init__(self):
         if self.view not in VIEWS:
             raise ValueError(f"teacher {self.name}: view must be one of {VIEWS}: {self.view}")
+        if self.weights_layout not in WEIGHT_LAYOUTS:
+            raise ValueError(
+                f"teacher {self.name}: weights_layout must be one of {WEIGHT_LAYOUTS}: "
+                f"{self.weights_layout}"
+            )
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -92,6 +102,26 @@ _RECORDS = [
         description="Paige Virchow2, ViT-H/14 (632M), 4 register tokens",
     ),
     TeacherSpec(
+        name="virchow",
+        arch="vit_huge_patch14_224",
+        # Virchow2's architecture without reg_tokens: the class token is the only prefix token
+        kwargs=dict(
+            img_size=224,
+            init_values=1e-5,
+            num_classes=0,
+            mlp_ratio=5.3375,
+            global_pool="",
+            dynamic_img_size=True,
+            **_SWIGLU,
+        ),  # fmt: skip
+        hf_repo="paige-ai/Virchow",
+        embedding="cls_mean",  # authors: concat(class token, mean of the 256 patch tokens) = 2560
+        **_vit_levels(32),
+        dims={"low": 1280, "mid": 1280, "high": 2560},
+        precision="fp16",
+        description="Paige Virchow (v1), ViT-H/14 (632M), no register tokens",
+    ),
+    TeacherSpec(
         name="uni2_h",
         arch="vit_giant_patch14_224",
         kwargs=dict(
@@ -123,6 +153,26 @@ _RECORDS = [
         **_vit_levels(24),
         dims={"low": 1024, "mid": 1024, "high": 1024},
         description="MahmoodLab UNI, ViT-L/16 (303M)",
+    ),
+    TeacherSpec(
+        name="phikon_v2",
+        arch="vit_large_patch16_224",
+        # a DINOv2 ViT-L/16: LayerScale (any init value: the checkpoint's lambdas replace it),
+        # no register tokens; pooled = class token after the final norm (last_hidden_state[:, 0])
+        kwargs=dict(
+            img_size=224,
+            patch_size=16,
+            init_values=1.0,
+            num_classes=0,
+            global_pool="token",
+            dynamic_img_size=True,
+        ),  # fmt: skip
+        hf_repo="owkin/phikon-v2",
+        gated=False,
+        weights_layout="hf_dinov2",  # published as a transformers Dinov2Model
+        **_vit_levels(24),
+        dims={"low": 1024, "mid": 1024, "high": 1024},
+        description="Owkin Phikon-v2, ViT-L/16 (303M) trained with DINOv2",
     ),
     TeacherSpec(
         name="gigapath",

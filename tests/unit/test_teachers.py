@@ -17,9 +17,13 @@ from shazam.teachers.build import (
     resolve_weights,
 )
 
-REAL = ["virchow2", "uni2_h", "uni", "gigapath", "h_optimus_0", "h_optimus_1"]
+REAL = [
+    "virchow2", "virchow", "uni2_h", "uni", "phikon_v2", "gigapath", "h_optimus_0", "h_optimus_1"
+]  # fmt: skip
 DOCUMENTED_HIGH = {
     "virchow2": 2560,
+    "virchow": 2560,
+    "phikon_v2": 1024,
     "uni2_h": 1536,
     "uni": 1024,
     "gigapath": 1536,
@@ -35,6 +39,13 @@ def test_registry_has_required_teachers():
     assert REGISTRY["virchow2"].embedding == "cls_mean"
     # low/mid = class token after blocks floor(L/3) and floor(2L/3) (1-based)
     assert (REGISTRY["virchow2"].low_block, REGISTRY["virchow2"].mid_block) == (9, 20)
+    assert (
+        REGISTRY["virchow"].embedding == "cls_mean"
+        and "reg_tokens" not in REGISTRY["virchow"].kwargs
+    )
+    assert (REGISTRY["virchow"].low_block, REGISTRY["virchow"].mid_block) == (9, 20)
+    assert (REGISTRY["phikon_v2"].low_block, REGISTRY["phikon_v2"].mid_block) == (7, 15)
+    assert REGISTRY["phikon_v2"].weights_layout == "hf_dinov2" and not REGISTRY["phikon_v2"].gated
     with pytest.raises(UnknownTeacherError, match="unknown teacher 'nope'; registered: virchow2"):
         get_spec("nope")
 
@@ -262,3 +273,221 @@ def test_checkpoint_with_a_wrong_shape_is_a_clear_error(tmp_path):
     save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "w.safetensors")
     with pytest.raises(TeacherWeightsError, match="1 of another shape"):
         build_model(spec, tmp_path / "w.safetensors")
+
+
+# --------------------------------------------------------------------------- published layouts
+
+
+def _dinov2_hf_shapes(dim: int, depth: int, patch: int = 16, grid: int = 14) -> dict:
+    """Name -> shape of a transformers ``Dinov2Model`` checkpoint (owkin/phikon-v2's layout:
+    MLP ratio 4, LayerScale, a mask token, no register tokens)."""
+    shapes = {
+        "embeddings.cls_token": (1, 1, dim),
+        "embeddings.mask_token": (1, dim),
+        "embeddings.position_embeddings": (1, grid * grid + 1, dim),
+        "embeddings.patch_embeddings.projection.weight": (dim, 3, patch, patch),
+        "embeddings.patch_embeddings.projection.bias": (dim,),
+        "layernorm.weight": (dim,),
+        "layernorm.bias": (dim,),
+    }
+    for i in range(depth):
+        p = f"encoder.layer.{i}."
+        for lin, (n_out, n_in) in {
+            "attention.attention.query": (dim, dim),
+            "attention.attention.key": (dim, dim),
+            "attention.attention.value": (dim, dim),
+            "attention.output.dense": (dim, dim),
+            "mlp.fc1": (4 * dim, dim),
+            "mlp.fc2": (dim, 4 * dim),
+        }.items():
+            shapes[f"{p}{lin}.weight"], shapes[f"{p}{lin}.bias"] = (n_out, n_in), (n_out,)
+        for name in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias"):
+            shapes[p + name] = (dim,)
+        shapes[p + "layer_scale1.lambda1"] = shapes[p + "layer_scale2.lambda1"] = (dim,)
+    return shapes
+
+
+def _virchow_timm_shapes() -> dict:
+    """Name -> shape of paige-ai/Virchow's timm checkpoint: ViT-H/14 at 224 px (16 × 16
+    patches + the class token, no registers), packed SwiGLU MLP of 6832 → 3416, LayerScale."""
+    dim, hidden = 1280, 6832
+    shapes = {
+        "cls_token": (1, 1, dim),
+        "pos_embed": (1, 16 * 16 + 1, dim),
+        "patch_embed.proj.weight": (dim, 3, 14, 14),
+        "patch_embed.proj.bias": (dim,),
+        "norm.weight": (dim,),
+        "norm.bias": (dim,),
+    }
+    for i in range(32):
+        p = f"blocks.{i}."
+        for lin, (n_out, n_in) in {
+            "attn.qkv": (3 * dim, dim),
+            "attn.proj": (dim, dim),
+            "mlp.fc1": (hidden, dim),
+            "mlp.fc2": (dim, hidden // 2),
+        }.items():
+            shapes[f"{p}{lin}.weight"], shapes[f"{p}{lin}.bias"] = (n_out, n_in), (n_out,)
+        for name in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias"):
+            shapes[p + name] = (dim,)
+        shapes[p + "ls1.gamma"] = shapes[p + "ls2.gamma"] = (dim,)
+    return shapes
+
+
+PUBLISHED = {
+    "phikon_v2": lambda: _dinov2_hf_shapes(1024, 24),
+    "virchow": _virchow_timm_shapes,
+}
+
+
+def _random_state(shapes: dict, dtype=torch.float32, seed: int = 0) -> dict:
+    """A state dict with these names and shapes and random values."""
+    gen = torch.Generator().manual_seed(seed)
+    return {k: (0.02 * torch.randn(s, generator=gen)).to(dtype) for k, s in shapes.items()}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_layout_matches_the_architecture(name):
+    """The published checkpoint's names and shapes, converted by the record's layout (on the
+    meta device: no memory), are exactly the architecture's: nothing missing or unexpected."""
+    from shazam.teachers.build import empty_architecture
+    from shazam.teachers.convert import to_timm
+
+    spec = get_spec(name)
+    model = empty_architecture(spec)
+    own = model.state_dict()
+    published = {k: torch.empty(s, device="meta") for k, s in PUBLISHED[name]().items()}
+    sd = to_timm(spec.weights_layout, published, own)
+    assert set(sd) == set(own)
+    assert all(tuple(sd[k].shape) == tuple(own[k].shape) for k in own)
+    assert model.num_prefix_tokens == 1  # class token only: cls_mean averages every other token
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_checkpoint_loads_and_runs(name, tmp_path):
+    """A full-size checkpoint laid out like the published one (random values, half precision
+    to halve the file) loads through the local-weights path and gives every level's dims."""
+    import gc
+
+    from safetensors.torch import save_file
+
+    spec = get_spec(name)
+    save_file(_random_state(PUBLISHED[name](), torch.float16), tmp_path / "model.safetensors")
+    model, w = build_model(spec, tmp_path)
+    assert w.kind == "local" and w.path.endswith("model.safetensors")
+    with torch.inference_mode():
+        out = LevelExtractor(spec, model)(torch.randn(1, 3, spec.input_size, spec.input_size))
+    assert {lv: t.shape[-1] for lv, t in out.items()} == spec.dims
+    assert all(torch.isfinite(t).all() for t in out.values())
+    del model, out
+    gc.collect()
+
+
+def _dinov2_reference(sd: dict, x: torch.Tensor, heads: int, eps: float = 1e-6):
+    """transformers' Dinov2Model forward, written out from its state dict: the class token of
+    the last hidden state (after the final norm) and of each layer's output."""
+    import math
+
+    import torch.nn.functional as F
+
+    dim = sd["embeddings.cls_token"].shape[-1]
+    patch = sd["embeddings.patch_embeddings.projection.weight"].shape[-1]
+    w = "embeddings.patch_embeddings.projection."
+    h = F.conv2d(x, sd[w + "weight"], sd[w + "bias"], stride=patch).flatten(2).transpose(1, 2)
+    h = torch.cat([sd["embeddings.cls_token"].expand(len(x), -1, -1), h], dim=1)
+    pos = sd["embeddings.position_embeddings"]
+    if pos.shape[1] != h.shape[1]:  # interpolate_pos_encoding: bicubic, float32
+        g, big_g = math.isqrt(pos.shape[1] - 1), math.isqrt(h.shape[1] - 1)
+        grid = pos[:, 1:].reshape(1, g, g, dim).permute(0, 3, 1, 2).float()
+        grid = F.interpolate(grid, size=(big_g, big_g), mode="bicubic", align_corners=False)
+        pos = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
+    h = h + pos
+    layers = []
+    for i in range(len({k.split(".")[2] for k in sd if k.startswith("encoder.layer.")})):
+        p = f"encoder.layer.{i}."
+
+        def lin(name, t, p=p):
+            return F.linear(t, sd[f"{p}{name}.weight"], sd[f"{p}{name}.bias"])
+
+        y = F.layer_norm(h, (dim,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], eps)
+        q, k, v = (
+            lin(f"attention.attention.{n}", y).view(len(x), -1, heads, dim // heads).transpose(1, 2)
+            for n in ("query", "key", "value")
+        )
+        a = torch.softmax(q @ k.transpose(-1, -2) * (dim // heads) ** -0.5, dim=-1) @ v
+        a = a.transpose(1, 2).reshape(len(x), -1, dim)
+        h = h + lin("attention.output.dense", a) * sd[p + "layer_scale1.lambda1"]
+        y = F.layer_norm(h, (dim,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], eps)
+        h = h + lin("mlp.fc2", F.gelu(lin("mlp.fc1", y))) * sd[p + "layer_scale2.lambda1"]
+        layers.append(h[:, 0])
+    out = F.layer_norm(h, (dim,), sd["layernorm.weight"], sd["layernorm.bias"], eps)
+    return out[:, 0], layers
+
+
+def _tiny_phikon(depth: int = 3, dim: int = 32, heads: int = 4):
+    """phikon_v2's record (timm architecture, layout, embedding), narrow and shallow."""
+    spec = get_spec("phikon_v2")
+    return replace(
+        spec,
+        kwargs={**spec.kwargs, "embed_dim": dim, "depth": depth, "num_heads": heads},
+        low_block=0,
+        mid_block=1,
+        dims={"low": dim, "mid": dim, "high": dim},
+    )
+
+
+@pytest.mark.parametrize("grid", [14, 20])
+def test_converted_dinov2_checkpoint_computes_what_transformers_does(grid, tmp_path):
+    """A small Dinov2-layout checkpoint (random values, mask token included), loaded through
+    the normal local-weights path, gives transformers' class token (last_hidden_state[:, 0])
+    and per-layer class tokens: the q/k/v fusion order, LayerScale and final norm are right.
+    grid 20: a position embedding stored for another grid is resampled as transformers does."""
+    from safetensors.torch import save_file
+
+    spec = _tiny_phikon()
+    sd = _random_state(_dinov2_hf_shapes(32, 3, grid=grid))
+    for k in sd:  # LayerScale and LayerNorm gains near 1: every block changes the tokens
+        if k.endswith(("lambda1", "norm1.weight", "norm2.weight", "layernorm.weight")):
+            sd[k] += 1.0
+    save_file(sd, tmp_path / "model.safetensors")
+    model, w = build_model(spec, tmp_path / "model.safetensors")
+    assert w.kind == "local"
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        out = LevelExtractor(spec, model)(x)
+        ref_high, ref_layers = _dinov2_reference(sd, x, heads=4)
+    torch.testing.assert_close(out["high"], ref_high, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["low"], ref_layers[spec.low_block], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["mid"], ref_layers[spec.mid_block], rtol=1e-4, atol=1e-5)
+    # the check can fail: with query and key swapped the class token changes
+    swapped = dict(sd)
+    for i in range(3):
+        q, k = (f"encoder.layer.{i}.attention.attention.{n}.weight" for n in ("query", "key"))
+        swapped[q], swapped[k] = sd[k], sd[q]
+    with torch.inference_mode():
+        assert not torch.allclose(_dinov2_reference(swapped, x, heads=4)[0], ref_high, atol=1e-4)
+
+
+def test_incomplete_dinov2_checkpoint_is_a_clear_error(tmp_path):
+    spec = _tiny_phikon()
+    shapes = _dinov2_hf_shapes(32, 3)
+    del shapes["encoder.layer.1.attention.attention.key.weight"]
+    from safetensors.torch import save_file
+
+    save_file(_random_state(shapes), tmp_path / "model.safetensors")
+    with pytest.raises(TeacherWeightsError, match=r"\(read as hf_dinov2\).*1 missing keys"):
+        build_model(spec, tmp_path / "model.safetensors")
+
+
+def test_public_weights_offline_error_does_not_say_gated(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    with pytest.raises(TeacherWeightsError) as e:
+        resolve_weights(get_spec("phikon_v2"))
+    msg = str(e.value)
+    assert "owkin/phikon-v2 is public" in msg and "teacher_weights.phikon_v2" in msg
+    assert "gated" not in msg
