@@ -79,21 +79,22 @@ def _vit_levels(depth: int) -> dict:
 
 
 _SWIGLU = {"mlp_layer": "SwiGLUPacked", "act_layer": "SiLU"}
+# Paige's ViT-H/14 trunk (Virchow; Virchow2 adds 4 register tokens)
+_VIRCHOW = dict(
+    img_size=224,
+    init_values=1e-5,
+    num_classes=0,
+    mlp_ratio=5.3375,
+    global_pool="",
+    dynamic_img_size=True,
+    **_SWIGLU,
+)
 
 _RECORDS = [
     TeacherSpec(
         name="virchow2",
         arch="vit_huge_patch14_224",
-        kwargs=dict(
-            img_size=224,
-            init_values=1e-5,
-            num_classes=0,
-            reg_tokens=4,
-            mlp_ratio=5.3375,
-            global_pool="",
-            dynamic_img_size=True,
-            **_SWIGLU,
-        ),  # fmt: skip
+        kwargs={**_VIRCHOW, "reg_tokens": 4},
         hf_repo="paige-ai/Virchow2",
         embedding="cls_mean",  # authors: concat(class token, mean of patch tokens) = 2560
         **_vit_levels(32),
@@ -105,15 +106,7 @@ _RECORDS = [
         name="virchow",
         arch="vit_huge_patch14_224",
         # Virchow2's architecture without reg_tokens: the class token is the only prefix token
-        kwargs=dict(
-            img_size=224,
-            init_values=1e-5,
-            num_classes=0,
-            mlp_ratio=5.3375,
-            global_pool="",
-            dynamic_img_size=True,
-            **_SWIGLU,
-        ),  # fmt: skip
+        kwargs=_VIRCHOW,
         hf_repo="paige-ai/Virchow",
         embedding="cls_mean",  # authors: concat(class token, mean of the 256 patch tokens) = 2560
         **_vit_levels(32),

@@ -162,15 +162,20 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
         build_model(get_spec("toy_cnn"), tmp_path / "missing.safetensors")
 
 
-def test_gated_weights_offline_error_names_model_and_config_key(monkeypatch, tmp_path):
+def _offline_error(monkeypatch, tmp_path, teacher: str) -> str:
+    """The message of resolving ``teacher``'s weights with the hub offline and no cache."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     import huggingface_hub.constants as c
 
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     with pytest.raises(TeacherWeightsError) as e:
-        resolve_weights(get_spec("uni2_h"))
-    msg = str(e.value)
+        resolve_weights(get_spec(teacher))
+    return str(e.value)
+
+
+def test_gated_weights_offline_error_names_model_and_config_key(monkeypatch, tmp_path):
+    msg = _offline_error(monkeypatch, tmp_path, "uni2_h")
     assert "MahmoodLab/UNI2-h" in msg and "gated" in msg and "teacher_weights.uni2_h" in msg
     assert "HF_TOKEN" in msg
 
@@ -481,13 +486,6 @@ def test_incomplete_dinov2_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_public_weights_offline_error_does_not_say_gated(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    import huggingface_hub.constants as c
-
-    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
-    with pytest.raises(TeacherWeightsError) as e:
-        resolve_weights(get_spec("phikon_v2"))
-    msg = str(e.value)
+    msg = _offline_error(monkeypatch, tmp_path, "phikon_v2")
     assert "owkin/phikon-v2 is public" in msg and "teacher_weights.phikon_v2" in msg
     assert "gated" not in msg
