@@ -24,9 +24,7 @@ from shazam.teachers import REGISTRY
 
 validate(config, "../workflow/schemas/config.schema.yaml")
 
-_unknown = [
-    t for t in config["teachers"] if isinstance(t, str) and t not in REGISTRY
-]
+_unknown = [t for t in config["teachers"] if isinstance(t, str) and t not in REGISTRY]
 if _unknown:
     raise ValueError(
         f"config: unknown teacher(s) {', '.join(_unknown)} in `teachers`; "
