@@ -19,7 +19,7 @@ include: "rules/common.smk"
 
 wildcard_constraints:
     slide=SLIDE_ID_PATTERN,
-    teacher="|".join(TEACHERS) or "NO_TEACHER",
+    teacher=TEACHER_RE,
     task="|".join(TASKS) or "NO_TASK",
     fold=r"\d+",
     group=r"g[0-9a-f]{12}",
@@ -30,6 +30,7 @@ wildcard_constraints:
 include: "rules/demo.smk"
 include: "rules/tiling.smk"
 include: "rules/extraction.smk"
+include: "rules/import.smk"
 include: "rules/splits.smk"
 include: "rules/training.smk"
 include: "rules/evaluate.smk"

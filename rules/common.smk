@@ -4,7 +4,9 @@
 # (all importable without torch, so parsing the DAG stays light).
 import json
 import math
+import re
 import shlex
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from snakemake.utils import validate
 from shazam import layout
 from shazam.demo import demo_plan, demo_tiles_plan
 from shazam.extraction.groups import group_of, slide_groups
+from shazam.imports import ImportSpec, resolve
 from shazam.models import registry
 from shazam.slides import load_sheet, sheet_frame
 from shazam.splits import summary_name
@@ -21,14 +24,36 @@ from shazam.teachers import REGISTRY
 
 validate(config, "../workflow/schemas/config.schema.yaml")
 
-_unknown = [t for t in config["teachers"] if t not in REGISTRY]
+_unknown = [t for t in config["teachers"] if isinstance(t, str) and t not in REGISTRY]
 if _unknown:
     raise ValueError(
         f"config: unknown teacher(s) {', '.join(_unknown)} in `teachers`; "
-        f"registered: {', '.join(REGISTRY)} (see `shazam teachers list`)"
+        f"registered: {', '.join(REGISTRY)} (see `shazam teachers list`); features you "
+        "already have: {name: NAME, features: FOLDER, format: trident | clam | shazam}"
     )
 registry.check_ablations(config["shazam"]["ablations"])
-TEACHERS = list(config["teachers"])
+# imported teachers (shazam.imports): features already extracted, adopted by import_features
+IMPORTED = {
+    t["name"]: ImportSpec.from_config(t, f"teachers[{i}]")
+    for i, t in enumerate(config["teachers"])
+    if not isinstance(t, str)
+}
+TEACHERS = [t if isinstance(t, str) else t["name"] for t in config["teachers"]]
+OWN_TEACHERS = [t for t in TEACHERS if t not in IMPORTED]
+if len(set(TEACHERS)) != len(TEACHERS):
+    raise ValueError(f"config: a teacher name is given twice in `teachers`: {TEACHERS}")
+if set(config["teacher_weights"]) & set(IMPORTED):
+    raise ValueError(
+        "config: teacher_weights does not apply to imported teacher(s) "
+        f"{', '.join(sorted(set(config['teacher_weights']) & set(IMPORTED)))}: their "
+        "features exist, no model is built"
+    )
+# wildcard constraints: which rule makes a teacher's feature files
+TEACHER_RE = "|".join(re.escape(t) for t in TEACHERS) or "NO_TEACHER"
+OWN_TEACHER_RE = "|".join(re.escape(t) for t in OWN_TEACHERS) or "NO_TEACHER"
+IMPORTED_RE = "|".join(re.escape(t) for t in IMPORTED) or "NO_TEACHER"
+# the run tiles (and its bags are our patch grid) only where a teacher is extracted here
+TILES = bool(OWN_TEACHERS)
 # task definitions are checked at parse time (labels are checked by make_splits)
 TASK_SPECS = {
     name: TaskSpec.from_config(name, t) for name, t in config["tasks"].items()
@@ -36,6 +61,11 @@ TASK_SPECS = {
 TASKS = list(TASK_SPECS)
 SLIDE_TASKS = [t for t in TASKS if not TASK_SPECS[t].is_tile]
 TILE_TASKS = [t for t in TASKS if TASK_SPECS[t].is_tile]
+if IMPORTED and TILE_TASKS:
+    raise ValueError(
+        f"config: tile task(s) {', '.join(TILE_TASKS)} need every teacher's model, and "
+        f"imported teacher(s) {', '.join(IMPORTED)} have features of the slides only"
+    )
 
 # config sections travel to the CLI as JSON; the package's dataclasses hold the defaults
 # `training.cache` changes no result (only where features are read from, so the job's memory):
@@ -117,6 +147,44 @@ _SLIDE_ARGS = {
 # extraction jobs: stable groups of slides, one model load each (shazam.extraction.groups)
 EXTRACT_GROUPS = slide_groups(SLIDE_IDS, config["extraction"]["slides_per_job"])
 GROUP_OF = group_of(EXTRACT_GROUPS)
+
+# each imported teacher's file per slide (None: none, and extraction.on_bad_slide is skip);
+# one stat per slide, and every missing one listed in one error
+IMPORT_SOURCES, _import_warnings = resolve(
+    list(IMPORTED.values()), SLIDE_IDS, config["extraction"]["on_bad_slide"]
+)
+for _line in _import_warnings:
+    print(f"warning: {_line}", file=sys.stderr)
+
+
+def _import_reference(teacher):
+    """The width check of an imported teacher: the registry's width when it is a registry
+    name (`--width`), else the file of the sheet's first slide that has one."""
+    if teacher in REGISTRY and "high" in REGISTRY[teacher].dims:
+        return f"--width {REGISTRY[teacher].dims['high']}"
+    first = next((s for s in IMPORT_SOURCES[teacher].values() if s), None)
+    return f"--reference {shlex.quote(first[0]) if first else 'none'}"
+
+
+IMPORT_REFERENCE = {t: _import_reference(t) for t in IMPORTED}
+
+
+def import_inputs(wildcards):
+    """The slide's source file (and CLAM patch file), and our patch file where we tile."""
+    src = IMPORT_SOURCES[wildcards.teacher][wildcards.slide]
+    files = {"source": [], "coords": [], "grid": []}
+    if src:
+        files["source"] = [src[0]]
+        files["coords"] = [src[1]] if src[1] and src[1] != src[0] else []
+    if TILES:
+        files["grid"] = [layout.PATCHES.format(slide=wildcards.slide)]
+    return files
+
+
+def first_or_none(files):
+    """The one file of a named input that may be empty, or `none` (the CLI's word)."""
+    return files[0] if len(files) else "none"
+
 
 TEACHER_FEATURES = {
     t: [layout.FEATURES.format(teacher=t, slide=sid) for sid in SLIDE_IDS]
@@ -285,8 +353,10 @@ def final_outputs():
         if TASK_SPECS[task].export_pt
         for t in TEACHERS
     ]
+    qc = [layout.QC_TABLE] if TILES else []  # no tiling where every teacher is imported
+    qc += [layout.EXTRACTION_QC] if OWN_TEACHERS else []
     return (
-        ([layout.QC_TABLE, layout.EXTRACTION_QC] if SLIDE_IDS else [])
+        (qc if SLIDE_IDS else [])
         + ALL_FEATURES
         + tile_features
         + exports

@@ -16,6 +16,8 @@ rule extract_features:
         "logs/extract_features/{teacher}/{group}.log",
     benchmark:
         "results/benchmarks/extract_features/{teacher}/{group}.tsv"
+    wildcard_constraints:
+        teacher=OWN_TEACHER_RE,
     priority: 2
     conda:
         "../envs/shazam.yaml"
@@ -44,6 +46,8 @@ rule feature_file:
         layout.FEATURES,
     log:
         "logs/feature_file/{teacher}/{slide}.log",
+    wildcard_constraints:
+        teacher=OWN_TEACHER_RE,
     priority: 2
     localrule: True
     conda:
@@ -62,7 +66,7 @@ rule extraction_qc:
     input:
         [
             layout.FEATURE_GROUP.format(teacher=t, group=g)
-            for t in TEACHERS
+            for t in OWN_TEACHERS
             for g in EXTRACT_GROUPS
         ],
     output:

@@ -205,6 +205,24 @@ def cmd_export_pt(a: argparse.Namespace) -> None:
     log.info("%s: %d images x %d dims -> %s", a.features, n, c, a.out)
 
 
+def _log_line(msg: str) -> None:
+    """A package message to the log: ``warning: …`` lines as warnings."""
+    if msg.startswith("warning: "):
+        log.warning(msg[len("warning: ") :])
+    else:
+        log.info(msg)
+
+
+def cmd_import_features(a: argparse.Namespace) -> None:
+    from .imports import import_features
+
+    how = import_features(
+        a.teacher, a.slide_id, a.out, a.source, coords_file=a.coords, fmt=a.format,
+        width=a.width, reference=a.reference, grid=a.grid, log=_log_line,
+    )  # fmt: skip
+    log.info("%s/%s: %s -> %s", a.teacher, a.slide_id, how, a.out)
+
+
 def cmd_splits(a: argparse.Namespace) -> None:
     from .slides import load_sheet
     from .splits import repeat_folds, summarize, write_splits
@@ -381,6 +399,27 @@ def _add_extraction(sub) -> None:
     ep.set_defaults(func=cmd_export_pt)
 
 
+def _add_import(sub) -> None:
+    im = sub.add_parser(
+        "import-features",
+        help="check one slide's existing (TRIDENT, CLAM, shazam) features and adopt them",
+    )
+    im.add_argument("--teacher", required=True, help="the imported teacher's name")
+    im.add_argument("--slide-id", required=True)
+    im.add_argument("--format", required=True, choices=("trident", "clam", "shazam"))
+    im.add_argument("--source", type=_optional_str, default=None,
+                    help="the slide's .h5 (or CLAM .pt); none: no file, an empty one")  # fmt: skip
+    im.add_argument("--coords", type=_optional_str, default=None,
+                    help="a CLAM patch file with the coords of a .pt")  # fmt: skip
+    im.add_argument("--width", type=int, default=None, help="the teacher's width (registry)")
+    im.add_argument("--reference", type=_optional_str, default=None,
+                    help="the file whose width every file must have (without --width)")  # fmt: skip
+    im.add_argument("--grid", type=_optional_str, default=None,
+                    help="our patch file of the slide: the coords must be on its grid")  # fmt: skip
+    im.add_argument("--out", required=True, help="results/features/{teacher}/{slide}.h5")
+    im.set_defaults(func=cmd_import_features)
+
+
 def _add_splits(sub) -> None:
     sp = sub.add_parser("splits", help="validate a task's labels and write its fold splits")
     sp.add_argument("--spec", required=True, help="the task definition as JSON (from the config)")
@@ -484,6 +523,7 @@ STAGES = (
     _add_tiling,
     _add_teachers,
     _add_extraction,
+    _add_import,
     _add_splits,
     _add_training,
     _add_evaluate,

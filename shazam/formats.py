@@ -51,6 +51,15 @@ def read_feature_file(path, level: str = "high") -> tuple[np.ndarray, np.ndarray
         return f[LEVEL_DATASET[level]][:], f["coords"][:], attrs
 
 
+def levels_in(path) -> set[str] | None:
+    """The levels a feature file holds (None: no readable file, left to the reader to name)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return {lv for lv, name in LEVEL_DATASET.items() if name in f}
+    except OSError:
+        return None
+
+
 # --------------------------------------------------------------------------- patch files
 
 

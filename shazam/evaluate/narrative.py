@@ -356,9 +356,10 @@ def protocol(ctx: ReportContext, doc: Doc) -> None:
         + (f" ({chosen['val']})" if chosen.get("val") else "")
         + "; the best on test is shown as an oracle, which is optimistic for the baseline. "
         "The single teachers read each teacher's last (high) level; the student reads the "
-        "configured levels of every teacher, so the controls for fusing teachers are early "
-        "fusion (concat) and late fusion, and `shazam-high` is the student on the high level "
-        "only.",
+        "configured levels that every teacher has (an imported teacher has its high level "
+        "only; each model's config.json records the levels used), so the controls for fusing "
+        "teachers are early fusion (concat) and late fusion, and `shazam-high` is the student "
+        "on the high level only.",
         f"Late fusion averages the single teachers' {ctx.outcome.fused}; it is not trained.",
     ]
     if ctx.spec.kind == "survival":

@@ -41,13 +41,21 @@ def teacher_facts(feature_files: list[str | os.PathLike]) -> pd.DataFrame:
     """Per teacher, what its feature files say about the model that made them."""
     import h5py
 
+    from ..imports import geometry
     from ..teachers import REGISTRY
 
     rows = []
     for path in feature_files:
-        with h5py.File(path, "r") as f:
+        with h5py.File(path, "r") as f:  # an imported file may be a link to the source
             a = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        name = str(a.get("teacher", Path(path).parent.name))
+            c = f["coords"].attrs if "coords" in f else {}
+            c = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in c.items()}
+            enc = f["features"].attrs.get("encoder") if "features" in f else None
+        linked = os.path.islink(path)  # an imported file: its teacher is the folder's name
+        name = Path(path).parent.name if linked else str(a.get("teacher", Path(path).parent.name))
+        imported = os.path.realpath(path) if linked else a.get("imported_from")
+        if linked and a.get("shazam_version"):
+            a = {"imported_format": f"shazam {a['shazam_version']}"}
         spec = REGISTRY.get(name)
         rows.append(
             {
@@ -58,7 +66,21 @@ def teacher_facts(feature_files: list[str | os.PathLike]) -> pd.DataFrame:
                 "embedding": a.get("embedding", ""),
                 "input_px": a.get("input_size", ""),
                 "precision": a.get("precision", ""),
-                "extracted_with": f"shazam {a.get('shazam_version', '?')}",
+                "extracted_with": (
+                    f"imported ({a.get('imported_format') or _tool(c, enc)}) from {imported}"
+                    if imported
+                    else f"shazam {a.get('shazam_version', '?')}"
+                ),
+                "patch_geometry": geometry(c),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _tool(coords_attrs: dict, encoder) -> str:
+    """Which tool wrote a linked source file, from its attrs (TRIDENT names its encoder)."""
+    if encoder is not None:
+        return f"TRIDENT, encoder {encoder.decode() if isinstance(encoder, bytes) else encoder}"
+    if "target_magnification" in coords_attrs:
+        return "TRIDENT"
+    return "CLAM" if not coords_attrs or "patch_level" in coords_attrs else "h5"

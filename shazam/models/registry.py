@@ -265,8 +265,10 @@ def build(
     if m.role == "fusion":
         return ConcatABMIL(high, n_out, d, dropout)
     s = m.settings(student)
+    # the configured levels every teacher has (training.fold.student_levels)
+    levels = [lv for lv in s.levels if all(f"{t}:{lv}" in dims for t in used)]
     return Shazam(
-        dims, used, list(s.levels), n_out, d=s.d_model or d, layers=s.layers, heads=s.heads,
+        dims, used, levels, n_out, d=s.d_model or d, layers=s.layers, heads=s.heads,
         feed_forward=s.feed_forward, dropout=dropout, gate=s.gate,
         distill_weight=s.distill_weight, distill_target=s.distill_target,
     )  # fmt: skip

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .. import __version__
+from .. import __version__, layout
 from ..cohorts import build_cohort
 from ..io import atomic_path, write_json_atomic
 from ..losses import survival_bins
@@ -119,11 +119,12 @@ def slide_items(spec, model_name, teachers, fold_csv, sheet, labels, root, shaza
     name = registry.parse(model_name)
     used = name.teachers(teachers)
     settings, levels = None, ["high"]
+    all_ids = [c for v in ids.values() for c in v]
     if name.role == "student":
         s = name.settings(shazam_cfg)
-        levels = list(s.levels)
+        levels = student_levels(list(s.levels), used, sheet, all_ids, root)
         settings = {k: v for k, v in s.as_dict().items() if k != "d_model"}  # as recorded
-    all_ids = [c for v in ids.values() for c in v]
+        settings["levels"] = levels
     store, _ = FeatureStore.for_task(spec, used, root, levels, sheet, all_ids)
     ids, empty = drop_empty(ids, store)
     _check_splits(ids, fold_csv, spec, "cases with patches")
@@ -131,6 +132,33 @@ def slide_items(spec, model_name, teachers, fold_csv, sheet, labels, root, shaza
             "bins": None if edges is None else [float(e) for e in edges],
             "no_patches": empty}  # fmt: skip
     return FoldItems(store, Targets(spec, cases, edges), ids, meta)
+
+
+def student_levels(configured, teachers, sheet, cases, root) -> list[str]:
+    """The student's levels: the configured ones that every teacher's files have. An imported
+    teacher (TRIDENT, CLAM) has its one embedding, the high level; a student over it and an
+    extracted teacher then reads the high level of both (a line in the log says so; the
+    model's config.json records the levels used). Probed on the first slide of ``cases``."""
+    from ..formats import levels_in
+
+    wanted = set(cases)
+    sid = next(
+        (s for c, s in zip(sheet["case_id"], sheet["slide_id"], strict=True) if c in wanted), None
+    )
+    if sid is None:
+        return configured
+    have = {t: levels_in(layout.at(layout.FEATURES, root, teacher=t, slide=sid)) for t in teachers}
+    levels = [lv for lv in configured if all(h is None or lv in h for h in have.values())]
+    if levels != configured:
+        short = {t: sorted(h) for t, h in have.items() if h is not None and set(configured) - h}
+        if not levels:
+            raise ValueError(
+                f"shazam.levels {configured}: no level that every teacher has ({short}); "
+                "add `high` (every feature file has it)"
+            )
+        print(f"student levels: {levels} of the configured {configured}, the levels every "
+              f"teacher has (teachers with fewer: {short})")  # fmt: skip
+    return levels
 
 
 def drop_empty(ids: dict[str, list[str]], store: FeatureStore):
