@@ -1,7 +1,8 @@
 # Imported teachers (config `teachers: [{name, features, format}]`, shazam.imports): features
 # that TRIDENT, CLAM or another run already extracted. One job per (teacher, slide) checks the
 # slide's file (width; the patch grid where the run also tiles) and makes its feature file: a
-# link to the source, or our own file for a CLAM .pt. The source is the job's input, so
+# link to a contiguous source, else (TRIDENT's and CLAM's chunked .h5, a CLAM .pt) our own
+# contiguous file, written once, so that training maps it. The source is the job's input, so
 # replacing one file redoes that slide's import and what reads it; nothing is extracted.
 
 

@@ -21,13 +21,16 @@ Layouts (checked against the tools' own code):
 - shazam: ``<folder>/<slide>.h5``, our own layout (DESIGN §3.3), e.g. another run's features.
 
 **Adoption.** An ``.h5`` whose ``features`` are 2-D floats and whose ``coords`` are (N, 2)
-integers is what the store reads already (:mod:`shazam.mapped` maps contiguous datasets and
-reads chunked ones through h5py), so after the checks below the feature file is a *symbolic
-link* to the source (absolute path): a 290 GB cohort is not copied. The link's own time is
-when it was made, so replacing a source file makes Snakemake redo that slide's import (its
-input is newer than the link) and what reads it. A CLAM ``.pt`` (loaded with
-``torch.load(path, weights_only=True)`` only) and TRIDENT's empty (0,) ``features`` are written
-as our own file (:func:`shazam.formats.write_feature_file`, atomically).
+integers, with ``features`` contiguous and uncompressed (our own layout, e.g. another run's
+folder), is what the store maps already, so after the checks below the feature file is a
+*symbolic link* to the source (absolute path): nothing is copied. The link's own time is when
+it was made, so replacing a source file makes Snakemake redo that slide's import (its input is
+newer than the link) and what reads it. TRIDENT's and CLAM's ``.h5`` are chunked (one row and 32
+rows per chunk): read through h5py, a training batch of 4,096 rows takes 90–170× as long as
+from a mapped file (``benchmarks/imported_reads.py``), so they are rewritten once as our own
+file, contiguous float16 (half a float32 source's bytes). So are a CLAM ``.pt`` (loaded with
+``torch.load(path, weights_only=True)`` only) and TRIDENT's empty (0,) ``features``
+(:func:`shazam.formats.write_feature_file`, atomically).
 
 **Checks.** Every slide of the sheet has a file (at parse time, :func:`resolve`); every file has
 the teacher's width (the registry's when the name is a registry teacher, else that of the
@@ -177,9 +180,10 @@ def _load_pt(path: str):
 
 
 def read_source(path: str, coords_file: str | None = None):
-    """(features array or an h5 dataset description, coords (N, 2), coords attrs, file attrs,
-    adoptable): the source's rows, checked for shape. ``adoptable``: an h5 the store reads as
-    it is (linked, not copied)."""
+    """(features array, or the shape of an adoptable h5's, coords (N, 2), coords attrs, file
+    attrs, adoptable): the source's rows, checked for shape. ``adoptable``: an h5 whose
+    features are contiguous and uncompressed, which the store maps as it is (linked, not
+    copied); a chunked or compressed one is read whole, to be rewritten contiguous."""
     import h5py
     import numpy as np
 
@@ -210,14 +214,19 @@ def read_source(path: str, coords_file: str | None = None):
                 return np.zeros((0, 0), np.float32), coords.reshape(-1, 2), cattrs, fattrs, False
             if d.ndim != 2 or d.dtype.kind != "f":
                 raise FeatureImportError(f"{path}: `features` is {d.dtype} {d.shape}, not (N, D)")
-            shape = d.shape
+            # contiguous and uncompressed: the store maps it as it is; chunked (TRIDENT: one
+            # row per chunk, CLAM: 32) reads a training batch 90–170x slower through h5py
+            # (benchmarks/imported_reads.py), so those are rewritten once, contiguous
+            mapped = d.chunks is None and d.compression is None
+            feats = d.shape if mapped else d[:]
     except OSError as e:
         raise FeatureImportError(f"{path}: unreadable HDF5 file ({e})") from None
     if coords.ndim != 2 or coords.shape[1] != 2 or coords.dtype.kind not in "iu":
         raise FeatureImportError(f"{path}: `coords` is {coords.dtype} {coords.shape}, not (N, 2)")
-    if len(coords) != shape[0]:
-        raise FeatureImportError(f"{path}: {shape[0]} feature rows but {len(coords)} coords")
-    return shape, coords, cattrs, fattrs, True
+    n = feats[0] if mapped else len(feats)
+    if len(coords) != n:
+        raise FeatureImportError(f"{path}: {n} feature rows but {len(coords)} coords")
+    return feats, coords, cattrs, fattrs, mapped
 
 
 def _attrs(obj) -> dict:
@@ -327,7 +336,9 @@ def import_features(
     if not len(coords):
         feats = np.zeros((0, width or d), np.float32)
     meta["encoder"] = str(fattrs.get("encoder", ""))
-    _write_own(out, feats, coords, cattrs, meta)
+    # float16, as our own teachers' files (extraction.dtype's default): half a float32
+    # source's bytes, relative error under 1e-3
+    _write_own(out, np.asarray(feats, dtype=np.float16), coords, cattrs, meta)
     return "written"
 
 

@@ -67,7 +67,7 @@ def teacher_facts(feature_files: list[str | os.PathLike]) -> pd.DataFrame:
                 "input_px": a.get("input_size", ""),
                 "precision": a.get("precision", ""),
                 "extracted_with": (
-                    f"imported ({a.get('imported_format') or _tool(c, enc)}) from {imported}"
+                    f"imported ({_imported_how(a, c, enc)}) from {imported}"
                     if imported
                     else f"shazam {a.get('shazam_version', '?')}"
                 ),
@@ -75,6 +75,19 @@ def teacher_facts(feature_files: list[str | os.PathLike]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+TOOLS = {"trident": "TRIDENT", "clam": "CLAM"}
+
+
+def _imported_how(attrs: dict, coords_attrs: dict, encoder) -> str:
+    """The tool (and encoder) of an imported file: recorded when it was rewritten as ours,
+    else read off the linked source's attrs."""
+    fmt = attrs.get("imported_format")
+    if not fmt:
+        return _tool(coords_attrs, encoder)
+    enc = attrs.get("encoder")
+    return TOOLS.get(fmt, fmt) + (f", encoder {enc}" if enc else "")
 
 
 def _tool(coords_attrs: dict, encoder) -> str:
