@@ -165,8 +165,18 @@ def fusion_controls(runs: dict[str, ModelRun], spec: TaskSpec) -> dict:
 
 
 def compare(
-    a: ModelRun, b: ModelRun, spec: TaskSpec, metric: str, label: str, cfg: EvalConfig
+    a: ModelRun,
+    b: ModelRun,
+    spec: TaskSpec,
+    metric: str,
+    label: str,
+    cfg: EvalConfig,
+    cache: dict | None = None,
 ) -> Paired:
+    """``a`` − ``b`` on the same test cases. ``cache``: ``a``'s metric per (fold, resample),
+    shared by the comparisons of one student: every comparison draws the same resamples (same
+    seed, same test cases), so the student's metric is computed once per draw, not once per
+    baseline."""
     unit = spec.record.unit
     fa = [df.set_index(unit) for df in a.predictions]
     fb = [df.set_index(unit) for df in b.predictions]
@@ -181,16 +191,22 @@ def compare(
     fa = [x.loc[i].reset_index() for x, i in zip(fa, ids, strict=True)]
     fb = [y.loc[i].reset_index() for y, i in zip(fb, ids, strict=True)]
 
-    def metric_of(tables):
+    def metric_of(tables, memo=None):
         arrays = [prediction_arrays(t, spec) for t in tables]
 
         def f(k, idx):
-            return arrays_metrics(arrays[k], spec, idx, only=(metric,))[0].get(metric)
+            key = (k, idx.tobytes())
+            if memo is not None and key in memo:
+                return memo[key]
+            v = arrays_metrics(arrays[k], spec, idx, only=(metric,))[0].get(metric)
+            if memo is not None:
+                memo[key] = v
+            return v
 
         return f
 
     per_fold, mean, (lo, hi, nv) = paired_bootstrap(
-        metric_of(fa),
+        metric_of(fa, cache),
         metric_of(fb),
         [len(i) for i in ids],
         cfg.n_boot,
@@ -233,12 +249,13 @@ def paired_comparisons(
         return []
     pairs: list[Paired] = []
     done: dict[str, Paired] = {}
+    cache: dict = {}  # the student's metric per (fold, resample), shared by the comparisons
     for key, label in BASELINES:
         b = chosen.get(key)
         if b is None:
             continue
         if b not in done:
-            done[b] = compare(runs[student], runs[b], spec, spec.primary_metric, label, cfg)
+            done[b] = compare(runs[student], runs[b], spec, spec.primary_metric, label, cfg, cache)
             pairs.append(done[b])
         else:  # the same teacher: one comparison, both labels
             done[b].label += " (also the best on test)"

@@ -145,3 +145,21 @@ def test_c_index_within_groups_counts_pairs_inside_each_group():
     assert m["c_index"] == 1.0
     m, r = c_index_within(np.zeros(4, bool), np.arange(4.0), np.arange(4.0), [0, 0, 1, 1])
     assert m["c_index"] is None and "no comparable pairs" in r["c_index"]
+
+
+def test_balanced_accuracy_equals_sklearns():
+    """The bootstrap's balanced accuracy (from confusion counts) is sklearn's, with absent
+    classes, classes predicted but absent from the truth, and every class size."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        k = int(rng.integers(2, 5))
+        n = int(rng.integers(2, 40))
+        y = rng.integers(0, k, n)
+        if len(np.unique(y)) < 2:
+            continue
+        prob = rng.random((n, k))
+        got = classification_metrics(y, prob, k, only=("balanced_accuracy",))[0]
+        want = balanced_accuracy_score(y, prob.argmax(1))
+        assert got["balanced_accuracy"] == pytest.approx(want, abs=1e-12), trial
