@@ -134,3 +134,20 @@ def test_a_case_without_patches_is_reported(survival, tmp_path):
     ranks = got["risk_rank"].dropna()  # ranks over the 17 predicted cases
     assert len(ranks) == 17 and ranks.max() == 1.0
     assert any("1 case(s) without patches" in s and case in s for s in lines)
+
+
+def test_the_cli_writes_the_table_and_names_a_missing_teacher(classification, tmp_path, capsys):
+    from shazam.cli import main
+
+    root, sheet, spec, models = classification
+    sheet.to_csv(tmp_path / "slides.tsv", sep="\t", index=False)
+    args = ["predict", "--spec", spec.to_json(), "--model", "abmil-ta", "--models-dir",
+            str(models), "--runs", "2", "--slides", str(tmp_path / "slides.tsv"),
+            "--labels", str(root / "labels.csv"), "--cohort", "ext"]  # fmt: skip
+    out = tmp_path / "pred" / "abmil-ta.tsv"
+    assert main([*args, "--features-root", str(root / "results"), "--out", str(out)]) == 0
+    table = pd.read_csv(out, sep="\t")
+    assert len(table) == 18 and {"label", "pred", "prob_A_fold1"} <= set(table.columns)
+    assert main([*args, "--features-root", str(tmp_path), "--out", str(tmp_path / "x.tsv")]) == 2
+    assert "teacher ta's features are missing" in capsys.readouterr().err
+    assert not (tmp_path / "x.tsv").exists()
