@@ -262,12 +262,18 @@ def cmd_predict(a: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(a.threads)
+    if a.metrics_out and not a.labels:
+        raise ValueError("predict: --metrics-out needs the cohort's --labels")
     spec = TaskSpec.from_json(a.spec)
     table = predict_cohort(
         spec, a.models_dir, a.model, a.runs, load_sheet(a.slides, check_files=False),
         a.features_root, a.labels, cohort=a.cohort, device=a.device, log=_log_line,
     )  # fmt: skip
     write_table(table, a.out)
+    if a.metrics_out:  # the internal report's metrics on this cohort: ensemble and per fold
+        from .evaluate.external import external_metrics
+
+        write_table(external_metrics(table, spec, a.model), a.metrics_out)
     done = int((table["note"] != "no patches").sum())
     log.info("%s of task %s on cohort %s: %d of %d case(s) predicted -> %s",
              a.model, spec.name, a.cohort, done, len(table), a.out)  # fmt: skip
@@ -290,6 +296,7 @@ def _add_predict(sub) -> None:
     pr.add_argument("--device", default=None, help="cpu, cuda:N (default: the training setting)")
     pr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     pr.add_argument("--out", required=True, help="the table (.tsv), one row per case")
+    pr.add_argument("--metrics-out", default=None, help="with --labels: metrics table (.tsv)")
     pr.set_defaults(func=cmd_predict)
 
 

@@ -1,5 +1,6 @@
 """Prediction on a new cohort: trained fold models applied to other cases (shazam.predict)."""
 
+import json
 import shutil
 
 import h5py
@@ -7,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from shazam.evaluate.external import external_comparison, external_metrics, internal_baseline
+from shazam.evaluate.stats import EvalConfig
 from shazam.predict import load_fold_model, predict_cohort, write_table
 from shazam.tasks import LabelError
 from shazam.training import TrainConfig, train_fold
@@ -39,6 +42,7 @@ def train(root, model, sheet, spec, folds, shazam_cfg=None):
 def classification(tmp_path_factory):
     root = tmp_path_factory.mktemp("cls")
     sheet, spec = make_cohort(root, n=18)
+    train(root, "abmil-tb", sheet, spec, 2)
     return root, sheet, spec, train(root, "abmil-ta", sheet, spec, 2)
 
 
@@ -145,9 +149,61 @@ def test_the_cli_writes_the_table_and_names_a_missing_teacher(classification, tm
             str(models), "--runs", "2", "--slides", str(tmp_path / "slides.tsv"),
             "--labels", str(root / "labels.csv"), "--cohort", "ext"]  # fmt: skip
     out = tmp_path / "pred" / "abmil-ta.tsv"
-    assert main([*args, "--features-root", str(root / "results"), "--out", str(out)]) == 0
+    metrics = tmp_path / "pred" / "metrics.tsv"
+    assert main([*args, "--features-root", str(root / "results"), "--out", str(out),
+                 "--metrics-out", str(metrics)]) == 0  # fmt: skip
+    assert "balanced_accuracy" in set(pd.read_csv(metrics, sep="\t")["metric"])
     table = pd.read_csv(out, sep="\t")
     assert len(table) == 18 and {"label", "pred", "prob_A_fold1"} <= set(table.columns)
     assert main([*args, "--features-root", str(tmp_path), "--out", str(tmp_path / "x.tsv")]) == 2
     assert "teacher ta's features are missing" in capsys.readouterr().err
     assert not (tmp_path / "x.tsv").exists()
+
+
+BOOT = EvalConfig(n_boot=50)
+
+
+def test_external_metrics_are_the_reports(classification):
+    """On a fold's own test cases, the fold's external metrics are its metrics.json's."""
+    root, sheet, spec, models = classification
+    fold = models / "abmil-ta" / "fold_0"
+    test = sheet[sheet["case_id"].isin(set(pd.read_csv(fold / "predictions.csv")["case_id"]))]
+    table = predict_cohort(spec, models, "abmil-ta", 2, test, root / "results",
+                           labels=root / "labels.csv", **QUIET)  # fmt: skip
+    m = external_metrics(table, spec, "abmil-ta", BOOT).set_index(["estimate", "metric"])
+    internal = json.loads((fold / "metrics.json").read_text())
+    for metric in ("balanced_accuracy", "auc_macro", "f1_macro", "n_cases"):
+        assert m.loc[("fold_0", metric), "value"] == pytest.approx(internal[metric])
+    ens = m.loc[("ensemble", "auc_macro")]
+    assert ens["n_boot"] > 0 and ens["ci_low"] <= ens["value"] <= ens["ci_high"]
+    assert set(m.index.get_level_values(0)) == {"ensemble", "fold_0", "fold_1"}
+
+
+def test_external_survival_metrics_say_what_needs_training_data(survival):
+    root, sheet, spec, models = survival
+    table = predict_cohort(spec, models, "shazam", 1, sheet, root / "results",
+                           labels=root / "labels.csv", **QUIET)  # fmt: skip
+    m = external_metrics(table, spec, "shazam", BOOT).set_index(["estimate", "metric"])
+    assert 0 <= m.loc[("ensemble", "c_index"), "value"] <= 1
+    assert pd.isna(m.loc[("ensemble", "c_index_ipcw"), "value"])
+    assert m.loc[("ensemble", "c_index_ipcw"), "reason"]
+    # the ensemble's ranks order the cases as the one fold's risks: the same C-index
+    assert m.loc[("ensemble", "c_index"), "value"] == m.loc[("fold_0", "c_index"), "value"]
+
+
+def test_external_comparison_against_the_internally_chosen_teacher(classification):
+    root, sheet, spec, models = classification
+    tables = {n: predict_cohort(spec, models, n, 2, sheet, root / "results",
+                                labels=root / "labels.csv", **QUIET)
+              for n in ("abmil-ta", "abmil-tb")}  # fmt: skip
+    summary = pd.DataFrame({"model": ["abmil-ta", "abmil-tb", "concat"],
+                            "metric": "balanced_accuracy", "mean": [0.9, 0.6, 1.0],
+                            "val_mean": [0.7, 0.8, 1.0]})  # fmt: skip
+    base = internal_baseline(summary, spec)
+    assert base == "abmil-tb"  # chosen on validation, not on test (nor the fusion)
+    row = external_comparison(tables["abmil-ta"], tables[base], spec, ("abmil-ta", base),
+                              cfg=BOOT).iloc[0]  # fmt: skip
+    ba = {n: external_metrics(t, spec, n, BOOT).set_index(["estimate", "metric"])
+          .loc[("ensemble", "balanced_accuracy"), "value"] for n, t in tables.items()}  # fmt: skip
+    assert row["delta_fold_0"] == pytest.approx(ba["abmil-ta"] - ba["abmil-tb"])
+    assert row["baseline"] == "abmil-tb" and row["n_boot"] > 0
