@@ -11,6 +11,7 @@ import logging
 import sys
 
 from . import __version__
+from .teachers.commands import add_teachers
 
 log = logging.getLogger("shazam")
 
@@ -96,50 +97,6 @@ def cmd_tiling_qc(a: argparse.Namespace) -> None:
     df = summarize_qc(a.qc, a.out)
     counts = df["status"].value_counts().to_dict()
     log.info("tiling QC for %d slides: %s -> %s", len(df), counts, a.out)
-
-
-def cmd_teachers_list(a: argparse.Namespace) -> None:
-    from .teachers import REGISTRY
-
-    rows = [("name", "low", "mid", "high", "input", "weights", "description")]
-    for spec in REGISTRY.values():
-        d = spec.dims
-        rows.append(
-            (spec.name, str(d.get("low", "-")), str(d.get("mid", "-")), str(d.get("high", "-")),
-             str(spec.input_size), spec.weight_source, spec.description)
-        )  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
-
-
-def cmd_teachers_check(a: argparse.Namespace) -> None:
-    from .teachers import get_spec
-    from .teachers.build import LevelExtractor, build_model, check
-
-    spec = get_spec(a.name)
-    if a.random_weights:
-        shapes = check(spec, batch=a.batch)
-        source = "random weights (architecture check, nothing downloaded)"
-    else:
-        import torch
-
-        model, w = build_model(spec, a.weights)
-        with torch.inference_mode():
-            out = LevelExtractor(spec, model)(
-                torch.randn(a.batch, 3, spec.input_size, spec.input_size)
-            )
-        shapes = {lv: list(t.shape) for lv, t in out.items()}
-        source = w.identity
-    print(f"{spec.name} ({spec.arch}, {source})")
-    ok = True
-    for lv, shape in shapes.items():
-        expected = spec.dims[lv]
-        flag = "ok" if shape[-1] == expected else f"MISMATCH (registry says {expected})"
-        ok &= shape[-1] == expected
-        print(f"  {lv:5s} {shape[-1]:6d}  {flag}")
-    if not ok:
-        raise ValueError(f"teacher {spec.name}: dims differ from the registry")
 
 
 def _extract_params(a: argparse.Namespace):
@@ -296,6 +253,53 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     log.info("report for task %s in %s: %s", spec.name, a.out_dir, json.dumps(head))
 
 
+def cmd_predict(a: argparse.Namespace) -> None:
+    from .predict import predict_cohort, write_table
+    from .slides import load_sheet
+    from .tasks import TaskSpec
+
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    if a.metrics_out and not a.labels:
+        raise ValueError("predict: --metrics-out needs the cohort's --labels")
+    spec = TaskSpec.from_json(a.spec)
+    table = predict_cohort(
+        spec, a.models_dir, a.model, a.runs, load_sheet(a.slides, check_files=False),
+        a.features_root, a.labels, cohort=a.cohort, device=a.device, log=_log_line,
+    )  # fmt: skip
+    write_table(table, a.out)
+    if a.metrics_out:  # the internal report's metrics on this cohort: ensemble and per fold
+        from .evaluate.external import external_metrics
+
+        write_table(external_metrics(table, spec, a.model), a.metrics_out)
+    done = int((table["note"] != "no patches").sum())
+    log.info("%s of task %s on cohort %s: %d of %d case(s) predicted -> %s",
+             a.model, spec.name, a.cohort, done, len(table), a.out)  # fmt: skip
+
+
+def _add_predict(sub) -> None:
+    from .models import registry
+
+    pr = sub.add_parser("predict", help="apply every fold's model of a task to a new cohort")
+    pr.add_argument("--spec", required=True, help="the task definition as JSON")
+    pr.add_argument("--model", required=True, help=f"a trained model ({registry.grammar()})")
+    pr.add_argument("--models-dir", required=True, help="results/models/{task}")
+    pr.add_argument(
+        "--runs", type=int, default=None, help="fold folders: folds x seeds (default: folds)"
+    )
+    pr.add_argument("--slides", required=True, help="the cohort's slide sheet")
+    pr.add_argument("--features-root", default="results", help="the cohort's features/ under it")
+    pr.add_argument("--labels", default=None, help="the cohort's label file (task's columns)")
+    pr.add_argument("--cohort", default="cohort", help="the cohort's name (messages)")
+    pr.add_argument("--device", default=None, help="cpu, cuda:N (default: the training setting)")
+    pr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    pr.add_argument("--out", required=True, help="the table (.tsv), one row per case")
+    pr.add_argument("--metrics-out", default=None, help="with --labels: metrics table (.tsv)")
+    pr.set_defaults(func=cmd_predict)
+
+
 def cmd_validate(a: argparse.Namespace) -> int:
     from .validate import validate
 
@@ -344,21 +348,6 @@ def _add_tiling(sub) -> None:
     q.add_argument("--out", required=True, help="cohort QC table (.tsv)")
     q.add_argument("qc", nargs="+", help="per-slide QC JSON files")
     q.set_defaults(func=cmd_tiling_qc)
-
-
-def _add_teachers(sub) -> None:
-    tc = sub.add_parser("teachers", help="the teacher registry")
-    tsub = tc.add_subparsers(dest="teachers_command", required=True)
-    tl = tsub.add_parser("list", help="name, dims per level, input size, weight source")
-    tl.set_defaults(func=cmd_teachers_list)
-    tk = tsub.add_parser("check", help="build a teacher, run one batch, print every level's dims")
-    tk.add_argument("name")
-    tk.add_argument(
-        "--random-weights", action="store_true", help="real architecture, random weights, offline"
-    )
-    tk.add_argument("--weights", default=None, help="local weight file or folder")
-    tk.add_argument("--batch", type=int, default=2)
-    tk.set_defaults(func=cmd_teachers_check)
 
 
 def _add_extraction(sub) -> None:
@@ -521,12 +510,13 @@ def _add_validate(sub) -> None:
 STAGES = (
     _add_demo,
     _add_tiling,
-    _add_teachers,
+    add_teachers,
     _add_extraction,
     _add_import,
     _add_splits,
     _add_training,
     _add_evaluate,
+    _add_predict,
     _add_validate,
     _add_export,
 )

@@ -37,6 +37,8 @@ MODEL_FILES = ("model.safetensors", "config.json", "history.csv", "predictions.c
 # evaluation (rule evaluate)
 REPORT_DIR = "results/report/{task}"
 REPORT_HTML = "results/report/{task}/report.html"
+# prediction on a new cohort (shazam predict): a table per cohort, task and model
+PREDICTIONS = "results/predictions/{cohort}/{task}/{model}.tsv"
 # known-answer validation (rule validate)
 VALIDATE_SUMMARY = "results/validate/summary.tsv"
 

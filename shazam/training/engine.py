@@ -94,7 +94,7 @@ class Targets:
 
 class Engine:
     def __init__(
-        self, model, spec: TaskSpec, store: FeatureStore, targets: Targets, cfg: TrainConfig
+        self, model, spec: TaskSpec, store: FeatureStore, targets: Targets | None, cfg: TrainConfig
     ):
         from ..device import autocast_dtype, select_device
 
@@ -120,6 +120,16 @@ class Engine:
 
             self.standardizer = standardize_store(self.store, train_ids)
         self.store.prepare(self.dtype)  # a store in memory: transformed once, not per batch
+        self._prepared = True
+
+    def use_inputs(self, standardizer) -> None:
+        """Prediction with a trained model: its own saved input transform (``input_scaler.*``
+        of ``model.safetensors``, or None when it was trained without one) instead of
+        :meth:`prepare`'s fit; batches then go through the same path as in training."""
+        if self._prepared or self.store.standardizer is not None:
+            raise RuntimeError("this engine's store already has its input transform")
+        self.standardizer = self.store.standardizer = standardizer
+        self.store.prepare(self.dtype)
         self._prepared = True
 
     # -- batches
@@ -270,13 +280,15 @@ class Engine:
         self.model.eval()
         logits, losses, gates = {}, [], {}
         for chunk, out in self._outputs(ids):
-            losses.append(float(self._loss(out, chunk)) * len(chunk))
+            if self.targets is not None:  # None: prediction on unlabelled cases
+                losses.append(float(self._loss(out, chunk)) * len(chunk))
             for i, c in enumerate(chunk):
                 logits[c] = out["logits"][i].float().cpu()
                 if "gate" in out:
                     gates[c] = out["gate"][i].float().cpu()
         lg = torch.stack([logits[c] for c in ids]) if ids else torch.zeros(0)
-        return {"logits": lg, "loss": sum(losses) / max(len(ids), 1), "gate": gates}
+        loss = sum(losses) / max(len(ids), 1) if self.targets is not None else None
+        return {"logits": lg, "loss": loss, "gate": gates}
 
     def _outputs(self, ids: list[str]):
         """(bag ids, the model's output) per evaluation batch, then per large bag."""
