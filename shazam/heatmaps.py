@@ -346,7 +346,7 @@ def draw_montage(path, slide, coords, scores, geom: Geometry, k: int = 8, tile: 
             img = Image.fromarray(rgb).resize((tile, tile), Image.BILINEAR)
             ax = fig.add_subplot(2, max(k, 1), r * max(k, 1) + c + 1)
             ax.imshow(np.asarray(img))
-            ax.set_title(f"{what} {c + 1}: {scores[i] * n:.2f}", fontsize=7)
+            ax.set_title(f"{what} {c + 1}: {scores[i] * n:.3g}", fontsize=7)
             ax.set_axis_off()
     fig.text(0.5, 0.005, "attention × N (1 = uniform)", ha="center", fontsize=7)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.92, bottom=0.04, wspace=0.05, hspace=0.25)
