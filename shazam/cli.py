@@ -11,6 +11,7 @@ import logging
 import sys
 
 from . import __version__
+from .cli_outputs import _add_export, _add_heatmap
 from .teachers.commands import add_teachers
 
 log = logging.getLogger("shazam")
@@ -468,34 +469,6 @@ def _add_evaluate(sub) -> None:
     ev.set_defaults(func=cmd_evaluate)
 
 
-def cmd_export(a: argparse.Namespace) -> None:
-    from .export import export_features
-    from .slides import load_sheet
-
-    ids = a.slide_id or list(load_sheet(a.slides, check_files=False)["slide_id"])
-    files = export_features(a.teacher, ids, a.layout, a.out, a.features_root, a.level, a.dtype)
-    log.info("%d file(s) of teacher %s in %s's layout under %s", len(files), a.teacher,
-             a.layout, a.out)  # fmt: skip
-
-
-def _add_export(sub) -> None:
-    ex = sub.add_parser(
-        "export", help="a teacher's feature files in TRIDENT's or CLAM's layout (float32)"
-    )
-    ex.add_argument("--teacher", required=True)
-    ex.add_argument("--layout", required=True, choices=("trident", "clam"),
-                    help="trident: features_<teacher>/; clam: h5_files/ + pt_files/")  # fmt: skip
-    ex.add_argument("--out", required=True, help="TRIDENT's job dir or CLAM's data dir")
-    which = ex.add_mutually_exclusive_group(required=True)
-    which.add_argument("--slides", help="slide sheet: every slide of it")
-    which.add_argument("--slide-id", nargs="+", help="these slides")
-    ex.add_argument("--features-root", default="results")
-    ex.add_argument("--level", default="high", choices=("low", "mid", "high"))
-    ex.add_argument("--dtype", default="float32", choices=("float32", "float16"),
-                    help="both tools feed features straight to float32 models")  # fmt: skip
-    ex.set_defaults(func=cmd_export)
-
-
 def _add_validate(sub) -> None:
     va = sub.add_parser("validate", help="known-answer checks on synthetic cohorts (rule validate)")
     va.add_argument("--out", default="results/validate", help="summary.tsv and cohorts/ go here")
@@ -519,6 +492,7 @@ STAGES = (
     _add_predict,
     _add_validate,
     _add_export,
+    _add_heatmap,
 )
 
 

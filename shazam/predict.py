@@ -67,6 +67,16 @@ class FoldModel:
     def dims(self) -> dict[str, int]:
         return self.config["dims"]
 
+    @property
+    def fold(self) -> str:
+        """``k`` of the folder ``fold_{k}`` (else the folder's name)."""
+        name = self.fold_dir.name
+        return name[5:] if name.startswith("fold_") else name
+
+    @property
+    def student(self) -> bool:
+        return hasattr(self.model, "gates")
+
 
 def load_fold_model(fold_dir: str | os.PathLike, device: str | None = None) -> FoldModel:
     """A trained model from ``config.json`` and ``model.safetensors`` of its fold folder:
