@@ -255,6 +255,9 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
     from .predict import predict_cohort, write_table
     from .slides import load_sheet
     from .tasks import TaskSpec
@@ -265,6 +268,9 @@ def cmd_predict(a: argparse.Namespace) -> None:
         torch.set_num_threads(a.threads)
     if a.metrics_out and not a.labels:
         raise ValueError("predict: --metrics-out needs the cohort's --labels")
+    if a.spec is None:  # the task as the trained models recorded it
+        fold0 = Path(a.models_dir) / a.model / "fold_0" / "config.json"
+        a.spec = json.dumps(json.loads(fold0.read_text())["task"])
     spec = TaskSpec.from_json(a.spec)
     table = predict_cohort(
         spec, a.models_dir, a.model, a.runs, load_sheet(a.slides, check_files=False),
@@ -284,7 +290,8 @@ def _add_predict(sub) -> None:
     from .models import registry
 
     pr = sub.add_parser("predict", help="apply every fold's model of a task to a new cohort")
-    pr.add_argument("--spec", required=True, help="the task definition as JSON")
+    pr.add_argument("--spec", default=None,
+                    help="the task as JSON (default: fold_0/config.json's)")  # fmt: skip
     pr.add_argument("--model", required=True, help=f"a trained model ({registry.grammar()})")
     pr.add_argument("--models-dir", required=True, help="results/models/{task}")
     pr.add_argument(

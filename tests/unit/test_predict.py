@@ -145,7 +145,8 @@ def test_the_cli_writes_the_table_and_names_a_missing_teacher(classification, tm
 
     root, sheet, spec, models = classification
     sheet.to_csv(tmp_path / "slides.tsv", sep="\t", index=False)
-    args = ["predict", "--spec", spec.to_json(), "--model", "abmil-ta", "--models-dir",
+    # no --spec: the task as the trained models recorded it (fold_0/config.json)
+    args = ["predict", "--model", "abmil-ta", "--models-dir",
             str(models), "--runs", "2", "--slides", str(tmp_path / "slides.tsv"),
             "--labels", str(root / "labels.csv"), "--cohort", "ext"]  # fmt: skip
     out = tmp_path / "pred" / "abmil-ta.tsv"
