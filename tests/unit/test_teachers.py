@@ -295,21 +295,27 @@ def _dinov2_hf_shapes(dim: int, depth: int, patch: int = 16, grid: int = 14) -> 
         "layernorm.weight": (dim,),
         "layernorm.bias": (dim,),
     }
+    linears = {
+        "attention.attention.query": (dim, dim),
+        "attention.attention.key": (dim, dim),
+        "attention.attention.value": (dim, dim),
+        "attention.output.dense": (dim, dim),
+        "mlp.fc1": (4 * dim, dim),
+        "mlp.fc2": (dim, 4 * dim),
+    }
     for i in range(depth):
-        p = f"encoder.layer.{i}."
-        for lin, (n_out, n_in) in {
-            "attention.attention.query": (dim, dim),
-            "attention.attention.key": (dim, dim),
-            "attention.attention.value": (dim, dim),
-            "attention.output.dense": (dim, dim),
-            "mlp.fc1": (4 * dim, dim),
-            "mlp.fc2": (dim, 4 * dim),
-        }.items():
-            shapes[f"{p}{lin}.weight"], shapes[f"{p}{lin}.bias"] = (n_out, n_in), (n_out,)
-        for name in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias"):
-            shapes[p + name] = (dim,)
-        shapes[p + "layer_scale1.lambda1"] = shapes[p + "layer_scale2.lambda1"] = (dim,)
+        _block_shapes(shapes, f"encoder.layer.{i}.", linears, dim,
+                      ("layer_scale1.lambda1", "layer_scale2.lambda1"))  # fmt: skip
     return shapes
+
+
+def _block_shapes(shapes: dict, prefix: str, linears: dict, dim: int, scales: tuple) -> None:
+    """One transformer block's tensors: each linear's weight and bias, the two norms' weight
+    and bias, and the LayerScale vectors (``scales``)."""
+    for lin, (n_out, n_in) in linears.items():
+        shapes[f"{prefix}{lin}.weight"], shapes[f"{prefix}{lin}.bias"] = (n_out, n_in), (n_out,)
+    for name in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", *scales):
+        shapes[prefix + name] = (dim,)
 
 
 def _virchow_timm_shapes() -> dict:
@@ -324,18 +330,14 @@ def _virchow_timm_shapes() -> dict:
         "norm.weight": (dim,),
         "norm.bias": (dim,),
     }
+    linears = {
+        "attn.qkv": (3 * dim, dim),
+        "attn.proj": (dim, dim),
+        "mlp.fc1": (hidden, dim),
+        "mlp.fc2": (dim, hidden // 2),
+    }
     for i in range(32):
-        p = f"blocks.{i}."
-        for lin, (n_out, n_in) in {
-            "attn.qkv": (3 * dim, dim),
-            "attn.proj": (dim, dim),
-            "mlp.fc1": (hidden, dim),
-            "mlp.fc2": (dim, hidden // 2),
-        }.items():
-            shapes[f"{p}{lin}.weight"], shapes[f"{p}{lin}.bias"] = (n_out, n_in), (n_out,)
-        for name in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias"):
-            shapes[p + name] = (dim,)
-        shapes[p + "ls1.gamma"] = shapes[p + "ls2.gamma"] = (dim,)
+        _block_shapes(shapes, f"blocks.{i}.", linears, dim, ("ls1.gamma", "ls2.gamma"))
     return shapes
 
 
