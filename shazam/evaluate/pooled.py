@@ -58,11 +58,6 @@ def _stat(pooled: pd.DataFrame, spec: TaskSpec, only):
     return stat, None, case_clusters(cases)
 
 
-def pooled_metrics(pooled: pd.DataFrame, spec: TaskSpec, only=None) -> tuple[dict, dict]:
-    """The pooled estimates of the metrics ``only`` (survival: the C-index within folds)."""
-    return _stat(pooled, spec, only)[0]()
-
-
 def pooled_estimates(
     pooled: pd.DataFrame, run: ModelRun, spec: TaskSpec, cfg: EvalConfig
 ) -> tuple[dict, dict, dict]:

@@ -4,8 +4,7 @@ fold_{k}/``, and what the report derives from them without training:
 - the pooled out-of-fold predictions: every case is tested exactly once, so the test
   predictions of all folds form one prediction per case (per image for a tile task), with
   its ``fold``. Survival risks are on a different scale in each fold's model: the pooled
-  estimates compare cases of one fold only (:mod:`.pooled`); ``risk_rank``, the within-fold
-  rank-normalised risk, puts them on one scale;
+  estimates compare cases of one fold only (:mod:`.pooled`);
 - late fusion: per fold, the average of the single teachers' class probabilities, or of their
   within-fold rank-normalised risks.
 """
@@ -181,15 +180,13 @@ def late_fusion(runs: list[ModelRun], spec: TaskSpec) -> list[pd.DataFrame]:
 
 def pooled_predictions(run: ModelRun, spec: TaskSpec) -> pd.DataFrame:
     """All folds' test predictions in one table: one row per case (per image for a tile
-    task) and repetition (``repeat``: fold file // folds; one per training seed), sorted;
-    survival gets ``risk_rank``, the within-fold rank-normalised risk."""
+    task) and repetition (``repeat``: fold file // folds; one per training seed), sorted,
+    each row with its ``fold`` (the fold file it was tested in)."""
     parts = []
     for k, df in enumerate(run.predictions):
         df = df.copy()
         df["fold"] = k
         df["repeat"] = k // spec.n_folds
-        if spec.kind == "survival":
-            df["risk_rank"] = rank_normalise(df["risk"])
         parts.append(df)
     pooled = pd.concat(parts, ignore_index=True)
     unit = spec.record.unit
