@@ -218,14 +218,14 @@ def compare(
         p, note = None, "several runs per fold: the corrected t-test replaces the Wilcoxon test"
     else:
         p, note = wilcoxon_p(per_fold)
-    corrected = corrected_t(per_fold, test_train_ratio(a, b), cfg.level)
+    corrected = corrected_t(per_fold, holdout_ratio(a, b), cfg.level)
     return Paired(
         a.name, b.name, metric, label, per_fold, mean, lo, hi, nv, p, note,
         corrected, (a.params, b.params),
     )  # fmt: skip
 
 
-def test_train_ratio(*runs: ModelRun) -> float:
+def holdout_ratio(*runs: ModelRun) -> float:
     """n_test / n_train of a run, from the cases each fold's model recorded (``config.json``
     ``n_cases``; train + val are the cases a model is developed on). Without a record,
     ``1 / (k − 1)`` of k-fold cross-validation."""
