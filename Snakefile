@@ -34,6 +34,9 @@ include: "rules/import.smk"
 include: "rules/splits.smk"
 include: "rules/training.smk"
 include: "rules/evaluate.smk"
+include: "rules/predict.smk"
+include: "rules/external.smk"
+include: "rules/heatmaps.smk"
 include: "rules/validate.smk"
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from shazam import layout
-from shazam.demo import demo_plan, demo_tiles_plan
+from shazam.demo import demo_plan, demo_tiles_plan, external_plan
+from shazam.external_cohorts import check_cohort_sheets, parse_cohorts
 from shazam.extraction.groups import group_of, slide_groups
 from shazam.imports import ImportSpec, resolve
 from shazam.models import registry
@@ -136,22 +137,81 @@ def _load_slides():
 SLIDES = _load_slides()
 validate(SLIDES, "../workflow/schemas/slides.schema.yaml")
 SLIDE_IDS = list(SLIDES["slide_id"])
+
+# external cohorts (shazam.external_cohorts): other slides (or ROI images) that every task's
+# trained models are applied to; their slides are tiled and extracted like the training sheet's
+EXTERNAL = parse_cohorts(config.get("external"), TASK_SPECS)
+DEMO_EXTERNAL_DIR = f"{DEMO_DIR}/external"
+DEMO_EXTERNAL = (
+    external_plan(DEMO["external_seed"], DEMO["external_cases"])
+    if DEMO["enabled"] and DEMO["external_cases"]
+    else []
+)
+
+
+def _load_cohort_sheet(path):
+    """An external cohort's sheet; the demo's own plan until make_demo_external has run."""
+    if DEMO_EXTERNAL and Path(path) == Path(f"{DEMO_EXTERNAL_DIR}/slides.tsv"):
+        if not Path(path).exists():
+            return sheet_frame(
+                slide_id=[s.slide_id for s in DEMO_EXTERNAL],
+                path=[
+                    f"{DEMO_EXTERNAL_DIR}/slides/{s.filename}" for s in DEMO_EXTERNAL
+                ],
+                case_id=[s.case_id for s in DEMO_EXTERNAL],
+            )
+        return load_sheet(path, check_files=False)
+    return load_sheet(path)
+
+
+COHORT_SHEETS = {
+    n: _load_cohort_sheet(c.slides) for n, c in EXTERNAL.items() if c.slides
+}
+for _sheet in COHORT_SHEETS.values():
+    validate(_sheet, "../workflow/schemas/slides.schema.yaml")
+if (
+    COHORT_SHEETS
+):  # unique slide ids; no training case or slide file in an external cohort
+    check_cohort_sheets(
+        {
+            "training": (config["slides"], SLIDES),
+            **{n: (EXTERNAL[n].slides, df) for n, df in COHORT_SHEETS.items()},
+        },
+        "training",
+    )
+COHORT_SLIDES = {n: list(df["slide_id"]) for n, df in COHORT_SHEETS.items()}
+_ALL_SHEETS = [SLIDES, *COHORT_SHEETS.values()]
 # Plain dictionaries for the per-job look-ups below: input functions run once per job
 # (30,000 jobs for 10,000 slides and 2 teachers), so they never touch pandas or the disk.
-_SLIDE_PATH = dict(zip(SLIDES["slide_id"], SLIDES["path"]))
+_SLIDE_PATH = {s: p for df in _ALL_SHEETS for s, p in zip(df["slide_id"], df["path"])}
 _SLIDE_ARGS = {
     sid: f"--case-id {shlex.quote(case)} --mpp {'none' if math.isnan(mpp) else f'{mpp:g}'}"
-    for sid, case, mpp in zip(SLIDES["slide_id"], SLIDES["case_id"], SLIDES["mpp"])
+    for df in _ALL_SHEETS
+    for sid, case, mpp in zip(df["slide_id"], df["case_id"], df["mpp"])
 }
 
-# extraction jobs: stable groups of slides, one model load each (shazam.extraction.groups)
-EXTRACT_GROUPS = slide_groups(SLIDE_IDS, config["extraction"]["slides_per_job"])
+# extraction jobs: stable groups of slides, one model load each (shazam.extraction.groups);
+# each external cohort has groups of its own, so adding a cohort re-extracts no training slide
+TRAIN_GROUPS = slide_groups(SLIDE_IDS, config["extraction"]["slides_per_job"])
+COHORT_GROUPS = {
+    n: slide_groups(ids, config["extraction"]["slides_per_job"])
+    for n, ids in COHORT_SLIDES.items()
+}
+EXTRACT_GROUPS = {**TRAIN_GROUPS}
+for _groups in COHORT_GROUPS.values():
+    if set(_groups) & set(EXTRACT_GROUPS):  # names are 48 bits of a slide id's hash
+        raise ValueError(
+            f"extraction groups {set(_groups) & set(EXTRACT_GROUPS)} clash"
+        )
+    EXTRACT_GROUPS.update(_groups)
 GROUP_OF = group_of(EXTRACT_GROUPS)
 
 # each imported teacher's file per slide (None: none, and extraction.on_bad_slide is skip);
 # one stat per slide, and every missing one listed in one error
 IMPORT_SOURCES, _import_warnings = resolve(
-    list(IMPORTED.values()), SLIDE_IDS, config["extraction"]["on_bad_slide"]
+    list(IMPORTED.values()),
+    SLIDE_IDS + [s for ids in COHORT_SLIDES.values() for s in ids],
+    config["extraction"]["on_bad_slide"],
 )
 for _line in _import_warnings:
     print(f"warning: {_line}", file=sys.stderr)
@@ -340,6 +400,173 @@ def tile_model_features(wildcards):
     return [layout.TILE_FEATURES.format(task=wildcards.task, teacher=t) for t in used]
 
 
+# -- external cohorts: their inputs to prediction, reports and heatmaps
+
+
+def cohort_features(cohort, task):
+    """What a task's models read of a cohort: every teacher's feature file of its slides, or
+    its ROI images' tile feature file per teacher."""
+    if TASK_SPECS[task].is_tile:
+        return [
+            layout.EXTERNAL_TILE_FEATURES.format(cohort=cohort, task=task, teacher=t)
+            for t in TEACHERS
+        ]
+    return [
+        layout.FEATURES.format(teacher=t, slide=s)
+        for t in TEACHERS
+        for s in COHORT_SLIDES[cohort]
+    ]
+
+
+def cohort_sheet(cohort, task):
+    return [] if TASK_SPECS[task].is_tile else [EXTERNAL[cohort].slides]
+
+
+def cohort_labels(cohort, task):
+    path = EXTERNAL[cohort].labels.get(task)
+    return [path] if path else []
+
+
+def predict_data(cohort, task, input):
+    """`shazam predict`'s data arguments: the sheet (slide tasks) or the tile feature file of
+    each teacher (tile tasks), and the labels where the cohort has them."""
+    if TASK_SPECS[task].is_tile:
+        pairs = " ".join(f"{t}={f}" for t, f in zip(TEACHERS, input.features))
+        args = f"--tile-features {pairs}"
+    else:
+        args = f"--slides {shlex.quote(input.slides[0])}"
+    return args + (f" --labels {shlex.quote(input.labels[0])}" if input.labels else "")
+
+
+def prediction_files(cohort, task):
+    return [
+        layout.PREDICTIONS.format(cohort=cohort, task=task, model=m)
+        for m in model_names(task)
+    ]
+
+
+def external_outputs():
+    """Every cohort's prediction tables, the validation report of each labelled (cohort,
+    slide task), and each slide cohort's tiling QC."""
+    out = []
+    for name, c in EXTERNAL.items():
+        out += [f for task in c.tasks for f in prediction_files(name, task)]
+        out += [layout.EXTERNAL_HTML.format(cohort=name, task=t) for t in c.labels]
+        out += [layout.EXTERNAL_QC.format(cohort=name)] if c.slides and TILES else []
+    return out
+
+
+# -- heatmaps: which tasks, models and folds are drawn (config `heatmaps`)
+HEATMAPS = config["heatmaps"]
+
+
+def _heatmap_jobs():
+    """(task, model, fold) of every heatmap job: by default each slide task's student and
+    single-teacher ABMILs on every fold of the first seed."""
+    if not HEATMAPS["enabled"]:
+        return []
+    tasks = HEATMAPS["tasks"] if HEATMAPS["tasks"] is not None else SLIDE_TASKS
+    jobs = []
+    for task in tasks:
+        if task not in SLIDE_TASKS:
+            raise ValueError(
+                f"config: heatmaps.tasks: {task} is not a slide task "
+                f"(slide tasks: {', '.join(SLIDE_TASKS) or 'none'})"
+            )
+        trained = model_names(task)
+        models = HEATMAPS["models"]
+        if models is None:
+            models = ["shazam"] + [m for m in trained if m.startswith("abmil-")]
+        for m in models:
+            if m not in trained:
+                raise ValueError(
+                    f"config: heatmaps.models: task {task} trains no model {m} "
+                    f"(it trains {', '.join(trained)})"
+                )
+        folds = HEATMAPS["folds"]
+        folds = range(task_folds(task)) if folds is None else folds
+        for k in folds:
+            if k >= task_runs(task):
+                raise ValueError(
+                    f"config: heatmaps.folds: task {task} has fold files 0-"
+                    f"{task_runs(task) - 1}, not {k}"
+                )
+        jobs += [(task, m, k) for m in models if m in trained for k in folds]
+    return jobs
+
+
+HEATMAP_JOBS = _heatmap_jobs()
+_unknown_slides = sorted(set(HEATMAPS["slides"]) - set(_SLIDE_PATH))
+if _unknown_slides:
+    raise ValueError(
+        f"config: heatmaps.slides: {', '.join(_unknown_slides)} is in no slide sheet "
+        "(the training sheet and the external cohorts' sheets)"
+    )
+# the external cohorts drawn under each task's models
+HEATMAP_COHORTS = (
+    [n for n, c in EXTERNAL.items() if c.slides] if HEATMAPS["external"] else []
+)
+
+
+def heatmap_outputs():
+    return [
+        layout.HEATMAP_DIR.format(task=t, model=m, fold=k) for t, m, k in HEATMAP_JOBS
+    ]
+
+
+def task_heatmaps(task):
+    """The heatmap folders of a task (the reports' galleries read their index.tsv)."""
+    return [
+        layout.HEATMAP_DIR.format(task=t, model=m, fold=k)
+        for t, m, k in HEATMAP_JOBS
+        if t == task
+    ]
+
+
+def _heatmap_slides(wildcards):
+    cohorts = [s for n in HEATMAP_COHORTS for s in COHORT_SLIDES[n]]
+    return SLIDE_IDS + cohorts
+
+
+def heatmap_features(wildcards):
+    """The feature files of the model's teachers, of every slide it may draw."""
+    used = registry.parse(wildcards.model).teachers(TEACHERS)
+    return [
+        layout.FEATURES.format(teacher=t, slide=s)
+        for t in used
+        for s in _heatmap_slides(wildcards)
+    ]
+
+
+def heatmap_patches(wildcards):
+    if not TILES:
+        return []
+    return [layout.PATCHES.format(slide=s) for s in _heatmap_slides(wildcards)]
+
+
+def heatmap_cohort_files(wildcards):
+    """The external cohorts' sheets and this task's labels of them."""
+    files = []
+    for n in HEATMAP_COHORTS:
+        files.append(EXTERNAL[n].slides)
+        files += cohort_labels(n, wildcards.task)
+    return files
+
+
+def heatmap_external_args(wildcards):
+    """`--external NAME SHEET LABELS|none` per external cohort."""
+    return " ".join(
+        f"--external {n} {shlex.quote(EXTERNAL[n].slides)} "
+        f"{shlex.quote(EXTERNAL[n].labels.get(wildcards.task, 'none'))}"
+        for n in HEATMAP_COHORTS
+    )
+
+
+def heatmap_chosen_args(wildcards):
+    ids = HEATMAPS["slides"]
+    return f"--slide-id {' '.join(ids)}" if ids else ""
+
+
 def final_outputs():
     """Every task's report, plus the QC table and features (useful without any task)."""
     tile_features = [
@@ -361,4 +588,6 @@ def final_outputs():
         + tile_features
         + exports
         + [layout.REPORT_HTML.format(task=task) for task in TASKS]
+        + external_outputs()
+        + heatmap_outputs()
     )

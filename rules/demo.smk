@@ -45,3 +45,34 @@ rule make_demo_tiles:
     shell:
         "shazam demo-tiles --out {params.out} --seed {params.seed} --cases {params.cases}"
         " > {log} 2>&1"
+
+
+# the demo's external cohort (demo.external_cases): another seed, one blank case
+if DEMO_EXTERNAL:
+
+    rule make_demo_external:
+        output:
+            sheet=f"{DEMO_EXTERNAL_DIR}/slides.tsv",
+            labels=[
+                f"{DEMO_EXTERNAL_DIR}/labels_subtype.csv",
+                f"{DEMO_EXTERNAL_DIR}/labels_os.csv",
+            ],
+            slides=[f"{DEMO_EXTERNAL_DIR}/slides/{s.filename}" for s in DEMO_EXTERNAL],
+        log:
+            "logs/make_demo_data/make_demo_external.log",
+        benchmark:
+            "results/benchmarks/make_demo_data/make_demo_external.tsv"
+        conda:
+            "../envs/shazam.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=15,
+        params:
+            version=SHAZAM_VERSION,
+            out=DEMO_EXTERNAL_DIR,
+            seed=DEMO["external_seed"],
+            cases=DEMO["external_cases"],
+        shell:
+            "shazam demo --external --out {params.out} --seed {params.seed}"
+            " --cases {params.cases} > {log} 2>&1"

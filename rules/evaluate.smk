@@ -6,6 +6,7 @@ rule evaluate:
         labels=task_labels,
         slides=lambda wc: task_sheet(wc.task),
         features=task_feature_samples,
+        heatmaps=lambda wc: task_heatmaps(wc.task),
     output:
         summary=report(
             f"{layout.REPORT_DIR}/summary.tsv",
@@ -73,10 +74,15 @@ rule evaluate:
         models_dir=lambda wc: layout.MODELS_DIR.format(task=wc.task),
         splits_dir=lambda wc, input: os.path.dirname(input.splits),
         out_dir=lambda wc, output: os.path.dirname(output.summary),
+        heatmaps=lambda wc, input: (
+            "--heatmaps " + " ".join(f"{d}/index.tsv" for d in input.heatmaps)
+            if input.heatmaps
+            else ""
+        ),
     shell:
         "shazam evaluate --spec {params.spec:q} {params.slides}"
         " --models {params.models} --teachers {params.teachers:q}"
         " --evaluation {params.evaluation:q} --seeds {params.seeds}"
         " --shazam {params.shazam:q} --models-dir {params.models_dir}"
         " --splits-dir {params.splits_dir} --out-dir {params.out_dir}"
-        " --feature-files {input.features} > {log} 2>&1"
+        " --feature-files {input.features} {params.heatmaps} > {log} 2>&1"

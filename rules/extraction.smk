@@ -67,7 +67,7 @@ rule extraction_qc:
         [
             layout.FEATURE_GROUP.format(teacher=t, group=g)
             for t in OWN_TEACHERS
-            for g in EXTRACT_GROUPS
+            for g in TRAIN_GROUPS
         ],
     output:
         report(

@@ -36,7 +36,7 @@ def _optional_float(s: str) -> float | None:
 def cmd_demo(a: argparse.Namespace) -> None:
     from .demo import write_demo
 
-    sheet = write_demo(a.out, seed=a.seed, n_cases=a.cases, workers=a.workers)
+    sheet = write_demo(a.out, seed=a.seed, n_cases=a.cases, workers=a.workers, external=a.external)
     log.info("wrote %d slides for %d cases under %s", len(sheet), sheet["case_id"].nunique(), a.out)
 
 
@@ -331,6 +331,8 @@ def _add_demo(sub) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--cases", type=int, default=32)
     d.add_argument("--workers", type=int, default=1, help="processes writing slides")
+    d.add_argument("--external", action="store_true",
+                   help="the demo's external cohort (cases ext000…, one blank case)")  # fmt: skip
     d.set_defaults(func=cmd_demo)
     dt = sub.add_parser(
         "demo-tiles", help="write the demo's ROI image dataset (rule make_demo_tiles)"

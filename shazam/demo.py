@@ -65,8 +65,17 @@ class DemoSlide:
         return xor_label(self.colour, self.texture)
 
 
-def demo_plan(seed: int = 0, n_cases: int = 32, n_two_slide: int = 5) -> list[DemoSlide]:
-    """The slides the demo writes, as a pure function of the seed (no I/O)."""
+def demo_plan(
+    seed: int = 0,
+    n_cases: int = 32,
+    n_two_slide: int = 5,
+    prefix: str = "case",
+    blank_case: bool = False,
+) -> list[DemoSlide]:
+    """The slides the demo writes, as a pure function of the seed (no I/O). Cases are named
+    ``{prefix}{i:03d}``. The blank slide is an extra glass of the last case, or, with
+    ``blank_case``, a case of its own (``{prefix}_blank``, labelled like the last case): a case
+    with no patch at all, as an external cohort may bring."""  # fmt: skip
     if n_cases < 4:
         raise ValueError("the demo needs at least 4 cases")
     rng = np.random.default_rng(seed)
@@ -76,7 +85,7 @@ def demo_plan(seed: int = 0, n_cases: int = 32, n_two_slide: int = 5) -> list[De
     slides: list[DemoSlide] = []
     k = 0
     for i in range(n_cases):
-        case = f"case{i:03d}"
+        case = f"{prefix}{i:03d}"
         colour, texture = cells[order[i]]
         n = 2 if i < n_two_slide else 1
         for j in range(n):
@@ -88,7 +97,10 @@ def demo_plan(seed: int = 0, n_cases: int = 32, n_two_slide: int = 5) -> list[De
     slides[i20] = replace(slides[i20], mpp_in_metadata=False)
     # one empty slide: an extra glass of the last case, so every case still has tissue
     last = slides[-1]
-    slides.append(replace(last, slide_id=f"{last.case_id}_blank", mpp=0.5, blank=True))
+    blank = replace(last, slide_id=f"{last.case_id}_blank", mpp=0.5, blank=True)
+    if blank_case:
+        blank = replace(blank, slide_id=f"{prefix}_blank_s1", case_id=f"{prefix}_blank")
+    slides.append(blank)
     return slides
 
 
@@ -219,14 +231,25 @@ def _write_demo_slide(out: Path, seed: int, s: DemoSlide) -> None:
     )
 
 
+def external_plan(seed: int = 1, n_cases: int = 6) -> list[DemoSlide]:
+    """The demo's external cohort (another hospital's slides, from another seed): cases
+    ``ext000``…, one with two slides, and a case whose only slide is blank (no patches)."""
+    return demo_plan(seed, n_cases, n_two_slide=1, prefix="ext", blank_case=True)
+
+
 def write_demo(
-    out_dir: str | os.PathLike, seed: int = 0, n_cases: int = 32, workers: int = 1
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    n_cases: int = 32,
+    workers: int = 1,
+    external: bool = False,
 ) -> pd.DataFrame:
     """Write the demo cohort under ``out_dir``: ``slides/*.svs``, ``slides.tsv``,
     ``labels_subtype.csv`` and ``labels_os.csv``. Returns the slide sheet. Each slide has its
-    own random stream, so ``workers`` processes write the same bytes as one."""
+    own random stream, so ``workers`` processes write the same bytes as one. ``external``: the
+    external cohort of :func:`external_plan` instead."""  # fmt: skip
     out = Path(out_dir)
-    plan = demo_plan(seed, n_cases)
+    plan = external_plan(seed, n_cases) if external else demo_plan(seed, n_cases)
     if workers > 1:
         import functools
         from concurrent.futures import ProcessPoolExecutor

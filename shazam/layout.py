@@ -37,8 +37,16 @@ MODEL_FILES = ("model.safetensors", "config.json", "history.csv", "predictions.c
 # evaluation (rule evaluate)
 REPORT_DIR = "results/report/{task}"
 REPORT_HTML = "results/report/{task}/report.html"
-# prediction on a new cohort (shazam predict): a table per cohort, task and model
+# external cohorts (rules predict_{task}, external_report, external_tiling_qc,
+# extract_external_tiles): a prediction table per cohort, task and model, the cohort's
+# validation report per task, its tiling QC and its ROI images' features
 PREDICTIONS = "results/predictions/{cohort}/{task}/{model}.tsv"
+EXTERNAL_DIR = "results/external/{cohort}/{task}"
+EXTERNAL_HTML = EXTERNAL_DIR + "/report.html"
+EXTERNAL_QC = "results/external/{cohort}/tiling_qc.tsv"
+EXTERNAL_TILE_FEATURES = "results/external/{cohort}/tile_features/{task}/{teacher}.h5"
+# heatmaps (rule heatmaps): one folder per task, model and fold, with its index.tsv
+HEATMAP_DIR = "results/heatmaps/{task}/{model}/fold_{fold}"
 # known-answer validation (rule validate)
 VALIDATE_SUMMARY = "results/validate/summary.tsv"
 
