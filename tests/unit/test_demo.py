@@ -97,3 +97,16 @@ def test_label_is_the_xor_of_colour_and_texture():
     med = m.groupby("label")["survival_months"].median()
     assert med["B"] < med["A"]
     assert 0 < m["censorship"].mean() < 0.6
+
+
+def test_external_plan_is_another_cohort_with_a_case_without_tissue():
+    from shazam.demo import external_plan
+
+    ext, main = external_plan(1, 8), demo_plan(0, 32)
+    assert not {s.case_id for s in ext} & {s.case_id for s in main}
+    assert not {s.slide_id for s in ext} & {s.slide_id for s in main}
+    blank = [s for s in ext if s.blank]
+    assert [s.case_id for s in blank] == ["ext_blank"]  # a case of its own: no patches at all
+    assert {s.case_id for s in ext if not s.blank} == {f"ext{i:03d}" for i in range(8)}
+    assert {s.label for s in ext if not s.blank} == {"A", "B"}
+    assert external_plan(1, 8) == ext and external_plan(2, 8) != ext
