@@ -258,7 +258,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
     import json
     from pathlib import Path
 
-    from .predict import predict_cohort, write_table
+    from .predict import case_labels, model_paths, predict_cohort, write_table
     from .slides import load_sheet
     from .tasks import TaskSpec
 
@@ -268,22 +268,28 @@ def cmd_predict(a: argparse.Namespace) -> None:
         torch.set_num_threads(a.threads)
     if a.metrics_out and not a.labels:
         raise ValueError("predict: --metrics-out needs the cohort's --labels")
-    if a.spec is None:  # the task as the trained models recorded it
-        fold0 = Path(a.models_dir) / a.model / "fold_0" / "config.json"
+    models = list(dict.fromkeys(a.model))
+    outs = model_paths(a.out, models, "--out")
+    metrics = model_paths(a.metrics_out, models, "--metrics-out") if a.metrics_out else {}
+    if a.spec is None:  # the task as the (first) trained model recorded it
+        fold0 = Path(a.models_dir) / models[0] / "fold_0" / "config.json"
         a.spec = json.dumps(json.loads(fold0.read_text())["task"])
     spec = TaskSpec.from_json(a.spec)
-    table = predict_cohort(
-        spec, a.models_dir, a.model, a.runs, load_sheet(a.slides, check_files=False),
-        a.features_root, a.labels, cohort=a.cohort, device=a.device, log=_log_line,
-    )  # fmt: skip
-    write_table(table, a.out)
-    if a.metrics_out:  # the internal report's metrics on this cohort: ensemble and per fold
-        from .evaluate.external import external_metrics
+    sheet = load_sheet(a.slides, check_files=False)
+    labels = case_labels(spec, a.labels) if a.labels else None
+    for m in models:  # one model's folds in memory at a time
+        table = predict_cohort(
+            spec, a.models_dir, m, a.runs, sheet, a.features_root, labels,
+            cohort=a.cohort, device=a.device, log=_log_line,
+        )  # fmt: skip
+        write_table(table, outs[m])
+        if m in metrics:  # the internal report's metrics on this cohort: ensemble and per fold
+            from .evaluate.external import external_metrics
 
-        write_table(external_metrics(table, spec, a.model), a.metrics_out)
-    done = int((table["note"] != "no patches").sum())
-    log.info("%s of task %s on cohort %s: %d of %d case(s) predicted -> %s",
-             a.model, spec.name, a.cohort, done, len(table), a.out)  # fmt: skip
+            write_table(external_metrics(table, spec, m), metrics[m])
+        done = int((table["note"] != "no patches").sum())
+        log.info("%s of task %s on cohort %s: %d of %d case(s) predicted -> %s",
+                 m, spec.name, a.cohort, done, len(table), outs[m])  # fmt: skip
 
 
 def _add_predict(sub) -> None:
@@ -292,7 +298,8 @@ def _add_predict(sub) -> None:
     pr = sub.add_parser("predict", help="apply every fold's model of a task to a new cohort")
     pr.add_argument("--spec", default=None,
                     help="the task as JSON (default: fold_0/config.json's)")  # fmt: skip
-    pr.add_argument("--model", required=True, help=f"a trained model ({registry.grammar()})")
+    pr.add_argument("--model", required=True, nargs="+",
+                    help=f"one or more trained models ({registry.grammar()})")  # fmt: skip
     pr.add_argument("--models-dir", required=True, help="results/models/{task}")
     pr.add_argument(
         "--runs", type=int, default=None, help="fold folders: folds x seeds (default: folds)"
@@ -303,8 +310,11 @@ def _add_predict(sub) -> None:
     pr.add_argument("--cohort", default="cohort", help="the cohort's name (messages)")
     pr.add_argument("--device", default=None, help="cpu, cuda:N (default: the training setting)")
     pr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    pr.add_argument("--out", required=True, help="the table (.tsv), one row per case")
-    pr.add_argument("--metrics-out", default=None, help="with --labels: metrics table (.tsv)")
+    pr.add_argument("--out", required=True,
+                    help="the table (.tsv), one row per case; {model}: the model's name "
+                    "(needed with several models)")  # fmt: skip
+    pr.add_argument("--metrics-out", default=None,
+                    help="with --labels: metrics table (.tsv); {model} as in --out")  # fmt: skip
     pr.set_defaults(func=cmd_predict)
 
 

@@ -316,6 +316,17 @@ def add_truth(table: pd.DataFrame, spec: TaskSpec, labels: pd.DataFrame, cohort:
     return out
 
 
+def model_paths(template: str, models: list[str], flag: str = "--out") -> dict[str, str]:
+    """Each model's output path: ``{model}`` in ``template`` replaced by the model's name.
+    Several models need the placeholder (one file each); else an error naming ``flag``."""
+    if len(models) > 1 and "{model}" not in template:
+        raise ValueError(
+            f"predict: {flag} {template} has no {{model}} but {len(models)} models are given "
+            f"({', '.join(models)}) — put {{model}} in the path to write one file per model"
+        )
+    return {m: template.replace("{model}", m) for m in models}
+
+
 def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
     """The prediction table as TSV, atomically (full precision: what was computed)."""
     from .io import atomic_path

@@ -161,6 +161,33 @@ def test_the_cli_writes_the_table_and_names_a_missing_teacher(classification, tm
     assert not (tmp_path / "x.tsv").exists()
 
 
+def test_the_cli_predicts_several_models_into_one_file_each(classification, tmp_path, capsys):
+    from shazam.cli import main
+
+    root, sheet, spec, models = classification
+    sheet.to_csv(tmp_path / "slides.tsv", sep="\t", index=False)
+    args = ["predict", "--model", "abmil-ta", "abmil-tb", "--models-dir", str(models),
+            "--runs", "2", "--slides", str(tmp_path / "slides.tsv"), "--labels",
+            str(root / "labels.csv"), "--features-root", str(root / "results")]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "p.tsv")]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "has no {model} but 2 models are given (abmil-ta, abmil-tb)" in err
+    assert main([*args, "--out", str(tmp_path / "{model}.tsv"),
+                 "--metrics-out", str(tmp_path / "m.tsv")]) == 2  # fmt: skip
+    assert "--metrics-out" in capsys.readouterr().err
+    assert not (tmp_path / "abmil-ta.tsv").exists()  # refused before predicting anything
+    assert main([*args, "--out", str(tmp_path / "{model}.tsv"),
+                 "--metrics-out", str(tmp_path / "{model}.metrics.tsv")]) == 0  # fmt: skip
+    for m in ("abmil-ta", "abmil-tb"):
+        got = pd.read_csv(tmp_path / f"{m}.tsv", sep="\t", keep_default_na=False)
+        alone = predict_cohort(spec, models, m, 2, sheet, root / "results",
+                               labels=root / "labels.csv", **QUIET)  # fmt: skip
+        np.testing.assert_allclose(got["prob_A"], alone["prob_A"], rtol=1e-6)
+        assert len(got) == 18 and list(got["label"]) == list(alone["label"])
+        metrics = pd.read_csv(tmp_path / f"{m}.metrics.tsv", sep="\t")
+        assert set(metrics["model"]) == {m} and "auc_macro" in set(metrics["metric"])
+
+
 BOOT = EvalConfig(n_boot=50)
 
 
