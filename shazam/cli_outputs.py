@@ -41,6 +41,12 @@ def _add_export(sub) -> None:
 def cmd_heatmap(a: argparse.Namespace) -> None:
     from .heatmaps import load_fold_model, slide_heatmap
 
+    if a.slides or a.external:
+        return _heatmap_selection(a)
+    if a.test_of:
+        raise SystemExit("error: heatmap: --test-of needs the cohort's --slides sheet")
+    if not a.slide_id:
+        raise SystemExit("error: heatmap: give --slide-id, or --slides/--external to select")
     if a.slide is not None and len(a.slide) != len(a.slide_id):
         raise ValueError(f"{len(a.slide_id)} --slide-id but {len(a.slide)} --slide files")
     paths = dict(zip(a.slide_id, a.slide or [None] * len(a.slide_id), strict=True))
@@ -55,16 +61,80 @@ def cmd_heatmap(a: argparse.Namespace) -> None:
                  ", ".join(str(p) for p in hm.files.values()))  # fmt: skip
 
 
+def _heatmap_selection(a: argparse.Namespace) -> None:
+    """The selection mode: the slides of :func:`shazam.heatmap_select.select_slides`, their
+    files and ``index.tsv`` in ``--out``."""
+    from .heatmap_select import EXTERNAL, TEST, Cohort, draw_selected, patch_counter, select_slides
+    from .heatmaps import load_fold_model
+    from .predict import case_labels
+    from .slides import load_sheet
+    from .splits import read_fold
+
+    if a.slide or a.mpp is not None:
+        raise SystemExit("error: heatmap: with --slides/--external the slide files and mpp "
+                         "come from the sheets; drop --slide/--mpp")  # fmt: skip
+    fm = load_fold_model(a.model_dir, a.device)
+    spec = fm.spec
+    test = fold = None
+    if a.slides:
+        labels = case_labels(spec, a.labels or spec.labels)
+        test = Cohort(TEST, load_sheet(a.slides, check_files=False), labels, a.slides)
+        fold = read_fold(a.test_of) if a.test_of else None
+    external = [
+        Cohort(EXTERNAL.format(name=name), load_sheet(sheet, check_files=False),
+               None if lab.lower() == "none" else case_labels(spec, lab), sheet)
+        for name, sheet, lab in a.external or []
+    ]  # fmt: skip
+    count = patch_counter(fm.teachers[0], a.features_root)
+    picks = select_slides(spec, count, a.per_class, test, fold, external, a.slide_id or ())
+    index = draw_selected(
+        a.model_dir, picks, a.out, a.features_root, a.patches, a.top_k, a.geojson, a.rows,
+        a.device, fold_model=fm, log=lambda s: log.info("%s fold %s: %s", fm.name, fm.fold, s),
+    )  # fmt: skip
+    n = int((index["note"] == "").sum())
+    log.info("heatmaps of %s fold %s: %d slide(s) drawn, %d without patches -> %s/index.tsv",
+             fm.name, fm.fold, n, len(index) - n, a.out)  # fmt: skip
+
+
 def _add_heatmap(sub) -> None:
     hm = sub.add_parser(
         "heatmap", help="attention heatmaps of slides under one trained slide model (one fold)"
     )
     hm.add_argument("--model-dir", required=True,
                     help="a fold dir: results/models/{task}/{model}/fold_{k}")  # fmt: skip
-    hm.add_argument("--slide-id", nargs="+", required=True)
+    hm.add_argument("--slide-id", nargs="+", default=None,
+                    help="these slides (with --slides/--external: also drawn, looked up in "
+                    "the sheets)")  # fmt: skip
     hm.add_argument("--slide", nargs="+", default=None,
                     help="the slide files, one per --slide-id (without: the h5 only)")  # fmt: skip
-    hm.add_argument("--out", required=True, help="folder of {slide}.h5, .png, _montage.png")
+    hm.add_argument(
+        "--out",
+        required=True,
+        help="folder of {slide}.h5, .png, _montage.png (+ index.tsv when selecting)",
+    )
+    sel = hm.add_argument_group("selection (writes index.tsv)")
+    sel.add_argument(
+        "--slides", default=None, help="the task's slide sheet: slide files, and --test-of's slides"
+    )
+    sel.add_argument("--test-of", default=None, metavar="FOLD_CSV",
+                     help="a fold file: --per-class of its test cases per class")  # fmt: skip
+    sel.add_argument(
+        "--labels", default=None, help="the task's label file (default: the one the model recorded)"
+    )
+    sel.add_argument(
+        "--external",
+        nargs=3,
+        action="append",
+        default=None,
+        metavar=("NAME", "SHEET", "LABELS"),
+        help="an external cohort (LABELS: its label file, or none); repeatable",
+    )
+    sel.add_argument(
+        "--per-class",
+        type=int,
+        default=2,
+        help="cases per class (survival: per event/censored) of each source",
+    )
     hm.add_argument("--features-root", default="results")
     hm.add_argument("--patches", default=None,
                     help="patch file path with {slide} (default: the features' attrs)")  # fmt: skip

@@ -147,3 +147,50 @@ def test_cli_heatmap(trained, tmp_path):
                "--out", str(tmp_path), "--top-k", "2"])  # fmt: skip
     assert rc == 0
     assert {p.name for p in tmp_path.iterdir()} == {"s001.h5", "s001.png", "s001_montage.png"}
+
+
+def test_cli_selection_writes_the_index_and_the_files_it_names(trained, tmp_path):
+    """Test cases per class of the fold's test split, an external cohort and a chosen slide
+    without patches (kept, noted, no files)."""
+    from shazam.cli import main
+    from shazam.heatmap_select import INDEX_COLUMNS
+
+    root, folds, slide = trained
+    for t in ("ta", "tb"):  # a blank slide: feature files with no rows
+        with h5py.File(root / "results" / "features" / t / "blank.h5", "w") as f:
+            f.create_dataset("coords", data=np.zeros((0, 2), np.int64))
+            f["features"] = np.zeros((0, 16), np.float16)
+    slides = {f"s{i:03d}": f"c{i:03d}" for i in range(24)} | {"blank": "cblank"}
+    for sid in slides:  # one slide file each (a sheet lists a file once)
+        if not (root / f"{sid}.svs").exists():
+            (root / f"{sid}.svs").hardlink_to(slide)
+    sheet = pd.DataFrame({"slide_id": list(slides), "path": [f"{s}.svs" for s in slides],
+                          "case_id": list(slides.values())})  # fmt: skip
+    sheet.to_csv(root / "slides.csv", index=False)
+    pd.DataFrame({"slide_id": ["s005"], "path": ["s005.svs"], "case_id": ["x5"]}).to_csv(
+        root / "ext.csv", index=False
+    )
+    out = tmp_path / "hm"
+    rc = main(["heatmap", "--model-dir", str(folds["abmil-ta"]), "--out", str(out),
+               "--slides", str(root / "slides.csv"), "--test-of", str(root / "fold.csv"),
+               "--labels", str(root / "labels.csv"), "--per-class", "1",
+               "--external", "oslo", str(root / "ext.csv"), "none", "--slide-id", "blank",
+               "--features-root", str(root / "results"), "--top-k", "2"])  # fmt: skip
+    assert rc == 0
+    index = pd.read_csv(out / "index.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert tuple(index.columns) == INDEX_COLUMNS
+    # the fold's test cases are c020 (A), c021 (B), c022 (A), c023 (B): the first of each class
+    assert index[["slide_id", "case_id", "source", "label", "note"]].values.tolist() == [
+        ["s020", "c020", "test", "A", ""], ["s021", "c021", "test", "B", ""],
+        ["s005", "x5", "external:oslo", "", ""], ["blank", "cblank", "chosen", "", "no patches"],
+    ]  # fmt: skip
+    assert set(index["model"]) == {"abmil-ta"} and set(index["fold"]) == {"0"}
+    drawn = index[index["note"] == ""]
+    assert drawn["overlay"].tolist() == ["s020.png", "s021.png", "s005.png"]
+    assert drawn["montage"].tolist() == ["s020_montage.png", "s021_montage.png", "s005_montage.png"]
+    assert drawn["h5"].tolist() == ["s020.h5", "s021.h5", "s005.h5"]
+    assert (index["geojson"] == "").all()
+    blank = index.iloc[3]
+    assert (blank[["overlay", "montage", "h5"]] == "").all()
+    named = {f for col in ("overlay", "montage", "h5") for f in index[col] if f}
+    assert named | {"index.tsv"} == {p.name for p in out.iterdir()}
