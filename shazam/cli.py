@@ -250,6 +250,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         cfg=parse_section(EvalConfig, a.evaluation, "evaluation"),
         settings=json.loads(a.shazam) if a.shazam else None,
         seeds=[int(x) for x in a.seeds.split(",") if x] or None,
+        heatmaps=a.heatmaps,
     )  # fmt: skip
     log.info("report for task %s in %s: %s", spec.name, a.out_dir, json.dumps(head))
 
@@ -484,6 +485,11 @@ def _add_evaluate(sub) -> None:
         "--seeds", default="",
         help="comma-separated training seeds, one repetition of the cross-validation each "
         "(training.seeds; default: one run)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--heatmaps", nargs="+", default=None, metavar="INDEX",
+        help="the heatmap jobs' index.tsv files: the report shows their test and chosen "
+        "slides (default: no heatmaps)",
     )  # fmt: skip
     ev.set_defaults(func=cmd_evaluate)
 

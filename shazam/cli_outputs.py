@@ -41,10 +41,10 @@ def _add_export(sub) -> None:
 def cmd_heatmap(a: argparse.Namespace) -> None:
     from .heatmaps import load_fold_model, slide_heatmap
 
+    if a.test_of and not a.slides:
+        raise SystemExit("error: heatmap: --test-of needs the task's --slides sheet")
     if a.slides or a.external:
         return _heatmap_selection(a)
-    if a.test_of:
-        raise SystemExit("error: heatmap: --test-of needs the cohort's --slides sheet")
     if not a.slide_id:
         raise SystemExit("error: heatmap: give --slide-id, or --slides/--external to select")
     if a.slide is not None and len(a.slide) != len(a.slide_id):

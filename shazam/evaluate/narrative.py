@@ -17,6 +17,7 @@ from ..models import registry
 from ..tasks import TaskSpec
 from .document import METRIC_LABELS, Doc, _ci, _fmt, _none, _signed
 from .figures import FIGURE_CAPTIONS
+from .gallery import heatmap_gallery
 from .pooled import NOT_AVERAGED
 from .runs import ModelRun
 from .stats import EvalConfig, Paired
@@ -119,6 +120,8 @@ class ReportContext:
     cfg: EvalConfig
     settings: dict
     seeds: list[int] = field(default_factory=list)  # training seeds (one repetition each)
+    heatmaps: list[Path] = field(default_factory=list)  # the heatmap jobs' index.tsv files
+    report_dir: Path | None = None  # where the report is written (the gallery's links)
 
     @property
     def n_repeats(self) -> int:
@@ -340,6 +343,12 @@ def _no_patches(ctx: ReportContext) -> dict[str, str]:
     return {c: ", ".join(sorted(v)) for c, v in out.items()}
 
 
+def heatmaps(ctx: ReportContext, doc: Doc) -> None:
+    """The gallery of the test and chosen slides' heatmaps (none given: no section)."""
+    if ctx.heatmaps:
+        heatmap_gallery(doc, ctx.heatmaps, ("test", "chosen"), ctx.report_dir)
+
+
 def protocol(ctx: ReportContext, doc: Doc) -> None:
     cfg, chosen = ctx.cfg, ctx.chosen
     doc.h(2, "Protocol")
@@ -460,4 +469,6 @@ def software(ctx: ReportContext, doc: Doc) -> None:
     doc.p(f"Report written by shazam {__version__}.")
 
 
-SECTIONS = (question, answer, results, comparison, missing, figures, dataset, protocol, software)
+SECTIONS = (
+    question, answer, results, comparison, missing, figures, dataset, heatmaps, protocol, software,
+)  # fmt: skip

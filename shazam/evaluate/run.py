@@ -43,9 +43,12 @@ def evaluate_task(
     cfg: EvalConfig = DEFAULTS,
     settings: dict | None = None,
     seeds: list[int] | None = None,
+    heatmaps: list[str | os.PathLike] | None = None,
 ) -> dict:
     """Write the task's report folder; returns the headline numbers. ``seeds``: the training
-    seeds, one repetition of the cross-validation each (None: one run)."""
+    seeds, one repetition of the cross-validation each (None: one run); ``heatmaps``: the
+    heatmap jobs' ``index.tsv`` files, whose test and chosen slides the report shows (None:
+    no gallery)."""
     out = Path(out_dir)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +91,8 @@ def evaluate_task(
         cfg=cfg,
         settings=settings or {},
         seeds=seeds,
+        heatmaps=[Path(p) for p in heatmaps or []],
+        report_dir=out,
     )
     for name, df in tables.items():
         with atomic_path(out / f"{name}.tsv") as tmp:
