@@ -475,8 +475,8 @@ def _heatmap_jobs():
             )
         trained = model_names(task)
         models = HEATMAPS["models"]
-        if models is None:
-            models = ["shazam"] + [m for m in trained if m.startswith("abmil-")]
+        if models is None:  # (one teacher: no student)
+            models = [m for m in trained if m == "shazam" or m.startswith("abmil-")]
         for m in models:
             if m not in trained:
                 raise ValueError(

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import BIN, REPO, run_snakemake
 
-from shazam.demo import CLASSES, demo_plan, demo_tiles_plan
+from shazam.demo import CLASSES, demo_plan, demo_tiles_plan, external_plan
 
 
 def _job_counts(stdout: str) -> dict[str, int]:
@@ -40,19 +40,27 @@ def fresh_workdir(tmp_path):
 def test_dry_run_lists_expected_jobs(fresh_workdir):
     p = run_snakemake(fresh_workdir, "-n", "--cores", "2")
     counts = _job_counts(p.stdout)
-    n = len(demo_plan(0, 32))
-    assert counts["make_demo_data"] == 1
-    assert counts["tile_slide"] == n
-    assert counts["tiling_qc"] == 1
-    # toy_vit and toy_cnn: one job per group of slides, one linked feature file per slide
+    cfg = _demo_config(REPO)
+    ext = external_plan(cfg["demo"].get("external_seed", 1), cfg["demo"]["external_cases"])
+    n, n_ext = len(demo_plan(0, 32)), len(ext)
+    assert counts["make_demo_data"] == counts["make_demo_external"] == 1
+    assert counts["tile_slide"] == n + n_ext  # the external cohort's slides too
+    assert counts["tiling_qc"] == counts["external_tiling_qc"] == 1
+    # toy_vit and toy_cnn: one job per group of slides, one linked feature file per slide;
+    # the external cohort's slides in groups of their own
     from shazam.extraction.groups import slide_groups
 
-    cfg = _demo_config(REPO)
-    groups = slide_groups(
-        [s.slide_id for s in demo_plan(0, 32)], cfg["extraction"]["slides_per_job"]
-    )
-    assert counts["extract_features"] == 2 * len(groups) < 2 * n
-    assert counts["feature_file"] == 2 * n and counts["extraction_qc"] == 1
+    per_job = cfg["extraction"]["slides_per_job"]
+    groups = slide_groups([s.slide_id for s in demo_plan(0, 32)], per_job)
+    ext_groups = slide_groups([s.slide_id for s in ext], per_job)
+    assert counts["extract_features"] == 2 * (len(groups) + len(ext_groups)) < 2 * n
+    assert counts["feature_file"] == 2 * (n + n_ext) and counts["extraction_qc"] == 1
+    # every model of each slide task on the external cohort: one job per task; a report per
+    # labelled task; heatmaps of the student and both single teachers on fold 0 per task
+    assert counts["predict_subtype"] == counts["predict_os"] == 1
+    assert "predict_tiles" not in counts  # the demo's external cohort has slides only
+    assert counts["external_report"] == 2
+    assert counts["heatmaps"] == 2 * 3
     assert counts["make_splits_subtype"] == counts["make_splits_os"] == 1
     assert counts["train_baseline"] == 2 * 2 * 5  # tasks x teachers x folds
     assert counts["train_fusion"] == 2 * 5
