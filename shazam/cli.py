@@ -11,7 +11,7 @@ import logging
 import sys
 
 from . import __version__
-from .cli_outputs import _add_export, _add_heatmap
+from .cli_outputs import _add_export, _add_external_report, _add_heatmap
 from .teachers.commands import add_teachers
 
 log = logging.getLogger("shazam")
@@ -515,6 +515,7 @@ STAGES = (
     _add_training,
     _add_evaluate,
     _add_predict,
+    _add_external_report,
     _add_validate,
     _add_export,
     _add_heatmap,

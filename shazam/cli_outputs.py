@@ -1,6 +1,7 @@
 """``shazam`` subcommands that write outputs from finished artefacts: a teacher's features in
-other tools' layouts (``export``) and a trained model's attention heatmaps (``heatmap``).
-Registered by :mod:`shazam.cli` (kept apart for its size); no torch import at parse time."""
+other tools' layouts (``export``), a trained model's attention heatmaps (``heatmap``) and the
+report of a task on a labelled external cohort (``external-report``). Registered by
+:mod:`shazam.cli` (kept apart for its size); no torch import at parse time."""
 
 from __future__ import annotations
 
@@ -144,3 +145,41 @@ def _add_heatmap(sub) -> None:
     hm.add_argument("--rows", type=int, default=4096, help="feature rows scored at a time")
     hm.add_argument("--device", default="cpu")
     hm.set_defaults(func=cmd_heatmap)
+
+
+def cmd_external_report(a: argparse.Namespace) -> None:
+    import json
+
+    from .evaluate import EvalConfig
+    from .evaluate.external_report import external_report, read_predictions
+    from .io import parse_section
+    from .tasks import TaskSpec
+
+    spec = TaskSpec.from_json(a.spec)
+    head = external_report(
+        spec, a.cohort, read_predictions(a.predictions), a.summary, a.out_dir,
+        cfg=parse_section(EvalConfig, a.evaluation, "evaluation"), student=a.student,
+    )  # fmt: skip
+    log.info("external report of task %s on cohort %s in %s: %s", spec.name, a.cohort,
+             a.out_dir, json.dumps(head))  # fmt: skip
+
+
+def _add_external_report(sub) -> None:
+    ex = sub.add_parser(
+        "external-report",
+        help="a task's report on a labelled external cohort, from its prediction tables",
+    )
+    ex.add_argument("--spec", required=True, help="the task definition as JSON")
+    ex.add_argument("--cohort", required=True, help="the cohort's name")
+    ex.add_argument("--predictions", nargs="+", required=True,
+                    help="shazam predict's tables (.tsv), one per model: the file's stem is "
+                    "the model (results/predictions/{cohort}/{task}/{model}.tsv)")  # fmt: skip
+    ex.add_argument("--summary", required=True,
+                    help="the internal report's results/report/{task}/summary.tsv: its choice "
+                    "of the single teacher")  # fmt: skip
+    ex.add_argument("--evaluation", default="{}",
+                    help="the config's `evaluation` section as JSON (n_boot, seed, level; "
+                    "missing keys take their defaults)")  # fmt: skip
+    ex.add_argument("--student", default="shazam", help="the model the baselines are against")
+    ex.add_argument("--out-dir", required=True, help="the report's folder")
+    ex.set_defaults(func=cmd_external_report)

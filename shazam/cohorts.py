@@ -22,6 +22,11 @@ from . import layout
 from .slides import read_table
 from .tasks import LabelError, TaskSpec, join_errors
 
+# why a case of a cohort has no prediction or no score: the ``note`` of a prediction table
+# (shazam.predict), which the external report reads without torch
+NO_PATCHES = "no patches"
+NO_LABEL = "no label"
+
 # --------------------------------------------------------------------------- labels
 
 

@@ -43,10 +43,8 @@ import pandas as pd
 import torch
 
 from . import layout
+from .cohorts import NO_LABEL, NO_PATCHES
 from .tasks import LabelError, TaskSpec
-
-NO_PATCHES = "no patches"
-NO_LABEL = "no label"
 
 
 @dataclass

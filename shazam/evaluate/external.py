@@ -23,10 +23,10 @@ import os
 
 import pandas as pd
 
-from ..predict import NO_PATCHES
+from ..cohorts import NO_PATCHES
 from ..tasks import TaskSpec
 from .runs import ModelRun, arrays_metrics, prediction_arrays, single_teachers
-from .stats import EvalConfig, bootstrap_ci
+from .stats import EvalConfig, Paired, bootstrap_ci
 from .tables import choose_baselines, compare, comparison_table
 
 COUNTS = ("n_cases", "n_events")
@@ -92,6 +92,27 @@ def external_metrics(
     return pd.DataFrame(rows)
 
 
+def external_pair(
+    student: pd.DataFrame,
+    baseline: pd.DataFrame,
+    spec: TaskSpec,
+    names: tuple[str, str],
+    label: str = "best single teacher, chosen on internal validation",
+    cfg: EvalConfig | None = None,
+) -> tuple[Paired, int]:
+    """The student's ensemble minus the baseline's on the cases both scored: the report's
+    paired case bootstrap (:func:`~.tables.compare`, one "fold": the cohort), and the number
+    of those cases."""
+    cfg = cfg or EvalConfig()
+    a, b = scored(student, spec), scored(baseline, spec)
+    common = sorted(set(a["case_id"]) & set(b["case_id"]))
+    if not common:
+        raise ValueError(f"{names[0]} and {names[1]} have no scored case in common")
+    runs = [ModelRun(n, [estimate(t[t["case_id"].isin(common)], spec)], [{}])
+            for n, t in zip(names, (a, b), strict=True)]  # fmt: skip
+    return compare(runs[0], runs[1], spec, spec.primary_metric, label, cfg), len(common)
+
+
 def external_comparison(
     student: pd.DataFrame,
     baseline: pd.DataFrame,
@@ -100,16 +121,9 @@ def external_comparison(
     label: str = "best single teacher, chosen on internal validation",
     cfg: EvalConfig | None = None,
 ) -> pd.DataFrame:
-    """The student's ensemble minus the baseline's on the cases both scored (the report's
-    comparison table, one row; ``delta_fold_0`` = the cohort's Δ)."""
-    cfg = cfg or EvalConfig()
-    a, b = scored(student, spec), scored(baseline, spec)
-    common = sorted(set(a["case_id"]) & set(b["case_id"]))
-    if not common:
-        raise ValueError(f"{names[0]} and {names[1]} have no scored case in common")
-    runs = [ModelRun(n, [estimate(t[t["case_id"].isin(common)], spec)], [{}])
-            for n, t in zip(names, (a, b), strict=True)]  # fmt: skip
-    pair = compare(runs[0], runs[1], spec, spec.primary_metric, label, cfg)
+    """:func:`external_pair` as the report's comparison table, one row (``delta_fold_0`` =
+    the cohort's Δ)."""
+    pair, _ = external_pair(student, baseline, spec, names, label, cfg)
     return comparison_table([pair], 1)
 
 

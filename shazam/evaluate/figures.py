@@ -85,7 +85,16 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def fig_metrics(summary: pd.DataFrame, per_fold: pd.DataFrame, spec: TaskSpec, path: Path):
+def fig_metrics(
+    summary: pd.DataFrame,
+    per_fold: pd.DataFrame,
+    spec: TaskSpec,
+    path: Path,
+    title: str = "test metrics per model",
+    ci_label: str = "pooled, 95% CI",
+):
+    """Per metric, a bar per model (``summary``'s ``mean``), its folds (``per_fold``'s
+    ``test``) as dots and, where there is a CI, ``pooled`` with it (a diamond, ``ci_label``)."""
     plt = _plt()
     metrics = [
         m for m in spec.record.scalars if summary.loc[summary["metric"] == m, "mean"].notna().any()
@@ -108,17 +117,17 @@ def fig_metrics(summary: pd.DataFrame, per_fold: pd.DataFrame, spec: TaskSpec, p
             ax.plot(
                 np.full(len(v), i) + np.linspace(-0.15, 0.15, len(v)), v, "o", ms=3, color="#555555"
             )
-        _pooled_ci(ax, x, s)
+        _pooled_ci(ax, x, s, ci_label)
         ax.set_xticks(x, models, rotation=60, ha="right", fontsize=8)
         ax.set_title(METRIC_LABELS.get(metric, metric), fontsize=9)
         if metric in CHANCE_HALF:
             ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    fig.suptitle(f"{spec.name}: test metrics per model", fontsize=10)
+    fig.suptitle(f"{spec.name}: {title}", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def _pooled_ci(ax, x: np.ndarray, s: pd.DataFrame) -> None:
+def _pooled_ci(ax, x: np.ndarray, s: pd.DataFrame, label: str) -> None:
     """The pooled estimates with their CI (black diamonds), where there is a CI."""
     has_ci = s["ci_low"].notna()
     if not has_ci.any():
@@ -139,12 +148,18 @@ def _pooled_ci(ax, x: np.ndarray, s: pd.DataFrame) -> None:
         ms=4,
         color="black",
         capsize=3,
-        label="pooled, 95% CI",
+        label=label,
     )
     ax.legend(fontsize=7, loc="lower right")
 
 
-def fig_roc(pooled: dict[str, pd.DataFrame], summary: pd.DataFrame, spec: TaskSpec, path: Path):
+def fig_roc(
+    pooled: dict[str, pd.DataFrame],
+    summary: pd.DataFrame,
+    spec: TaskSpec,
+    path: Path,
+    title: str = "ROC, pooled out-of-fold",
+):
     from sklearn.metrics import roc_curve
 
     plt = _plt()
@@ -170,7 +185,7 @@ def fig_roc(pooled: dict[str, pd.DataFrame], summary: pd.DataFrame, spec: TaskSp
     ax.set(
         xlabel="1 − specificity",
         ylabel="sensitivity",
-        title=f"{spec.name}: ROC, pooled out-of-fold",
+        title=f"{spec.name}: {title}",
     )
     pos = spec.classes[1] if len(spec.classes) == 2 else "each class (micro-average)"
     ax.text(0.98, 0.02, f"positive: {pos}", ha="right", fontsize=7, transform=ax.transAxes)
@@ -213,8 +228,6 @@ def fig_km(
     """Per model, Kaplan–Meier curves of the :func:`~.pooled.risk_groups` (each case split at
     its fold's training cut-off) and, in the title, their log-rank p (the summary's pooled
     ``logrank_p``); a model without recorded cut-offs gets a panel saying why."""
-    from lifelines import KaplanMeierFitter
-
     plt = _plt()
     fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.8), squeeze=False)
     for ax, name in zip(axes[0], models, strict=True):
@@ -225,13 +238,7 @@ def fig_km(
             ax.text(0.5, 0.5, _wrap(why), ha="center", va="center", fontsize=7,
                     transform=ax.transAxes)  # fmt: skip
         else:
-            t, e = df["time"].to_numpy(float), df["event"].to_numpy().astype(bool)
-            for grp, lab, col in ((~high, "low risk", "#3182bd"), (high, "high risk", "#de2d26")):
-                if grp.any():
-                    KaplanMeierFitter().fit(
-                        t[grp], e[grp], label=f"{lab} (n={grp.sum()}, {e[grp].sum()} events)"
-                    ).plot_survival_function(ax=ax, color=col, ci_show=True)
-            ax.legend(fontsize=7, loc="lower left")
+            km_groups(ax, df, high)
             p, _ = pooled_logrank(df, runs[name])
             title += "" if p is None else f"\nlog-rank p = {p:.2g}"
         ax.set(
@@ -242,6 +249,20 @@ def fig_km(
         )
     fig.tight_layout()
     return _save(fig, path)
+
+
+def km_groups(ax, df: pd.DataFrame, high: np.ndarray) -> None:
+    """Kaplan–Meier curves (with their CI) of the ``high``-risk rows of ``df`` (``time``,
+    ``event``) and of the others."""
+    from lifelines import KaplanMeierFitter
+
+    t, e = df["time"].to_numpy(float), df["event"].to_numpy().astype(bool)
+    for grp, lab, col in ((~high, "low risk", "#3182bd"), (high, "high risk", "#de2d26")):
+        if grp.any():
+            KaplanMeierFitter().fit(
+                t[grp], e[grp], label=f"{lab} (n={grp.sum()}, {e[grp].sum()} events)"
+            ).plot_survival_function(ax=ax, color=col, ci_show=True)
+    ax.legend(fontsize=7, loc="lower left")
 
 
 def _wrap(text: str, width: int = 45) -> str:
