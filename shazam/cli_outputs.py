@@ -156,9 +156,18 @@ def cmd_external_report(a: argparse.Namespace) -> None:
     from .tasks import TaskSpec
 
     spec = TaskSpec.from_json(a.spec)
+    extra = None
+    if a.heatmaps:  # the gallery of the cohort's own slides
+
+        def extra(doc):
+            from .evaluate.gallery import heatmap_gallery
+
+            heatmap_gallery(doc, a.heatmaps, [f"external:{a.cohort}"], rel_to=a.out_dir)
+
     head = external_report(
         spec, a.cohort, read_predictions(a.predictions), a.summary, a.out_dir,
         cfg=parse_section(EvalConfig, a.evaluation, "evaluation"), student=a.student,
+        extra=extra,
     )  # fmt: skip
     log.info("external report of task %s on cohort %s in %s: %s", spec.name, a.cohort,
              a.out_dir, json.dumps(head))  # fmt: skip
@@ -181,5 +190,7 @@ def _add_external_report(sub) -> None:
                     help="the config's `evaluation` section as JSON (n_boot, seed, level; "
                     "missing keys take their defaults)")  # fmt: skip
     ex.add_argument("--student", default="shazam", help="the model the baselines are against")
+    ex.add_argument("--heatmaps", nargs="+", default=None,
+                    help="heatmap index.tsv files (the cohort's slides are shown)")  # fmt: skip
     ex.add_argument("--out-dir", required=True, help="the report's folder")
     ex.set_defaults(func=cmd_external_report)
