@@ -15,7 +15,7 @@ from shazam.evaluate.stats import EvalConfig
 from shazam.extraction import ExtractParams, extract_tiles
 from shazam.formats import read_tile_features, write_tile_features
 from shazam.images import load_images
-from shazam.predict import load_fold_model, predict_tiles
+from shazam.predict import load_fold_model, predict_tiles, tile_table
 from shazam.tasks import LabelError, TaskSpec
 from shazam.training import TrainConfig, train_fold
 from tests.unit.test_tiles import _write_features
@@ -108,6 +108,23 @@ def test_the_ensemble_is_the_mean_of_the_folds(trained):
     assert m.loc[("ensemble", "n_cases"), "value"] == 60  # a row per image
     ens = m.loc[("ensemble", "balanced_accuracy")]
     assert ens["n_boot"] > 0 and ens["ci_low"] <= ens["value"] <= ens["ci_high"]
+
+
+def test_a_partly_labelled_image_set_scores_its_labelled_images():
+    spec = tile_spec("unused.csv", image_level_splits=True)  # classes B, A
+    rows = pd.DataFrame({"image_id": list("uvwxyz"), "case_id": ["c1", "c1", "c2", "c2", "c3",
+                         "c3"], "y": [0, 1, 0, 1, -1, 1]})  # fmt: skip
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3], [0.5, 0.5], [0.1, 0.9]])
+    lines = []
+    table = tile_table(spec, rows, [p, p[::-1]], "ext", lines.append)
+    assert list(table["label"]) == ["B", "A", "B", "A", None, "A"]
+    assert list(table["note"]) == ["", "", "", "", "no label", ""]
+    assert lines == ["cohort ext: 1 of 6 image(s) without a label"]
+    np.testing.assert_allclose(table["prob_A"], (p[:, 1] + p[::-1, 1]) / 2)
+    m = external_metrics(table, spec, "m", EvalConfig(n_boot=20)).set_index(["estimate", "metric"])
+    assert m.loc[("fold_0", "n_cases"), "value"] == 5  # the unlabelled image is not scored
+    # B: 2 of 2 right, A: 2 of 3
+    assert m.loc[("fold_0", "balanced_accuracy"), "value"] == pytest.approx(5 / 6)
 
 
 def test_a_missing_teacher_or_width_is_named(trained, tmp_path):
