@@ -12,6 +12,7 @@ import sys
 
 from . import __version__
 from .cli_outputs import _add_export, _add_external_report, _add_heatmap
+from .cli_predict import _add_predict
 from .teachers.commands import add_teachers
 
 log = logging.getLogger("shazam")
@@ -148,8 +149,9 @@ def cmd_extract_tiles(a: argparse.Namespace) -> None:
 
     spec = TaskSpec.from_json(a.spec)
     res = extract_tiles(
-        spec, a.teacher, a.out, _extract_params(a), weights=a.weights, target_mpp=a.target_mpp
-    )
+        spec, a.teacher, a.out, _extract_params(a), weights=a.weights, target_mpp=a.target_mpp,
+        images=a.images,
+    )  # fmt: skip
     log.info(
         "%s/%s: %d images in %.1fs on %s",
         a.teacher, spec.name, res["n_images"], res["seconds"], res["device"],
@@ -255,70 +257,6 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     log.info("report for task %s in %s: %s", spec.name, a.out_dir, json.dumps(head))
 
 
-def cmd_predict(a: argparse.Namespace) -> None:
-    import json
-    from pathlib import Path
-
-    from .predict import case_labels, model_paths, predict_cohort, write_table
-    from .slides import load_sheet
-    from .tasks import TaskSpec
-
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
-    if a.metrics_out and not a.labels:
-        raise ValueError("predict: --metrics-out needs the cohort's --labels")
-    models = list(dict.fromkeys(a.model))
-    outs = model_paths(a.out, models, "--out")
-    metrics = model_paths(a.metrics_out, models, "--metrics-out") if a.metrics_out else {}
-    if a.spec is None:  # the task as the (first) trained model recorded it
-        fold0 = Path(a.models_dir) / models[0] / "fold_0" / "config.json"
-        a.spec = json.dumps(json.loads(fold0.read_text())["task"])
-    spec = TaskSpec.from_json(a.spec)
-    sheet = load_sheet(a.slides, check_files=False)
-    labels = case_labels(spec, a.labels) if a.labels else None
-    for m in models:  # one model's folds in memory at a time
-        table = predict_cohort(
-            spec, a.models_dir, m, a.runs, sheet, a.features_root, labels,
-            cohort=a.cohort, device=a.device, log=_log_line,
-        )  # fmt: skip
-        write_table(table, outs[m])
-        if m in metrics:  # the internal report's metrics on this cohort: ensemble and per fold
-            from .evaluate.external import external_metrics
-
-            write_table(external_metrics(table, spec, m), metrics[m])
-        done = int((table["note"] != "no patches").sum())
-        log.info("%s of task %s on cohort %s: %d of %d case(s) predicted -> %s",
-                 m, spec.name, a.cohort, done, len(table), outs[m])  # fmt: skip
-
-
-def _add_predict(sub) -> None:
-    from .models import registry
-
-    pr = sub.add_parser("predict", help="apply every fold's model of a task to a new cohort")
-    pr.add_argument("--spec", default=None,
-                    help="the task as JSON (default: fold_0/config.json's)")  # fmt: skip
-    pr.add_argument("--model", required=True, nargs="+",
-                    help=f"one or more trained models ({registry.grammar()})")  # fmt: skip
-    pr.add_argument("--models-dir", required=True, help="results/models/{task}")
-    pr.add_argument(
-        "--runs", type=int, default=None, help="fold folders: folds x seeds (default: folds)"
-    )
-    pr.add_argument("--slides", required=True, help="the cohort's slide sheet")
-    pr.add_argument("--features-root", default="results", help="the cohort's features/ under it")
-    pr.add_argument("--labels", default=None, help="the cohort's label file (task's columns)")
-    pr.add_argument("--cohort", default="cohort", help="the cohort's name (messages)")
-    pr.add_argument("--device", default=None, help="cpu, cuda:N (default: the training setting)")
-    pr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    pr.add_argument("--out", required=True,
-                    help="the table (.tsv), one row per case; {model}: the model's name "
-                    "(needed with several models)")  # fmt: skip
-    pr.add_argument("--metrics-out", default=None,
-                    help="with --labels: metrics table (.tsv); {model} as in --out")  # fmt: skip
-    pr.set_defaults(func=cmd_predict)
-
-
 def cmd_validate(a: argparse.Namespace) -> int:
     from .validate import validate
 
@@ -400,6 +338,10 @@ def _add_extraction(sub) -> None:
     et.add_argument("--out", required=True)
     et.add_argument("--spec", required=True, help="the tile task definition as JSON")
     et.add_argument("--target-mpp", type=float, default=0.5, help="µm/px the teacher expects")
+    et.add_argument("--images", default=None,
+                    help="another image set (CSV path[,label][,case_id] or a folder, with or "
+                    "without class subfolders) in place of the task's, e.g. a cohort to "
+                    "predict; labels optional")  # fmt: skip
     et.set_defaults(func=cmd_extract_tiles)
     ep = sub.add_parser(
         "export-pt", help="a tile feature file as the seed's (features, labels) .pt tuple"

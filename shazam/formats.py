@@ -157,6 +157,16 @@ def read_tile_features(path, levels=("high",)) -> tuple[dict, pd.DataFrame, dict
     return feats, tile_rows(path), attrs
 
 
+def tile_classes(path) -> list[str] | None:
+    """The task classes a tile feature file was extracted with (its ``classes`` attr; None when
+    the file does not record them)."""
+    import json
+
+    with h5py.File(path, "r") as f:
+        v = f.attrs.get("classes")
+    return None if v is None else json.loads(v.decode() if isinstance(v, bytes) else v)
+
+
 def tile_rows(path) -> pd.DataFrame:
     """The frame (``image_id``, ``case_id``, ``y``) of a tile feature file."""
     try:

@@ -10,10 +10,18 @@ Folds keep a case's images together, so the listing must say which images share 
 ``case_id`` column, or the task's ``case_pattern`` found in each image's path. A listing with
 neither is refused unless the task opts in to one case per image (``image_level_splits``):
 crops of one slide on both sides of a fold would make every score optimistic.
+
+Another image set listed with a task's settings (an external cohort to predict: its own CSV
+or folder in place of the task's, :func:`load_images`'s ``images``) needs neither labels nor
+case ids: it is never split. A CSV may lack the label column (or leave a cell empty), a folder
+may hold its images without class subfolders; such an image has label ``""`` and class index
+``-1``. A label that is given must still be one of the task's classes. Without a ``case_id``
+column or a ``case_pattern``, each image is its own case.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -31,27 +39,36 @@ COLUMNS = ["image_id", "path", "label", "y", "case_id", "split"]
 # --------------------------------------------------------------------------- listing
 
 
-def load_images(spec: TaskSpec) -> pd.DataFrame:
+def load_images(spec: TaskSpec, images: str | os.PathLike | None = None) -> pd.DataFrame:
     """The task's images in a fixed order: ``image_id``, ``path`` (absolute), ``label``, ``y``
     (class index), ``case_id`` (the table's column, or what ``case_pattern`` finds in the image's
     path; the image itself under ``image_level_splits``) and ``split`` (empty when none is
-    given). All problems are reported at once, naming file, line and column."""
-    src = Path(spec.images)
+    given). All problems are reported at once, naming file, line and column.
+
+    ``images``: another image set (a CSV or a folder) listed with the task's classes and
+    ``case_pattern`` instead of the task's own, for prediction: labels and case ids optional
+    (see the module's docstring), ``split`` always empty."""
+    external = images is not None
+    src = Path(images) if external else Path(spec.images)
     if src.is_dir():
-        if spec.splits == "dataset":
+        if spec.splits == "dataset" and not external:
             raise LabelError(
                 f"task {spec.name}: `splits: dataset` needs a CSV with a split column; "
                 f"{src} is a folder"
             )
-        return _from_folder(spec, src)
+        return _from_folder(spec, src, external)
     if src.is_file():
-        return _from_csv(spec, src)
+        return _from_csv(spec, src, external)
     raise LabelError(f"task {spec.name}: images {src} is neither a folder nor a CSV file")
 
 
-def _case_source(spec: TaskSpec, has_column: bool, listing: str) -> str:
+def _case_source(spec: TaskSpec, has_column: bool, listing: str, external: bool = False) -> str:
     """Where the listing's cases come from: ``column``, ``pattern`` or ``image`` (one case per
-    image, only on the task's explicit opt-in); a listing that gives no cases is refused."""
+    image, only on the task's explicit opt-in); a listing that gives no cases is refused.
+    An external set (never split) takes its column, else the pattern, else one case per
+    image."""
+    if external:
+        return "column" if has_column else "pattern" if spec.case_pattern is not None else "image"
     if has_column:
         other = (
             f"case_pattern '{spec.case_pattern}'"
@@ -107,10 +124,11 @@ def _pattern_cases(spec: TaskSpec, names, at=None) -> tuple[list[str], list[str]
     return cases, errors
 
 
-def _from_folder(spec: TaskSpec, root: Path) -> pd.DataFrame:
+def _from_folder(spec: TaskSpec, root: Path, external: bool = False) -> pd.DataFrame:
     subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
     unknown = [d for d in subdirs if d not in spec.classes]
-    missing = [c for c in spec.classes if c not in subdirs]
+    # an external set may lack classes, or (no subfolder at all) be unlabelled
+    missing = [] if external else [c for c in spec.classes if c not in subdirs]
     if unknown or missing:
         raise LabelError(
             f"task {spec.name}: image folder {root} must hold one subfolder per class "
@@ -124,17 +142,24 @@ def _from_folder(spec: TaskSpec, root: Path) -> pd.DataFrame:
                 if x
             )
         )
-    source = _case_source(spec, False, f"image folder {root}")
+    source = _case_source(spec, False, f"image folder {root}", external)
+    if external:
+        groups = [(c, y) for y, c in enumerate(spec.classes) if c in subdirs] or [("", -1)]
+        _check_loose_images(spec, root, subdirs)
+    else:
+        groups = list(zip(spec.classes, range(len(spec.classes)), strict=True))
     rows = []
-    for y, c in enumerate(spec.classes):
+    for c, y in groups:
         files = sorted(
             p for p in (root / c).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
         )
-        if not files:
+        if not files and not external:
             raise LabelError(f"task {spec.name}: class folder {root / c} has no images")
         for p in files:
             iid = p.relative_to(root).as_posix()
             rows.append((iid, str(p.resolve()), c, y, iid, ""))
+    if not rows:
+        raise LabelError(f"task {spec.name}: image folder {root} has no images")
     out = pd.DataFrame(rows, columns=COLUMNS)
     if source == "pattern":
         cases, errors = _pattern_cases(spec, out["image_id"])
@@ -144,9 +169,22 @@ def _from_folder(spec: TaskSpec, root: Path) -> pd.DataFrame:
     return out
 
 
-def _from_csv(spec: TaskSpec, path: Path) -> pd.DataFrame:
-    df = read_checked_table(path, ["path", spec.label_col], "image table", spec.name)
-    source = _case_source(spec, "case_id" in df.columns, f"image table {path}")
+def _check_loose_images(spec: TaskSpec, root: Path, subdirs: list[str]) -> None:
+    """An external folder holds its images either in class subfolders or loose, not both."""
+    loose = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in
+                   IMAGE_SUFFIXES)  # fmt: skip
+    if subdirs and loose:
+        raise LabelError(
+            f"task {spec.name}: image folder {root} holds images ({loose[0]}, …) beside its "
+            f"class subfolders ({', '.join(subdirs)}); move them into their class's folder, "
+            "or list the images in a CSV (path[,label])"
+        )
+
+
+def _from_csv(spec: TaskSpec, path: Path, external: bool = False) -> pd.DataFrame:
+    need = ["path"] if external else ["path", spec.label_col]
+    df = read_checked_table(path, need, "image table", spec.name)
+    source = _case_source(spec, "case_id" in df.columns, f"image table {path}", external)
     errors: list[str] = []
 
     def at(i, col):
@@ -167,8 +205,12 @@ def _from_csv(spec: TaskSpec, path: Path) -> pd.DataFrame:
             errors.append(f"{at(i, 'path')}: file {full} not found")
         else:
             seen[p] = i
-    labels = df[spec.label_col].str.strip()
-    errors += spec.class_errors(labels, at)
+    if spec.label_col in df.columns:
+        labels = df[spec.label_col].str.strip()
+    else:
+        labels = pd.Series([""] * len(df), dtype=str)
+    given = [i for i, v in enumerate(labels) if v or not external]  # external: labels optional
+    errors += spec.class_errors(labels.iloc[given], lambda j, col: at(given[j], col))
     if source == "column":
         cases = df["case_id"].str.strip()
         errors += [f"{at(i, 'case_id')}: empty case id" for i, c in enumerate(cases) if not c]
@@ -178,9 +220,11 @@ def _from_csv(spec: TaskSpec, path: Path) -> pd.DataFrame:
     else:
         cases = ids
     split = (
-        df["split"].str.strip().str.lower() if "split" in df.columns else pd.Series([""] * len(df))
+        df["split"].str.strip().str.lower()
+        if "split" in df.columns and not external
+        else pd.Series([""] * len(df))
     )
-    if spec.splits == "dataset":
+    if spec.splits == "dataset" and not external:
         if "split" not in df.columns:
             errors.append(f"image table {path}: `splits: dataset` needs a split column")
         else:
@@ -194,7 +238,7 @@ def _from_csv(spec: TaskSpec, path: Path) -> pd.DataFrame:
             "image_id": ids.to_numpy(),
             "path": abspaths,
             "label": labels.to_numpy(),
-            "y": [spec.classes.index(v) for v in labels],
+            "y": [spec.classes.index(v) if v else -1 for v in labels],
             "case_id": cases.to_numpy(),
             "split": split.to_numpy(),
         }

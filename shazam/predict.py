@@ -1,5 +1,6 @@
 """Prediction on a new cohort (an external validation set, a prospective series): every fold's
-trained model of a task applied to the cases of a slide sheet (DESIGN §9).
+trained model of a task applied to the cases of a slide sheet, or to the images of a tile
+task's other image set (DESIGN §9).
 
 * :func:`load_fold_model` — one trained model back from its folder
   (``results/models/{task}/{model}/fold_{k}/``: ``config.json`` and ``model.safetensors``,
@@ -8,7 +9,10 @@ trained model of a task applied to the cases of a slide sheet (DESIGN §9).
   of the case's slides' feature files as in training, each fold with its own standardiser,
   through the engine's evaluation path (full bags; a bag larger than a batch streamed in
   chunks). One table, a row per case: each fold's outputs, the ensemble, and the label (or
-  time and event) when labels are given.
+  time and event) when labels are given;
+* :func:`predict_tiles` — the same for a tile task, on an image set's tile feature files (one
+  per teacher, from ``shazam extract-tiles --images``): one row per image, each fold's class
+  probabilities, the ensemble, and the label when the image set has labels.
 
 The numbers are training's: on a fold's own test cases a model's outputs are those of its
 ``predictions.csv``, bit for bit (same weights, same standardiser, same batches). Batches are
@@ -24,6 +28,9 @@ Ensemble rules:
   on its own scale, so raw risks are not averaged; ranks are what the report's late fusion
   and pooled estimates use, and what the C-index reads (it is rank-invariant). A rank is
   relative to the cohort predicted with it: compare cases within one table.
+
+An image without a label in a partly labelled image set is marked ``no label``; an image set
+without any label gives a table without a ``label`` column.
 
 A case none of whose slides has a patch (no tissue, every slide skipped) has nothing a model
 could look at: it keeps its row, with empty outputs and ``note`` = ``no patches``, is named in
@@ -110,7 +117,8 @@ def load_fold_model(fold_dir: str | os.PathLike, device: str | None = None) -> F
             f"trained model {d}: model.safetensors does not fit the {cfg['model']} that "
             f"config.json describes ({str(e).splitlines()[0]})"
         ) from None
-    levels = (student or {}).get("levels") or ["high"]
+    # a tile model reads the canonical embedding (its config records the student section as given)
+    levels = ["high"] if spec.family == "tile" else (student or {}).get("levels") or ["high"]
     return FoldModel(cfg["model"], d, cfg, spec, model.eval(), scaler, train,
                      list(cfg["teachers"]), list(levels))  # fmt: skip
 
@@ -174,10 +182,25 @@ def fold_outputs(fm: FoldModel, sheet: pd.DataFrame, cases: list[str], root, coh
     the model's own standardiser."""
     from .losses import survival_from_logits
     from .stores import FeatureStore
-    from .training import Engine
 
     check_features(fm, sheet, root, cohort)
     store = FeatureStore.for_slides(sheet, fm.teachers, cases, fm.levels, root)
+    eng = fold_engine(fm, store, cohort)
+    sizes = {c: store.size(c) for c in cases}
+    ids = [c for c in cases if sizes[c] > 0]
+    logits = eng.predict(ids)["logits"]
+    if fm.spec.kind == "classification":
+        out = torch.softmax(logits, dim=1).numpy() if ids else np.zeros((0, fm.spec.n_out))
+    else:
+        out = survival_from_logits(logits)[2].numpy() if ids else np.zeros(0)
+    return sizes, dict(zip(ids, out, strict=True))
+
+
+def fold_engine(fm: FoldModel, store, cohort: str):
+    """The engine that runs ``fm`` on ``store`` as training evaluated it: the store's widths
+    checked against the model's, the model's own input standardiser, its cache setting."""
+    from .training import Engine
+
     for k, c in store.dims.items():
         if fm.dims.get(k) != c:
             raise ValueError(
@@ -187,14 +210,7 @@ def fold_outputs(fm: FoldModel, sheet: pd.DataFrame, cases: list[str], root, coh
     store.cache(fm.train.cache)
     eng = Engine(fm.model, fm.spec, store, None, fm.train)
     eng.use_inputs(fm.standardizer)
-    sizes = {c: store.size(c) for c in cases}
-    ids = [c for c in cases if sizes[c] > 0]
-    logits = eng.predict(ids)["logits"]
-    if fm.spec.kind == "classification":
-        out = torch.softmax(logits, dim=1).numpy() if ids else np.zeros((0, fm.spec.n_out))
-    else:
-        out = survival_from_logits(logits)[2].numpy() if ids else np.zeros(0)
-    return sizes, dict(zip(ids, out, strict=True))
+    return eng
 
 
 def predict_cohort(
@@ -261,16 +277,9 @@ def cohort_table(spec: TaskSpec, sheet: pd.DataFrame, cases: list[str], folds) -
     cols: dict[str, np.ndarray] = {}
     if spec.kind == "classification":
         shape = (len(ok), len(spec.classes))
-        probs = [p if p is not None else np.zeros(shape) for p in per_fold]
-        mean = np.mean(probs, axis=0)
-        pred = np.full(len(cases), None, dtype=object)
-        pred[rows] = [spec.classes[i] for i in mean.argmax(1)]
-        cols["pred"] = pred
-        for i, c in enumerate(spec.classes):
-            cols[f"prob_{c}"] = _fill(rows, mean[:, i])
-        for k, p in enumerate(probs):
-            for i, c in enumerate(spec.classes):
-                cols[f"prob_{c}_fold{k}"] = _fill(rows, p[:, i])
+        cols = class_columns(
+            spec, rows, [p if p is not None else np.zeros(shape) for p in per_fold]
+        )
     else:
         from .evaluate.stats import rank_normalise
 
@@ -281,6 +290,22 @@ def cohort_table(spec: TaskSpec, sheet: pd.DataFrame, cases: list[str], folds) -
     df = pd.concat([df, pd.DataFrame(cols)], axis=1)
     df["note"] = np.where(rows, "", NO_PATCHES)
     return df
+
+
+def class_columns(spec: TaskSpec, rows: np.ndarray, probs: list[np.ndarray]) -> dict:
+    """The ensemble's ``pred`` and ``prob_{class}`` (the mean of the folds' probabilities),
+    then each fold's ``prob_{class}_fold{k}``: ``probs[k]`` holds fold k's probabilities of
+    the ``rows`` (a mask) that have outputs; the other rows stay empty."""
+    mean = np.mean(probs, axis=0)
+    pred = np.full(len(rows), None, dtype=object)
+    pred[rows] = [spec.classes[i] for i in mean.argmax(1)]
+    cols = {"pred": pred}
+    for i, c in enumerate(spec.classes):
+        cols[f"prob_{c}"] = _fill(rows, mean[:, i])
+    for k, p in enumerate(probs):
+        for i, c in enumerate(spec.classes):
+            cols[f"prob_{c}_fold{k}"] = _fill(rows, p[:, i])
+    return cols
 
 
 def _fill(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -312,6 +337,89 @@ def add_truth(table: pd.DataFrame, spec: TaskSpec, labels: pd.DataFrame, cohort:
     if n_extra:
         log(f"cohort {cohort}: {n_extra} labelled case(s) have no slide in the sheet")
     return out
+
+
+# --------------------------------------------------------------------------- tile tasks
+
+
+def predict_tiles(
+    task_spec: TaskSpec,
+    models_dir: str | os.PathLike,
+    model: str,
+    n_runs: int | None,
+    feature_files: dict[str, str | os.PathLike],
+    *,
+    cohort: str = "cohort",
+    device: str | None = None,
+    log=print,
+) -> pd.DataFrame:
+    """Every fold's model ``model`` of a tile task (``models_dir/{model}/fold_{k}``, k <
+    ``n_runs``; None: the task's folds) on the images of an image set, from its tile feature
+    file per teacher (``feature_files``: teacher → ``.h5`` of ``shazam extract-tiles``, all
+    listing the same images). Returns one row per image, in the files' order: ``image_id``,
+    ``case_id``, ``label`` (when the image set has labels), the ensemble (``pred`` +
+    ``prob_{class}``, the mean of the folds' probabilities), each fold's
+    ``prob_{class}_fold{k}``, and ``note`` (``no label``)."""
+    if task_spec.family != "tile":
+        raise ValueError(f"task {task_spec.name}: predict_tiles is for tile tasks")
+    n_runs = n_runs or task_spec.n_folds
+    rows, probs = None, []
+    for k in range(n_runs):
+        fm = load_fold_model(Path(models_dir) / model / f"fold_{k}", device)
+        _check_same_task(fm, task_spec, model)
+        rows, prob = tile_outputs(fm, feature_files, cohort)
+        probs.append(prob)
+    return tile_table(task_spec, rows, probs, cohort, log)
+
+
+def tile_outputs(fm: FoldModel, feature_files: dict, cohort: str):
+    """(the images' frame ``image_id``/``case_id``/``y``, their class probabilities under
+    ``fm``): every image of the files, through the engine's evaluation path with the model's
+    own standardiser."""
+    from .formats import tile_classes
+    from .stores import FeatureStore
+
+    reads = f"model {fm.name} ({fm.fold_dir}) reads teachers {', '.join(fm.teachers)}"
+    missing = [t for t in fm.teachers if t not in feature_files]
+    if missing:
+        raise ValueError(
+            f"cohort {cohort}: no tile feature file of teacher(s) {', '.join(missing)} — "
+            f"{reads}; extract the image set with each (shazam extract-tiles --images) and "
+            "give every file as TEACHER=H5"
+        )
+    for t in fm.teachers:
+        path = feature_files[t]
+        if not os.path.exists(path):
+            raise ValueError(f"cohort {cohort}: teacher {t}'s tile feature file {path} not found")
+        classes = tile_classes(path)
+        if classes is not None and classes != list(fm.spec.classes):
+            raise ValueError(
+                f"cohort {cohort}: {path} was extracted with classes {classes}, model "
+                f"{fm.name} predicts {list(fm.spec.classes)} — extract it with this task's spec"
+            )
+    store, rows = FeatureStore.for_tiles({t: feature_files[t] for t in fm.teachers}, fm.levels)
+    eng = fold_engine(fm, store, cohort)
+    ids = list(rows["image_id"])
+    logits = eng.predict(ids)["logits"]
+    prob = torch.softmax(logits, dim=1).numpy() if ids else np.zeros((0, fm.spec.n_out))
+    return rows, prob
+
+
+def tile_table(spec: TaskSpec, rows: pd.DataFrame, probs, cohort: str, log) -> pd.DataFrame:
+    """The image table of :func:`predict_tiles` from the images' frame and each fold's
+    probabilities; the truth is the images' labels (class index -1: none)."""
+    y = rows["y"].to_numpy()
+    df = pd.DataFrame({"image_id": rows["image_id"], "case_id": rows["case_id"]})
+    labelled = y >= 0
+    if labelled.any():
+        df["label"] = np.array([spec.classes[i] if i >= 0 else None for i in y], dtype=object)
+    every = np.ones(len(df), dtype=bool)
+    df = pd.concat([df, pd.DataFrame(class_columns(spec, every, probs))], axis=1)
+    partly = labelled.any() and not labelled.all()
+    df["note"] = np.where(partly & ~labelled, NO_LABEL, "")
+    if partly:
+        log(f"cohort {cohort}: {int((~labelled).sum())} of {len(df)} image(s) without a label")
+    return df
 
 
 def model_paths(template: str, models: list[str], flag: str = "--out") -> dict[str, str]:

@@ -26,18 +26,20 @@ import pandas as pd
 from ..cohorts import NO_PATCHES
 from ..tasks import TaskSpec
 from .runs import ModelRun, arrays_metrics, prediction_arrays, single_teachers
-from .stats import EvalConfig, Paired, bootstrap_ci
+from .stats import EvalConfig, Paired, bootstrap_ci, case_clusters
 from .tables import choose_baselines, compare, comparison_table
 
 COUNTS = ("n_cases", "n_events")
 
 
 def scored(table: pd.DataFrame, spec: TaskSpec) -> pd.DataFrame:
-    """The rows a metric reads: predicted (patches) and labelled."""
+    """The rows a metric reads: predicted (patches) and labelled. A tile task's table
+    (:func:`~shazam.predict.predict_tiles`) has a row per image, its truth in ``label``."""
     truth = "label" if spec.kind == "classification" else "time"
     if truth not in table:
-        raise ValueError(f"task {spec.name}: the prediction table has no labels — predict with "
-                         "the cohort's label file to validate")  # fmt: skip
+        how = "an image set with labels" if spec.family == "tile" else "the cohort's label file"
+        raise ValueError(f"task {spec.name}: the prediction table has no labels — predict "
+                         f"with {how} to validate")  # fmt: skip
     keep = ~table["note"].fillna("").str.contains(NO_PATCHES) & table[truth].notna()
     return table[keep].reset_index(drop=True)
 
@@ -45,9 +47,9 @@ def scored(table: pd.DataFrame, spec: TaskSpec) -> pd.DataFrame:
 def estimate(table: pd.DataFrame, spec: TaskSpec, fold: int | None = None) -> pd.DataFrame:
     """The table in the report's prediction columns (``label`` + ``prob_{class}``, or
     ``time``, ``event`` and ``risk``): the ensemble's (``risk`` = ``risk_rank``), or fold
-    ``fold``'s alone."""
+    ``fold``'s alone. A tile task's rows keep their ``image_id`` (the report's unit)."""
     sfx = "" if fold is None else f"_fold{fold}"
-    df = table[["case_id"]].copy()
+    df = table[list(dict.fromkeys([spec.record.unit, "case_id"]))].copy()
     if spec.kind == "classification":
         df["label"] = table["label"].astype(str)
         for c in spec.classes:
@@ -68,7 +70,9 @@ def external_metrics(
     table: pd.DataFrame, spec: TaskSpec, model: str, cfg: EvalConfig | None = None
 ) -> pd.DataFrame:
     """One row per estimate (``ensemble``, ``fold_{k}``) and metric: ``value``, the reason
-    when it is missing, and for the ensemble's CI metrics the case bootstrap CI."""
+    when it is missing, and for the ensemble's CI metrics the case bootstrap CI (a tile
+    task's table, a row per image: whole cases resampled, all images of each drawn case, as
+    the internal report does; one case per image is the image bootstrap)."""
     cfg = cfg or EvalConfig()
     table = scored(table, spec)
     rows = []
@@ -82,7 +86,8 @@ def external_metrics(
             def stat(idx, arrays=arrays, only=only):
                 return arrays_metrics(arrays, spec, idx, only=only)[0]
 
-            cis = bootstrap_ci(stat, len(table), cfg.n_boot, cfg.seed, cfg.level)
+            cis = bootstrap_ci(stat, len(table), cfg.n_boot, cfg.seed, cfg.level,
+                               clusters=case_clusters(table["case_id"]))  # fmt: skip
         for metric in (*spec.record.scalars, *(c for c in COUNTS if c in m)):
             lo, hi, nb = cis.get(metric, (None, None, 0))
             rows.append({"model": model, "estimate": "ensemble" if fold is None else

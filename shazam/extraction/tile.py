@@ -7,6 +7,10 @@ Each teacher gives one vector per image, written to one file per task and teache
 - ``image_size`` (N, 2: height, width in pixels) and ``mpp_effective`` (µm/px the teacher saw);
 - attrs: classes, teacher, weights identity, precision, MPP and how images were fitted.
 
+Another image set (``images``: an external cohort to predict, listed with the task's settings
+by :func:`~shazam.images.load_images`) is written the same way; an image without a label has
+``labels`` -1, and the attrs add ``images`` (the listing) and ``n_unlabelled``.
+
 Resolution: images are at the task's ``mpp`` (declared, or assumed to be the target MPP).
 ``fit: resize`` hands the whole ROI to the teacher (the convention of ROI benchmarks; the
 effective MPP is recorded per image), ``fit: crop`` rescales to the target MPP and centre-crops
@@ -44,29 +48,31 @@ def extract_tiles(
     weights: str | os.PathLike | None = None,
     target_mpp: float = 0.5,
     progress: bool = True,
+    images: str | os.PathLike | None = None,
 ) -> dict:
     """Every level of one teacher for every image of a tile task, in listing order, written
-    atomically to one file."""
+    atomically to one file. ``images``: another image set (CSV or folder) in place of the
+    task's own, with the task's classes, MPP, fit and case pattern; labels optional."""
     t0 = time.perf_counter()
     params = params or ExtractParams()
     tspec = get_spec(teacher)
-    images = load_images(spec)
-    sizes = image_sizes(images)
+    listed = load_images(spec, images)
+    sizes = image_sizes(listed)
     mpp = spec.mpp if spec.mpp is not None else target_mpp
     with TeacherRun.open(tspec, params, weights) as run:
         side, resize_to, eff = _fit_to_teacher(spec, tspec, sizes, mpp, target_mpp)
-        feats = run.buffers(len(images))
-        ds = ImageBatches(list(images["path"]), params.batch_size, side, spec.fit, mpp / target_mpp)
+        feats = run.buffers(len(listed))
+        ds = ImageBatches(list(listed["path"]), params.batch_size, side, spec.fit, mpp / target_mpp)
 
         def on_errors(errors):
             row, reason = errors[0]
             raise LabelError(
-                f"task {spec.name}: image {images['image_id'].iloc[row]} "
-                f"({images['path'].iloc[row]}): cannot decode: {reason}"
+                f"task {spec.name}: image {listed['image_id'].iloc[row]} "
+                f"({listed['path'].iloc[row]}): cannot decode: {reason}"
             )
 
         run.embed(ds, feats, resize_to, on_errors, f"{teacher}/{spec.name}", "image", progress)
-        _warn_off_target(spec, teacher, images, eff, target_mpp)
+        _warn_off_target(spec, teacher, listed, eff, target_mpp)
         meta = {
             "task": spec.name,
             "classes": json.dumps(list(spec.classes)),
@@ -78,9 +84,12 @@ def extract_tiles(
             "target_mpp": target_mpp,
             "shazam_version": __version__,
         }
-        write_tile_features(out_h5, images, feats, sizes, eff, meta)
+        if images is not None:  # the task's own extraction keeps its attrs as they were
+            meta["images"] = os.fspath(images)
+            meta["n_unlabelled"] = int((listed["y"] < 0).sum())
+        write_tile_features(out_h5, listed, feats, sizes, eff, meta)
     seconds = time.perf_counter() - t0
-    return {"task": spec.name, "teacher": teacher, "n_images": len(images),
+    return {"task": spec.name, "teacher": teacher, "n_images": len(listed),
             "seconds": round(seconds, 3), "device": str(run.device)}  # fmt: skip
 
 

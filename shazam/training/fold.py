@@ -180,6 +180,12 @@ def tile_items(spec, model_name, teachers, fold_csv, sheet, labels, root, shazam
     name = registry.parse(model_name)
     used = name.teachers(teachers)
     store, rows = FeatureStore.for_task(spec, used, root)
+    if (rows["y"] < 0).any():  # an image set extracted for prediction has no truth to fit
+        path = layout.at(layout.TILE_FEATURES, root, task=spec.name, teacher=used[0])
+        raise ValueError(
+            f"task {spec.name}: {path} holds unlabelled images (an image set extracted with "
+            "--images, for prediction); training reads the task's own extraction — rerun it"
+        )
     split = _fold_split(fold_csv)
     unknown = sorted(set(rows["case_id"]) - set(split))
     if unknown:
