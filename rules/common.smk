@@ -447,11 +447,12 @@ def prediction_files(cohort, task):
 
 def external_outputs():
     """Every cohort's prediction tables, the validation report of each labelled (cohort,
-    slide task), and each slide cohort's tiling QC."""
+    slide task) and of each (cohort, tile task), and each slide cohort's tiling QC."""
     out = []
     for name, c in EXTERNAL.items():
         out += [f for task in c.tasks for f in prediction_files(name, task)]
-        out += [layout.EXTERNAL_HTML.format(cohort=name, task=t) for t in c.labels]
+        reported = [*c.labels, *(t for t in c.images if t in c.tasks)]
+        out += [layout.EXTERNAL_HTML.format(cohort=name, task=t) for t in reported]
         out += [layout.EXTERNAL_QC.format(cohort=name)] if c.slides and TILES else []
     return out
 

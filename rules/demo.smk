@@ -76,3 +76,36 @@ if DEMO_EXTERNAL:
         shell:
             "shazam demo --external --out {params.out} --seed {params.seed}"
             " --cases {params.cases} > {log} 2>&1"
+
+
+if DEMO["enabled"] and DEMO["external_tile_cases"]:
+
+    rule make_demo_external_tiles:
+        output:
+            table=f"{DEMO_EXTERNAL_DIR}/tiles.csv",
+            images=[
+                f"{DEMO_EXTERNAL_DIR}/tiles/{t.image_id}"
+                for t in demo_tiles_plan(
+                    DEMO["external_seed"],
+                    DEMO["external_tile_cases"],
+                    prefix="roi_ext",
+                )
+            ],
+        log:
+            "logs/make_demo_tiles/make_demo_external_tiles.log",
+        benchmark:
+            "results/benchmarks/make_demo_tiles/make_demo_external_tiles.tsv"
+        conda:
+            "../envs/shazam.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=10,
+        params:
+            version=SHAZAM_VERSION,
+            out=f"{DEMO_EXTERNAL_DIR}/tiles",
+            seed=DEMO["external_seed"],
+            cases=DEMO["external_tile_cases"],
+        shell:
+            "shazam demo-tiles --out {params.out} --seed {params.seed} --cases {params.cases}"
+            " --prefix roi_ext > {log} 2>&1"

@@ -1,6 +1,8 @@
-# External validation (config `external`): per labelled cohort and slide task, the internal
-# report's metrics, CIs and paired comparison on the cohort (shazam external-report, from the
-# prediction tables of rules/predict.smk); per slide cohort, its tiling QC table.
+# External validation (config `external`): per cohort and task with labels (a slide task's
+# label file; a tile task's images, which carry their labels when they have them: without, the
+# report says so), the internal report's metrics, CIs and paired comparison on the cohort
+# (shazam external-report, from the prediction tables of rules/predict.smk); per slide
+# cohort, its tiling QC table.
 
 
 rule external_report:
@@ -50,8 +52,10 @@ rule external_report:
     benchmark:
         "results/benchmarks/external_report/{cohort}/{task}.tsv"
     wildcard_constraints:
-        task="|".join(SLIDE_TASKS) or "NO_SLIDE_TASK",
-        cohort="|".join(re.escape(n) for n, c in EXTERNAL.items() if c.labels)
+        task="|".join(TASKS) or "NO_TASK",
+        cohort="|".join(
+            re.escape(n) for n, c in EXTERNAL.items() if c.labels or c.images
+        )
         or "NO_COHORT",
     conda:
         "../envs/shazam.yaml"

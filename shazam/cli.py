@@ -44,7 +44,7 @@ def cmd_demo(a: argparse.Namespace) -> None:
 def cmd_demo_tiles(a: argparse.Namespace) -> None:
     from .demo import write_demo_tiles
 
-    table = write_demo_tiles(a.out, seed=a.seed, n_cases=a.cases)
+    table = write_demo_tiles(a.out, seed=a.seed, n_cases=a.cases, prefix=a.prefix)
     log.info("wrote %d ROI images of %d cases under %s", len(table), a.cases, a.out)
 
 
@@ -289,6 +289,7 @@ def _add_demo(sub) -> None:
     dt.add_argument("--out", required=True, help="dataset folder; its table is written beside it")
     dt.add_argument("--seed", type=int, default=0)
     dt.add_argument("--cases", type=int, default=16)
+    dt.add_argument("--prefix", default="roi_case", help="case ids: {prefix}{i:03d}")
     dt.set_defaults(func=cmd_demo_tiles)
 
 

@@ -327,16 +327,18 @@ class DemoTile:
     size: tuple[int, int]
 
 
-def demo_tiles_plan(seed: int = 0, n_cases: int = 16, per_case: int = 3) -> list[DemoTile]:
+def demo_tiles_plan(
+    seed: int = 0, n_cases: int = 16, per_case: int = 3, prefix: str = "roi_case"
+) -> list[DemoTile]:
     """The ROI images the demo tile dataset holds, as a pure function of the seed (no I/O):
-    ``n_cases`` cases of alternating phenotype (shuffled), ``per_case`` images each, of mixed
-    sizes (square and not)."""
+    ``n_cases`` cases (``{prefix}{i:03d}``) of alternating phenotype (shuffled), ``per_case``
+    images each, of mixed sizes (square and not)."""
     rng = np.random.default_rng([seed, 7])
     phen = np.array([CLASSES[i % 2] for i in range(n_cases)])
     rng.shuffle(phen)
     tiles = []
     for i in range(n_cases):
-        case = f"roi_case{i:03d}"
+        case = f"{prefix}{i:03d}"
         for k in range(per_case):
             size = TILE_SIZES[(i * per_case + k) % len(TILE_SIZES)]
             tiles.append(DemoTile(f"{phen[i]}/{case}_r{k}.png", case, str(phen[i]), size))
@@ -344,7 +346,11 @@ def demo_tiles_plan(seed: int = 0, n_cases: int = 16, per_case: int = 3) -> list
 
 
 def write_demo_tiles(
-    out_dir: str | os.PathLike, seed: int = 0, n_cases: int = 16, per_case: int = 3
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    n_cases: int = 16,
+    per_case: int = 3,
+    prefix: str = "roi_case",
 ) -> pd.DataFrame:
     """A small ROI dataset of the two phenotypes under ``out_dir``: one subfolder per class
     (``A/``, ``B/``) of PNG images cut from tissue of a field rendered per case at
@@ -352,7 +358,7 @@ def write_demo_tiles(
     from PIL import Image
 
     out = Path(out_dir)
-    plan = demo_tiles_plan(seed, n_cases, per_case)
+    plan = demo_tiles_plan(seed, n_cases, per_case, prefix)
     by_case: dict[str, list[DemoTile]] = {}
     for t in plan:
         by_case.setdefault(t.case_id, []).append(t)

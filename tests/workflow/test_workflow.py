@@ -57,9 +57,10 @@ def test_dry_run_lists_expected_jobs(fresh_workdir):
     assert counts["feature_file"] == 2 * (n + n_ext) and counts["extraction_qc"] == 1
     # every model of each slide task on the external cohort: one job per task; a report per
     # labelled task; heatmaps of the student and both single teachers on fold 0 per task
-    assert counts["predict_subtype"] == counts["predict_os"] == 1
-    assert "predict_tiles" not in counts  # the demo's external cohort has slides only
-    assert counts["external_report"] == 2
+    # the tile task on the cohort's ROI images: extracted per teacher, predicted, reported
+    assert counts["predict_subtype"] == counts["predict_os"] == counts["predict_tiles"] == 1
+    assert counts["make_demo_external_tiles"] == 1 and counts["extract_external_tiles"] == 2
+    assert counts["external_report"] == 3
     assert counts["heatmaps"] == 2 * 3
     assert counts["make_splits_subtype"] == counts["make_splits_os"] == 1
     assert counts["train_baseline"] == 2 * 2 * 5  # tasks x teachers x folds
