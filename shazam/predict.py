@@ -108,7 +108,8 @@ def load_fold_model(fold_dir: str | os.PathLike, device: str | None = None) -> F
     if student is not None and spec.family == "slide" and "head.weight" in state:
         # the student's width: config.json records its settings without d_model
         student = {**student, "d_model": int(state["head.weight"].shape[1])}
-    model = registry.build(cfg["model"], cfg["dims"], cfg["n_out"], cfg["teachers"],
+    dims = training_order(cfg["dims"], cfg["teachers"])
+    model = registry.build(cfg["model"], dims, cfg["n_out"], cfg["teachers"],
                            train.d_model, train.dropout, student)  # fmt: skip
     try:
         model.load_state_dict(state)
@@ -121,6 +122,19 @@ def load_fold_model(fold_dir: str | os.PathLike, device: str | None = None) -> F
     levels = ["high"] if spec.family == "tile" else (student or {}).get("levels") or ["high"]
     return FoldModel(cfg["model"], d, cfg, spec, model.eval(), scaler, train,
                      list(cfg["teachers"]), list(levels))  # fmt: skip
+
+
+def training_order(dims: dict[str, int], teachers: list[str]) -> dict[str, int]:
+    """``config.json``'s widths (``teacher:level`` keys, written with sorted keys) in the
+    order training built the model with: the teachers' order, then low, mid, high. Models
+    whose layers follow the widths' order (early fusion's per-teacher norms) need it."""
+    rank = {lv: i for i, lv in enumerate(("low", "mid", "high"))}
+
+    def order(k: str):
+        t, _, lv = k.rpartition(":")
+        return (teachers.index(t) if t in teachers else len(teachers), rank.get(lv, 3), k)
+
+    return {k: dims[k] for k in sorted(dims, key=order)}
 
 
 # --------------------------------------------------------------------------- the cohort

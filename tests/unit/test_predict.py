@@ -235,3 +235,19 @@ def test_external_comparison_against_the_internally_chosen_teacher(classificatio
           .loc[("ensemble", "balanced_accuracy"), "value"] for n, t in tables.items()}  # fmt: skip
     assert row["delta_fold_0"] == pytest.approx(ba["abmil-ta"] - ba["abmil-tb"])
     assert row["baseline"] == "abmil-tb" and row["n_boot"] > 0
+
+
+def test_early_fusion_of_teachers_out_of_alphabetical_order_is_rebuilt_in_training_order(tmp_path):
+    # config.json's widths are written with sorted keys; concat's per-teacher norms follow the
+    # teachers' order, so the model must be rebuilt in that order (the demo's toy_vit, toy_cnn)
+    sheet, spec = make_cohort(tmp_path, n=18)
+    out = tmp_path / "models" / spec.name / "concat" / "fold_0"
+    train_fold("concat", spec, rotate_fold(tmp_path, 0), sheet, ["tb", "ta"], out, CFG,
+               features_root=tmp_path / "results", **QUIET)  # fmt: skip
+    assert list(json.loads((out / "config.json").read_text())["dims"]) == ["ta:high", "tb:high"]
+    pred = pd.read_csv(out / "predictions.csv")
+    test = sheet[sheet["case_id"].isin(set(pred["case_id"]))]
+    got = predict_cohort(spec, out.parent.parent, "concat", 1, test, tmp_path / "results",
+                         cohort="own", **QUIET)  # fmt: skip
+    for c in ("prob_A", "prob_B"):
+        np.testing.assert_array_equal(got[f"{c}_fold0"], pred[c].to_numpy(np.float32))
