@@ -82,8 +82,10 @@ class Doc:
     def table(self, df: pd.DataFrame):
         self.blocks.append(("table", df))
 
-    def img(self, path: Path, rel: str, caption: str):
-        self.blocks.append(("img", path, rel, caption))
+    def img(self, path: Path, rel: str, caption: str, max_px: int | None = None):
+        """A figure; ``max_px``: embedded in the HTML as a JPEG at most this many pixels on
+        its longer side (a slide's heatmaps: the PNG stays whole beside the report)."""
+        self.blocks.append(("img", path, rel, caption, max_px))
 
     def markdown(self) -> str:
         return "\n\n".join(_MARKDOWN[b[0]](*b[1:]) for b in self.blocks) + "\n"
@@ -102,13 +104,29 @@ def _md_table(df: pd.DataFrame) -> str:
     return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows)
 
 
-def _html_img(path: Path, rel: str, caption: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
+def _html_img(path: Path, rel: str, caption: str, max_px: int | None = None) -> str:
+    mime, raw = ("png", Path(path).read_bytes()) if max_px is None else _jpeg(path, max_px)
+    data = base64.b64encode(raw).decode()
     alt = html.escape(Path(rel).stem)
     return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
+        f'<figure><img src="data:image/{mime};base64,{data}" alt="{alt}">'
         f"<figcaption>{_inline(caption)}</figcaption></figure>"
     )
+
+
+def _jpeg(path: Path, max_px: int) -> tuple[str, bytes]:
+    """The picture at most ``max_px`` on its longer side, as JPEG bytes (a heatmap overlay is
+    about 0.5 MB as PNG, about a tenth of that here)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((max_px, max_px))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=85)
+    return "jpeg", buf.getvalue()
 
 
 _MARKDOWN = {
@@ -116,7 +134,7 @@ _MARKDOWN = {
     "p": lambda text: text,
     "ul": lambda items: "\n".join(f"- {i}" for i in items),
     "table": _md_table,
-    "img": lambda path, rel, caption: f"![{Path(rel).stem}]({rel})\n\n*{caption}*",
+    "img": lambda path, rel, caption, max_px=None: f"![{Path(rel).stem}]({rel})\n\n*{caption}*",
 }
 _HTML = {
     "h": lambda level, text: f"<h{level}>{_inline(text)}</h{level}>",

@@ -22,6 +22,7 @@ from ..models import registry
 from .document import Doc
 
 PER_GROUP = 8  # slides embedded per source
+EMBED_PX = 960  # the HTML embeds each heatmap as a JPEG this wide at most; the PNG stays whole
 TITLE = "Where the models look"
 SCORE = (
     "Each overlay colours a slide's patches by the model's attention × N (N: the slide's "
@@ -109,12 +110,12 @@ def _slide(doc: Doc, rows: pd.DataFrame, rel_to) -> None:
         what = _about(r)
         note = f" ({STUDENT_NOTE})" if _is_student(r.model) else ""
         doc.img(Path(r.dir) / r.overlay, _rel(Path(r.dir) / r.overlay, rel_to),
-                f"{what}: attention × N, 1 = uniform{note}.")  # fmt: skip
+                f"{what}: attention × N, 1 = uniform{note}.", EMBED_PX)  # fmt: skip
     for r in first.itertuples():
         if _is_student(r.model) and r.montage:
             doc.img(Path(r.dir) / r.montage, _rel(Path(r.dir) / r.montage, rel_to),
                     f"{_about(r)}: the patches with the highest (first row) and lowest "
-                    "(second row) attention, labelled with attention × N.")  # fmt: skip
+                    "(second row) attention, labelled with attention × N.", EMBED_PX)  # fmt: skip
 
 
 def _about(r) -> str:

@@ -75,7 +75,7 @@ def test_gallery_shows_each_slide_once_per_model_student_first_with_the_cap(inde
     )
     assert "*Slide t1a (case c1a, A) under abmil-ta, fold 1: attention × N, 1 = uniform.*" in md
     html = doc.html("r")
-    assert html.count("data:image/png;base64,") == 12
+    assert html.count("data:image/jpeg;base64,") == 12  # heatmaps: embedded as small JPEGs
     assert "<h2>Where the models look</h2>" in html and "<figcaption>Slide ch (case cch)" in html
 
 
@@ -114,4 +114,5 @@ def test_internal_report_has_the_gallery_before_the_protocol_only_when_given(tmp
     assert "![s1](../heatmaps/sub/abmil-a/fold_0/s1.png)" in md and "e1" not in md
     html = (out / "report.html").read_text()
     plain = (tmp_path / "plain" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == plain.count("data:image/png;base64,") + 1
+    assert html.count("data:image/png;base64,") == plain.count("data:image/png;base64,")
+    assert html.count("data:image/jpeg;base64,") == 1 and "jpeg" not in plain
