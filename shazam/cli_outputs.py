@@ -1,6 +1,6 @@
 """``shazam`` subcommands that write outputs from finished artefacts: a teacher's features in
 other tools' layouts (``export``), a trained model's attention heatmaps (``heatmap``) and the
-report of a task on a labelled external cohort (``external-report``). Registered by
+report of a task on an external cohort (``external-report``). Registered by
 :mod:`shazam.cli` (kept apart for its size); no torch import at parse time."""
 
 from __future__ import annotations
@@ -176,7 +176,8 @@ def cmd_external_report(a: argparse.Namespace) -> None:
 def _add_external_report(sub) -> None:
     ex = sub.add_parser(
         "external-report",
-        help="a task's report on a labelled external cohort, from its prediction tables",
+        help="a task's report on an external cohort, from its prediction tables (an "
+        "unlabelled cohort: its predictions only)",
     )
     ex.add_argument("--spec", required=True, help="the task definition as JSON")
     ex.add_argument("--cohort", required=True, help="the cohort's name")
@@ -189,7 +190,9 @@ def _add_external_report(sub) -> None:
     ex.add_argument("--evaluation", default="{}",
                     help="the config's `evaluation` section as JSON (n_boot, seed, level; "
                     "missing keys take their defaults)")  # fmt: skip
-    ex.add_argument("--student", default="shazam", help="the model the baselines are against")
+    ex.add_argument("--student", default=None,
+                    help="the model the baselines are against (default: the task's student, "
+                    "shazam or, for a tile task, shazam-v1)")  # fmt: skip
     ex.add_argument("--heatmaps", nargs="+", default=None,
                     help="heatmap index.tsv files (the cohort's slides are shown)")  # fmt: skip
     ex.add_argument("--out-dir", required=True, help="the report's folder")

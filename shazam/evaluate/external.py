@@ -14,7 +14,8 @@ cohort, from the prediction tables of :func:`shazam.predict.predict_cohort`.
   ``summary.tsv``), the baseline the comparison should use: choosing it on the external
   cohort would be the optimistic oracle.
 
-Only the cases with a prediction (patches) and a label count.
+Only the cases with a prediction (patches) and a label count; a tile task's rows are its
+images (``n_cases`` counts them), and its bootstrap draws whole cases with all their images.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ from .runs import ModelRun, arrays_metrics, prediction_arrays, single_teachers
 from .stats import EvalConfig, Paired, bootstrap_ci, case_clusters
 from .tables import choose_baselines, compare, comparison_table
 
-COUNTS = ("n_cases", "n_events")
+COUNTS = ("n_cases", "n_events")  # a tile task's n_cases counts its rows: images
+METRIC_COLUMNS = ["model", "estimate", "metric", "value", "ci_low", "ci_high", "n_boot", "reason"]
+
+
+def predicted(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a prediction: all but the cases without patches."""
+    return table[~table["note"].fillna("").str.contains(NO_PATCHES)].reset_index(drop=True)
 
 
 def scored(table: pd.DataFrame, spec: TaskSpec) -> pd.DataFrame:
@@ -40,8 +47,8 @@ def scored(table: pd.DataFrame, spec: TaskSpec) -> pd.DataFrame:
         how = "an image set with labels" if spec.family == "tile" else "the cohort's label file"
         raise ValueError(f"task {spec.name}: the prediction table has no labels — predict "
                          f"with {how} to validate")  # fmt: skip
-    keep = ~table["note"].fillna("").str.contains(NO_PATCHES) & table[truth].notna()
-    return table[keep].reset_index(drop=True)
+    table = predicted(table)
+    return table[table[truth].notna()].reset_index(drop=True)
 
 
 def estimate(table: pd.DataFrame, spec: TaskSpec, fold: int | None = None) -> pd.DataFrame:
@@ -94,7 +101,7 @@ def external_metrics(
                          f"fold_{fold}", "metric": metric, "value": m.get(metric),
                          "ci_low": lo, "ci_high": hi, "n_boot": nb,
                          "reason": r.get(metric, "")})  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=METRIC_COLUMNS)
 
 
 def external_pair(
@@ -104,18 +111,23 @@ def external_pair(
     names: tuple[str, str],
     label: str = "best single teacher, chosen on internal validation",
     cfg: EvalConfig | None = None,
-) -> tuple[Paired, int]:
-    """The student's ensemble minus the baseline's on the cases both scored: the report's
-    paired case bootstrap (:func:`~.tables.compare`, one "fold": the cohort), and the number
-    of those cases."""
+) -> tuple[Paired, tuple[int, int]]:
+    """The student's ensemble minus the baseline's on the rows both scored (cases; a tile
+    task's images): the report's paired case bootstrap (:func:`~.tables.compare`, one "fold":
+    the cohort; whole cases drawn, with all their images), and the numbers of those rows and
+    of their cases."""
     cfg = cfg or EvalConfig()
+    unit = spec.record.unit
     a, b = scored(student, spec), scored(baseline, spec)
-    common = sorted(set(a["case_id"]) & set(b["case_id"]))
+    common = set(a[unit]) & set(b[unit])
     if not common:
-        raise ValueError(f"{names[0]} and {names[1]} have no scored case in common")
-    runs = [ModelRun(n, [estimate(t[t["case_id"].isin(common)], spec)], [{}])
+        what = "image" if unit == "image_id" else "case"
+        raise ValueError(f"{names[0]} and {names[1]} have no scored {what} in common")
+    runs = [ModelRun(n, [estimate(t[t[unit].isin(common)], spec)], [{}])
             for n, t in zip(names, (a, b), strict=True)]  # fmt: skip
-    return compare(runs[0], runs[1], spec, spec.primary_metric, label, cfg), len(common)
+    n_cases = a.loc[a[unit].isin(common), "case_id"].nunique()
+    pair = compare(runs[0], runs[1], spec, spec.primary_metric, label, cfg)
+    return pair, (len(common), n_cases)
 
 
 def external_comparison(

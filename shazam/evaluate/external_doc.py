@@ -1,6 +1,8 @@
 """The external report's figures and text (:func:`~.external_report.external_report`): one
 function per section, each reading one :class:`ExternalContext`, rendered by :mod:`.document`
-like the internal report."""
+like the internal report. A tile task's rows are images: the text counts images and their
+cases, as the internal report does; an unlabelled cohort gets the short report of
+:func:`build_document` (its predictions, the cases left out, the protocol)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from ..tasks import TaskSpec
 from .document import METRIC_LABELS, Doc, _ci, _fmt, _none, _signed
 from .external import estimate, scored
 from .figures import _plt, _save, fig_metrics, fig_roc, km_groups
+from .narrative import WORDING
 from .stats import EvalConfig, Paired
 from .verdict import _verdict
 
@@ -31,14 +34,38 @@ class ExternalContext:
     models: list[str]  # report order: single teachers, late fusion, the others
     metrics: pd.DataFrame  # metrics.tsv
     pairs: list[Paired]  # the student against each baseline (tables.BASELINES' order)
-    n_paired: list[int]  # the cases of each pair
+    n_paired: list[tuple[int, int]]  # the rows (cases; images) and cases of each pair
     chosen: dict  # internal, concat, late, oracle: a model or None
-    left_out: dict[str, list[str]]  # NO_PATCHES, NO_LABEL: the cases
-    n_listed: int  # cases in the prediction tables
+    left_out: dict[str, list[str]]  # NO_PATCHES (, NO_LABEL): the rows (cases; images)
+    n_listed: tuple[int, int]  # rows and cases in the prediction tables
     n_folds: int  # fold models in the student's ensemble
     cfg: EvalConfig
     figures: dict[str, tuple[Path, str]] = field(default_factory=dict)  # (file, caption)
     km_p: float | None = None  # the log-rank p of the student's median split (survival)
+    n_scored_cases: dict[str, int] = field(default_factory=dict)  # model -> cases scored
+    labelled: bool = True  # False: no metric, the predictions only
+    predicted: pd.DataFrame | None = None  # unlabelled: what each model predicted
+
+    @property
+    def tile(self) -> bool:
+        """Rows are images (a tile task), not cases."""
+        return self.spec.record.unit != "case_id"
+
+    @property
+    def rows(self) -> str:
+        """What a row is, plural."""
+        return "images" if self.tile else "cases"
+
+    @property
+    def kept(self) -> str:
+        """What the scored rows have."""
+        return "a label" if self.tile else "patches and a label"
+
+    def count(self, n_rows: int, n_cases: int | None = None) -> str:
+        """``N cases``, or a tile task's ``N cases, M images`` (as the internal report)."""
+        if not self.tile:
+            return f"{n_rows} cases"
+        return f"{'?' if n_cases is None else n_cases} cases, {n_rows} images"
 
     @property
     def label(self) -> str:
@@ -61,8 +88,12 @@ class ExternalContext:
         return tuple(_none(None if pd.isna(r[c]) else r[c]) for c in ("value", "ci_low", "ci_high"))
 
     def n_scored(self, model: str) -> int:
+        """The rows scored (cases; a tile task's images: ``n_cases`` of the metric)."""
         r = self._row(model, "n_cases")
         return 0 if r is None or pd.isna(r["value"]) else int(r["value"])
+
+    def scored_text(self, model: str) -> str:
+        return self.count(self.n_scored(model), self.n_scored_cases.get(model))
 
     def estimate_text(self, model: str) -> str:
         v, lo, hi = self.value(model)
@@ -152,7 +183,10 @@ FUSED = {  # what late fusion averages, in the protocol's words
 def build_document(ctx: ExternalContext, extra: Callable[[Doc], None] | None = None) -> Doc:
     """The report; ``extra(doc)`` adds its blocks after the figures, before the protocol."""
     doc = Doc()
-    for section in (question, answer, results, comparison, cases_left_out, figures):
+    sections = (question, answer, results, comparison, cases_left_out, figures)
+    if not ctx.labelled:
+        sections = (question, predictions, cases_left_out, figures)
+    for section in sections:
         section(ctx, doc)
     if extra is not None:
         extra(doc)
@@ -162,6 +196,15 @@ def build_document(ctx: ExternalContext, extra: Callable[[Doc], None] | None = N
 
 def question(ctx: ExternalContext, doc: Doc) -> None:
     doc.h(1, f"Task {ctx.spec.name} on cohort {ctx.cohort}: external validation")
+    if not ctx.labelled:
+        doc.p(
+            f"The models trained on task {ctx.spec.name}'s cohort ({ctx.n_folds} fold models "
+            f"each), applied unchanged to cohort **{ctx.cohort}**: what do they predict? The "
+            "cohort has no labels, so no metric and no comparison between models is computed "
+            "(`metrics.tsv` and `comparison.tsv` have their header only): this report lists "
+            "the predictions. Give the cohort's labels to validate the models on it."
+        )
+        return
     doc.p(
         f"The models trained on task {ctx.spec.name}'s cohort ({ctx.n_folds} fold models each), "
         f"applied unchanged to cohort **{ctx.cohort}**: does the distilled student still beat "
@@ -173,8 +216,8 @@ def question(ctx: ExternalContext, doc: Doc) -> None:
 def answer(ctx: ExternalContext, doc: Doc) -> None:
     doc.h(2, "Answer")
     head = (
-        f"On cohort **{ctx.cohort}** ({ctx.n_scored(ctx.student)} cases with patches and a "
-        f"label), **{ctx.student}** (the ensemble of its {ctx.n_folds} fold models) reaches "
+        f"On cohort **{ctx.cohort}** ({ctx.scored_text(ctx.student)} with {ctx.kept}), "
+        f"**{ctx.student}** (the ensemble of its {ctx.n_folds} fold models) reaches "
         f"{ctx.label} {ctx.estimate_text(ctx.student)}"
     )
     p = ctx.internal_pair
@@ -182,7 +225,7 @@ def answer(ctx: ExternalContext, doc: Doc) -> None:
         doc.p(head + "; the internal report chose no single teacher (none has a validation "
               "score), so there is no paired comparison.")  # fmt: skip
         return
-    n = ctx.n_paired[ctx.pairs.index(p)]
+    n = ctx.count(*ctx.n_paired[ctx.pairs.index(p)])
     head += (
         f"; the best single teacher chosen on internal validation, **{p.b}**, reaches "
         f"{ctx.estimate_text(p.b)}."
@@ -192,7 +235,7 @@ def answer(ctx: ExternalContext, doc: Doc) -> None:
         return
     doc.p(
         head + f" Δ = **{_signed(p.mean)}** (paired case bootstrap {ctx.level}% CI "
-        f"{_signed(p.ci_low)} to {_signed(p.ci_high)}, on the {n} cases both scored): "
+        f"{_signed(p.ci_low)} to {_signed(p.ci_high)}, on the {n} both scored): "
         f"{_verdict(p, ctx)}. The trained models are fixed: the interval covers which cases "
         "the cohort drew, not another training set or seed."
     )
@@ -205,7 +248,9 @@ def results(ctx: ExternalContext, doc: Doc) -> None:
                                                    for n in ctx.models)]  # fmt: skip
     rows = []
     for name in ctx.models:
-        row = {"model": name, "cases": ctx.n_scored(name)}
+        row = {"model": name, ctx.rows: ctx.n_scored(name)}
+        if ctx.tile:
+            row["cases"] = ctx.n_scored_cases.get(name)
         for s in shown:
             v, lo, hi = ctx.value(name, s)
             cell = _fmt(v, s) + (f" ({_ci(lo, hi)})" if lo is not None else "")
@@ -219,8 +264,9 @@ def results(ctx: ExternalContext, doc: Doc) -> None:
     doc.p(
         f"The ensemble's value, in brackets its case bootstrap {ctx.level}% CI "
         f"({ctx.cfg.n_boot} resamples, seed {ctx.cfg.seed}) where the internal report has "
-        "one; then the range of the fold models alone. Cases: those with patches and a label. "
-        "Full numbers: `metrics.tsv`."
+        f"one; then the range of the fold models alone. {ctx.rows.capitalize()}: those with "
+        f"{ctx.kept}" + ("; cases: theirs" if ctx.tile else "") + ". Full numbers: "
+        "`metrics.tsv`" + (" (its `n_cases` counts images)." if ctx.tile else ".")
     )
     gone = m[(m["estimate"] == "ensemble") & m["value"].isna() & (m["reason"].fillna("") != "")]
     if len(gone):
@@ -240,7 +286,8 @@ def comparison(ctx: ExternalContext, doc: Doc) -> None:
         {
             "student − baseline": f"{p.a} − {p.b}",
             "baseline chosen as": p.label,
-            "cases": n,
+            ctx.rows: n[0],
+            **({"cases": n[1]} if ctx.tile else {}),
             f"Δ {ctx.label}": _signed(p.mean),
             f"{ctx.level}% CI, case bootstrap": f"{_signed(p.ci_low)} to {_signed(p.ci_high)}",
         }
@@ -250,9 +297,10 @@ def comparison(ctx: ExternalContext, doc: Doc) -> None:
     short = [f"{p.a} − {p.b}: {p.n_valid} of {ctx.cfg.n_boot} resamples had the metric "
              "defined" for p in ctx.pairs if p.n_valid < ctx.cfg.n_boot]  # fmt: skip
     doc.p(
-        f"Δ of {ctx.label} between the two ensembles on the cases both scored. The case "
-        f"bootstrap draws those cases with replacement ({ctx.cfg.n_boot} times, seed "
-        f"{ctx.cfg.seed}, the same draw for both models) and recomputes Δ. Early and late "
+        f"Δ of {ctx.label} between the two ensembles on the {ctx.rows} both scored. The case "
+        f"bootstrap draws {'the cases of those images' if ctx.tile else 'those cases'} with "
+        f"replacement ({ctx.cfg.n_boot} times, seed {ctx.cfg.seed}, the same draw for both "
+        f"models{WORDING[ctx.spec.family].draw_note}) and recomputes Δ. Early and late "
         "fusion see every teacher, as the student does: they are the controls for whether "
         "fusing the teachers helps. The best single teacher on this cohort is chosen on the "
         "cohort's own outcomes: an oracle, optimistic for the baseline, shown for scale. "
@@ -260,20 +308,49 @@ def comparison(ctx: ExternalContext, doc: Doc) -> None:
     )
 
 
-def cases_left_out(ctx: ExternalContext, doc: Doc) -> None:
-    doc.h(2, "Cases left out")
-    gone = ctx.left_out
-    both = set(gone[NO_PATCHES]) & set(gone[NO_LABEL])
-    kept = ctx.n_listed - len(set(gone[NO_PATCHES]) | set(gone[NO_LABEL]))
+def predictions(ctx: ExternalContext, doc: Doc) -> None:
+    """An unlabelled cohort: what each model predicted."""
+    doc.h(2, "Predictions per model")
+    doc.table(ctx.predicted)
     doc.p(
-        f"The prediction tables list {ctx.n_listed} cases of cohort {ctx.cohort}; {kept} have "
-        "patches and a label. The others are left out of every metric, never scored on a "
-        "constant prediction" + (f" ({len(both)} case(s) are in both lists):" if both else ":")
+        f"Per model, its {ctx.rows} with a prediction"
+        + (" and their cases" if ctx.tile else " (patches)")
+        + (
+            ", and how many the ensemble assigns to each class (its arg-max)."
+            if ctx.spec.kind == "classification"
+            else ", and the distribution of its ensemble's `risk_rank` (the mean of the fold "
+            "models' risks rank-normalised within the cohort, in (0, 1]): a rank is relative "
+            "to this cohort, not a probability."
+        )
+    )
+
+
+def cases_left_out(ctx: ExternalContext, doc: Doc) -> None:
+    gone, rows = ctx.left_out, ctx.rows
+    if ctx.tile:  # an image set has no slides to lack patches: its reasons that apply
+        gone = {reason: ids for reason, ids in gone.items() if ids}
+    doc.h(2, f"{rows.capitalize()} left out")
+    both = set(gone.get(NO_PATCHES, ())) & set(gone.get(NO_LABEL, ()))
+    kept = ctx.n_listed[0] - len(set().union(*gone.values()))
+    have = ctx.kept if ctx.labelled else "a prediction"
+    listed = (
+        f"The prediction tables list {ctx.count(*ctx.n_listed)} of cohort {ctx.cohort}; "
+        f"{kept}{' images' if ctx.tile else ''} have {have}."
+    )
+    if not gone:
+        doc.p(listed + " None is left out.")
+        return
+    fate = " of every metric, never scored on a constant prediction" if ctx.labelled else ""
+    doc.p(
+        f"{listed} The others are left out{fate}"
+        + (f" ({len(both)} {rows[:-1]}(s) are in both lists):" if both else ":")
     )
     what = {
         NO_PATCHES: "without patches (no slide of the case has tissue, or every slide was "
         "skipped: nothing to predict; check the QC table)",
-        NO_LABEL: "without a label (not in the cohort's label file)",
+        NO_LABEL: "without a label (the image set gives none)"
+        if ctx.tile
+        else "without a label (not in the cohort's label file)",
     }
     doc.ul([
         f"**{len(ids)}** {what[reason]}" + (": " + ", ".join(ids[:20]) if ids else "")
@@ -283,6 +360,8 @@ def cases_left_out(ctx: ExternalContext, doc: Doc) -> None:
 
 
 def figures(ctx: ExternalContext, doc: Doc) -> None:
+    if not ctx.figures:  # an unlabelled cohort: nothing measured to draw
+        return
     doc.h(2, "Figures")
     for path, caption in ctx.figures.values():
         doc.img(path, f"figures/{path.name}", caption)
@@ -291,7 +370,7 @@ def figures(ctx: ExternalContext, doc: Doc) -> None:
 def protocol(ctx: ExternalContext, doc: Doc) -> None:
     doc.h(2, "Protocol")
     fused = FUSED[ctx.spec.kind]
-    items = [
+    ensemble = [
         f"Each model is its {ctx.n_folds} fold models of the internal cross-validation, "
         "applied unchanged (no retraining, no recalibration). The ensemble is "
         + (
@@ -300,6 +379,12 @@ def protocol(ctx: ExternalContext, doc: Doc) -> None:
             else "the mean over fold models of their risks rank-normalised within the cohort "
             "(each fold model's risk is on its own scale)."
         ),
+    ]
+    if not ctx.labelled:
+        doc.ul([*ensemble, "No metric, interval or comparison: the cohort has no labels."])
+        return
+    items = [
+        *ensemble,
         "The single teacher of the answer is the one the internal report chose on its mean "
         f"validation {ctx.label}"
         + (f" ({ctx.chosen['internal']})" if ctx.chosen.get("internal") else "")
@@ -317,7 +402,8 @@ def protocol(ctx: ExternalContext, doc: Doc) -> None:
         )
     items.append(
         f"Uncertainty: case-level percentile bootstrap of the ensemble ({ctx.cfg.n_boot} "
-        f"resamples, seed {ctx.cfg.seed}, {ctx.level}% CI); the paired comparison draws the "
+        f"resamples, seed {ctx.cfg.seed}, {ctx.level}% CI"
+        f"{WORDING[ctx.spec.family].uncertainty_note}); the paired comparison draws the "
         "same cases for both models. The trained models are fixed, so the intervals cover "
         "the sampling of this cohort's cases only."
     )

@@ -1,7 +1,9 @@
 """The external validation report of one task on one labelled cohort (issue 17): the internal
 report's metrics, CIs and paired comparison, read from the prediction tables of
 :func:`shazam.predict.predict_cohort` (one per model; ``results/predictions/{cohort}/{task}/
-{model}.tsv``).
+{model}.tsv``), or of :func:`shazam.predict.predict_tiles` for a tile task: a row per image,
+rows identified by the task's unit (``spec.record.unit``) and every bootstrap drawing whole
+cases with all their images, as the internal report does.
 
 :func:`external_report` writes into its folder:
 
@@ -12,6 +14,11 @@ report's metrics, CIs and paired comparison, read from the prediction tables of
   late fusion and the single teacher best on this cohort (an optimistic oracle), each with
   the paired case bootstrap of Δ (:func:`~.external.external_pair`);
 * ``figures/*.png``, ``report.md`` and ``report.html`` (:mod:`.external_doc`).
+
+An unlabelled cohort (no truth column, or no labelled row) gets a short report instead
+(:func:`unlabelled_report`): what each model predicted and the cases left out; the two tables
+are written with their header only and ``figures/`` is left empty, so the outputs a workflow
+rule declares are always there.
 
 Late fusion is computed here, as in the internal report (:func:`~.runs.late_fusion`): per
 case, the mean of the single teachers' class probabilities, or of their rank-normalised risks;
@@ -34,11 +41,13 @@ from ..models import registry
 from ..tasks import LabelError, TaskSpec, join_errors
 from .document import Doc
 from .external import (
+    METRIC_COLUMNS,
     _folds,
     estimate,
     external_metrics,
     external_pair,
     internal_baseline,
+    predicted,
     scored,
 )
 from .external_doc import ExternalContext, build_document, draw_figures
@@ -75,8 +84,9 @@ def read_predictions(paths: list[str | os.PathLike]) -> dict[str, pd.DataFrame]:
             raise ValueError(
                 f"two prediction tables of model {p.stem}: {tables[p.stem].attrs[SOURCE]} and {p}"
             )
-        df = pd.read_csv(p, sep="\t", dtype={"case_id": str, "label": str, "pred": str,
-                         "note": str}, keep_default_na=False, na_values=[""])  # fmt: skip
+        df = pd.read_csv(p, sep="\t", dtype={"case_id": str, "image_id": str, "label": str,
+                         "pred": str, "note": str}, keep_default_na=False,
+                         na_values=[""])  # fmt: skip
         df.attrs[SOURCE] = str(p)
         tables[p.stem] = df
     return tables
@@ -90,14 +100,34 @@ def _truth(spec: TaskSpec) -> list[str]:
     return ["label"] if spec.kind == "classification" else ["time", "event"]
 
 
+def _what(spec: TaskSpec) -> str:
+    """What a row of the task's tables is: an image (tile tasks) or a case."""
+    return "image" if spec.record.unit == "image_id" else "case"
+
+
+def _with_labels(spec: TaskSpec) -> str:
+    """How to predict with labels, in an error's words."""
+    return "an image set with labels" if spec.family == "tile" else "the cohort's --labels"
+
+
+def is_labelled(tables: dict[str, pd.DataFrame], spec: TaskSpec) -> bool:
+    """Whether the cohort has labels: a table has the truth column with a value in it."""
+    col = _truth(spec)[0]
+    return any(col in t and t[col].notna().any() for t in tables.values())
+
+
 def _classes(table: pd.DataFrame) -> set[str]:
     """The classes of a table's probability columns (ensemble and folds)."""
     return {m.group(1) for c in table.columns if (m := _PROB.match(c))}
 
 
-def check_tables(tables: dict[str, pd.DataFrame], spec: TaskSpec, cohort: str, student: str):
-    """Every table is a labelled prediction table of this task, of the same cases, classes
-    and truth as the student's; else an error naming the file(s) and what to do."""
+def check_tables(
+    tables: dict[str, pd.DataFrame], spec: TaskSpec, cohort: str, student: str
+) -> bool:
+    """Every table is a prediction table of this task, of the same rows (cases; a tile
+    task's images), classes and truth as the student's; else an error naming the file(s) and
+    what to do. Returns whether the cohort is labelled (:func:`is_labelled`): then every
+    table must have the labels."""
     where = f"cohort {cohort}, task {spec.name}"
     if student not in tables:
         raise ValueError(
@@ -110,7 +140,7 @@ def check_tables(tables: dict[str, pd.DataFrame], spec: TaskSpec, cohort: str, s
             f"{where}: {_source(registry.LATE_FUSION, tables[registry.LATE_FUSION])}: late "
             "fusion is computed by the report from the single teachers; leave it out"
         )
-    ref = tables[student]
+    ref, labelled = tables[student], is_labelled(tables, spec)
     for model in [student, *(m for m in tables if m != student)]:
         table, src = tables[model], _source(model, tables[model])
         try:
@@ -123,17 +153,19 @@ def check_tables(tables: dict[str, pd.DataFrame], spec: TaskSpec, cohort: str, s
                 f"{_source(student, ref)} of {sorted(_classes(ref))} — were both predicted "
                 f"with task {spec.name}'s models?"
             )
-        _check_table(table, spec, src)
+        _check_table(table, spec, src, labelled)
         if model != student:
-            _check_same_cases(table, ref, spec, src, _source(student, ref))
+            _check_same_rows(table, ref, spec, (src, _source(student, ref)), labelled)
+    return labelled
 
 
-def _check_table(table: pd.DataFrame, spec: TaskSpec, src: str) -> None:
-    truth = _truth(spec)
+def _check_table(table: pd.DataFrame, spec: TaskSpec, src: str, labelled: bool) -> None:
+    truth = _truth(spec) if labelled else []
     if any(c not in table for c in truth):
         raise ValueError(
-            f"{src} has no {' or '.join(truth)} column: the cohort was predicted without "
-            "labels, and an external report needs them — predict with the cohort's --labels"
+            f"{src} has no {' or '.join(truth)} column, other tables of the cohort have "
+            f"labels: it was predicted without them — predict every model with "
+            f"{_with_labels(spec)}"
         )
     unknown = sorted(_classes(table) - set(spec.classes))
     if unknown:
@@ -142,22 +174,26 @@ def _check_table(table: pd.DataFrame, spec: TaskSpec, src: str) -> None:
             f"{spec.name} {list(spec.classes)} — was it predicted with another task's models?"
         )
     outputs = [f"prob_{c}" for c in spec.classes] if spec.kind == "classification" else []
-    need = ["case_id", "note", *truth, *(outputs or ["risk_rank"])]
+    unit, what = spec.record.unit, _what(spec)
+    need = [*dict.fromkeys([unit, "case_id"]), "note", *truth, *(outputs or ["risk_rank"])]
     lacking = [c for c in need if c not in table]
     if lacking:
         raise ValueError(
             f"{src} lacks column(s) {', '.join(lacking)} of a {spec.type} prediction table of "
             f"task {spec.name} — predict it again with this version of shazam"
         )
-    dup = table.loc[table["case_id"].duplicated(), "case_id"].unique()
+    dup = table.loc[table[unit].duplicated(), unit].unique()
     if len(dup):
-        raise ValueError(f"{src}: case(s) {', '.join(dup[:5])} have more than one row")
+        raise ValueError(f"{src}: {what}(s) {', '.join(dup[:5])} have more than one row")
+    if not labelled:
+        return
     labelled = table[table[truth[0]].notna()]
     if labelled.empty:
-        raise ValueError(f"{src}: no case has a label — give the cohort's label file")
+        raise ValueError(f"{src}: no {what} has a label, other tables of the cohort have "
+                         f"labels — predict every model with {_with_labels(spec)}")  # fmt: skip
 
     def at(i: int, col: str) -> str:
-        return f"{src}, row {labelled.index[i] + 2} (case {labelled['case_id'].iloc[i]}), {col}"
+        return f"{src}, row {labelled.index[i] + 2} ({what} {labelled[unit].iloc[i]}), {col}"
 
     if spec.kind == "classification":
         errors = spec.class_errors(labelled["label"], lambda i, _: at(i, "label"))
@@ -172,44 +208,55 @@ def _check_table(table: pd.DataFrame, spec: TaskSpec, src: str) -> None:
         raise LabelError(join_errors(errors, f"{src} (task {spec.name})"))
 
 
-def _check_same_cases(table, ref, spec: TaskSpec, src: str, ref_src: str) -> None:
-    a, b = set(table["case_id"]), set(ref["case_id"])
+def _check_same_rows(table, ref, spec: TaskSpec, srcs: tuple[str, str], labelled: bool):
+    """The same rows (cases; a tile task's images, each of the same case) and truth."""
+    (src, ref_src), unit, what = srcs, spec.record.unit, _what(spec)
+    a, b = set(table[unit]), set(ref[unit])
     if a != b:
         only, other = sorted(a - b), sorted(b - a)
+        where = "image set" if spec.family == "tile" else "cohort's slide sheet"
         raise ValueError(
-            f"{src} and {ref_src} list different cases ({len(only)} only in the first: "
+            f"{src} and {ref_src} list different {what}s ({len(only)} only in the first: "
             f"{', '.join(only[:5])}; {len(other)} only in the second: {', '.join(other[:5])}) "
-            "— predict every model on the same cohort's slide sheet"
+            f"— predict every model on the same {where}"
         )
-    x = table.set_index("case_id")[_truth(spec)]
-    y = ref.set_index("case_id")[_truth(spec)].loc[x.index]
-    if spec.kind == "survival":  # 1 and 1.0 are the same event
-        x, y = (d.apply(pd.to_numeric, errors="coerce") for d in (x, y))
+    cols = ["case_id"] if unit != "case_id" else []
+    cols += _truth(spec) if labelled else []
+    if not cols:
+        return
+    x = table.set_index(unit)[cols]
+    y = ref.set_index(unit)[cols].loc[x.index]
+    if spec.kind == "survival" and labelled:  # 1 and 1.0 are the same event
+        for d in (x, y):
+            d[_truth(spec)] = d[_truth(spec)].apply(pd.to_numeric, errors="coerce")
     differ = x.index[~((x == y) | (x.isna() & y.isna())).all(axis=1)]
     if len(differ):
         c = differ[0]
+        show = [", ".join(map(str, d.loc[c])) for d in (x, y)]
         raise ValueError(
-            f"{src} and {ref_src} give case {c} different labels ({', '.join(x.loc[c])} vs "
-            f"{', '.join(y.loc[c])}) — predict every model with the same label file"
+            f"{src} and {ref_src} give {what} {c} a different {' or '.join(cols)} "
+            f"({show[0]} vs {show[1]}) — predict every model on the same "
+            f"{'image set' if spec.family == 'tile' else 'sheet, with the same label file'}"
         )
 
 
 def late_fusion_table(
     tables: dict[str, pd.DataFrame], singles: list[str], spec: TaskSpec
 ) -> pd.DataFrame:
-    """Late fusion of the single teachers as a prediction table of the cases every one of
-    them scored: :func:`~.runs.late_fusion` of their ensembles (``prob_{class}`` or
-    ``risk_rank``) and of each fold's models that all of them have (``prob_{class}_fold{k}``
-    or ``risk_fold{k}``)."""
+    """Late fusion of the single teachers as a prediction table of the rows (cases; a tile
+    task's images) every one of them scored: :func:`~.runs.late_fusion` of their ensembles
+    (``prob_{class}`` or ``risk_rank``) and of each fold's models that all of them have
+    (``prob_{class}_fold{k}`` or ``risk_fold{k}``)."""
+    unit = spec.record.unit
     parts = {m: scored(tables[m], spec) for m in singles}
-    common = set.intersection(*(set(t["case_id"]) for t in parts.values()))
-    parts = {m: t[t["case_id"].isin(common)] for m, t in parts.items()}
+    common = set.intersection(*(set(t[unit]) for t in parts.values()))
+    parts = {m: t[t[unit].isin(common)] for m, t in parts.items()}
     folds = sorted(set.intersection(*(set(_folds(t)) for t in parts.values())))
     estimates = [None, *folds]
     runs = [ModelRun(m, [estimate(t, spec, k) for k in estimates], [{}] * len(estimates))
             for m, t in parts.items()]  # fmt: skip
     fused = late_fusion(runs, spec)
-    out = fused[0][["case_id", *_truth(spec)]].copy()
+    out = fused[0][[*dict.fromkeys([unit, "case_id"]), *_truth(spec)]].copy()
     for k, df in zip(estimates, fused, strict=True):
         sfx = "" if k is None else f"_fold{k}"
         if spec.kind == "classification":
@@ -272,8 +319,9 @@ def choose(
 
 
 def compare_student(tables, student: str, chosen: dict, spec: TaskSpec, cfg: EvalConfig):
-    """(the student's :class:`~.stats.Paired` against each chosen baseline, the cases of
-    each, ``comparison.tsv``); a teacher chosen twice is compared once, with both labels."""
+    """(the student's :class:`~.stats.Paired` against each chosen baseline, the (rows, cases)
+    of each, ``comparison.tsv``: ``n_cases`` counts the rows, a tile task's images, as
+    ``metrics.tsv`` does); a teacher chosen twice is compared once, with both labels."""
     pairs, counts, done = [], [], {}
     for key, label in BASELINES:
         b = chosen.get(key)
@@ -287,20 +335,29 @@ def compare_student(tables, student: str, chosen: dict, spec: TaskSpec, cfg: Eva
         pairs.append(pair)
         counts.append(n)
     rows = [{"comparison": p.label, "student": p.a, "baseline": p.b, "metric": p.metric,
-             "n_cases": n, "delta": p.mean, "ci_low": p.ci_low, "ci_high": p.ci_high,
+             "n_cases": n[0], "delta": p.mean, "ci_low": p.ci_low, "ci_high": p.ci_high,
              "n_boot": p.n_valid} for p, n in zip(pairs, counts, strict=True)]  # fmt: skip
     return pairs, counts, pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
-def left_out(tables: dict[str, pd.DataFrame], spec: TaskSpec, student: str) -> dict:
-    """{reason: cases} of the cases no metric reads: without patches (in any table) and
-    without a label."""
-    no_patches = set()
+def left_out(
+    tables: dict[str, pd.DataFrame], spec: TaskSpec, student: str, labelled: bool = True
+) -> dict:
+    """{reason: rows} of the rows (cases; a tile task's images) no metric reads: without
+    patches (in any table) and, in a labelled cohort, without a label."""
+    unit, no_patches = spec.record.unit, set()
     for t in tables.values():
-        no_patches |= set(t.loc[t["note"].fillna("").str.contains(NO_PATCHES), "case_id"])
+        no_patches |= set(t.loc[t["note"].fillna("").str.contains(NO_PATCHES), unit])
+    if not labelled:
+        return {NO_PATCHES: sorted(no_patches)}
     ref = tables[student]
-    no_label = set(ref.loc[ref[_truth(spec)[0]].isna(), "case_id"])
+    no_label = set(ref.loc[ref[_truth(spec)[0]].isna(), unit])
     return {NO_PATCHES: sorted(no_patches), NO_LABEL: sorted(no_label)}
+
+
+def default_student(spec: TaskSpec) -> str:
+    """The student of the task's family: ``shazam`` (slide tasks), ``shazam-v1`` (tile)."""
+    return registry.FAMILY[spec.family].student
 
 
 def external_report(
@@ -310,14 +367,24 @@ def external_report(
     summary: str | os.PathLike | pd.DataFrame,
     out_dir: str | os.PathLike,
     cfg: EvalConfig = DEFAULTS,
-    student: str = "shazam",
+    student: str | None = None,
     extra: Callable[[Doc], None] | None = None,
 ) -> dict:
     """Write the external report of task ``spec`` on ``cohort`` into ``out_dir`` from the
     prediction ``tables`` by model (:func:`read_predictions`), with the single teacher that
-    the internal ``summary`` (``results/report/{task}/summary.tsv``) chose. ``extra(doc)``
-    may add a section before the protocol. Returns the headline numbers."""
-    check_tables(tables, spec, cohort, student)
+    the internal ``summary`` (``results/report/{task}/summary.tsv``) chose; ``student``
+    defaults to the family's (:func:`default_student`). An unlabelled cohort gets the short
+    report of :func:`unlabelled_report`. ``extra(doc)`` may add a section before the
+    protocol. Returns the headline numbers."""
+    student = student or default_student(spec)
+    labelled = check_tables(tables, spec, cohort, student)
+    out = Path(out_dir)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for old in fig_dir.glob("*.png"):  # a figure that no longer applies must not linger
+        old.unlink()
+    if not labelled:
+        return unlabelled_report(spec, cohort, tables, out, cfg, student, extra)
     summary = read_summary(summary, spec)
     singles = single_teachers(spec, list(tables))
     late = [registry.LATE_FUSION] if len(singles) >= 2 else []  # after the singles it fuses
@@ -328,43 +395,106 @@ def external_report(
                         ignore_index=True)  # fmt: skip
     chosen = choose(metrics, summary, spec, models, cohort)
     pairs, counts, comparison = compare_student(tables, student, chosen, spec, cfg)
-    out = Path(out_dir)
-    fig_dir = out / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    for old in fig_dir.glob("*.png"):  # a figure that no longer applies must not linger
-        old.unlink()
     ctx = ExternalContext(
         spec=spec, cohort=cohort, student=student, models=models, metrics=metrics,
         pairs=pairs, n_paired=counts, chosen=chosen, left_out=left_out(tables, spec, student),
-        n_listed=len(tables[student]), n_folds=len(_folds(tables[student])), cfg=cfg,
+        n_listed=_counts(tables[student]), n_folds=len(_folds(tables[student])), cfg=cfg,
+        n_scored_cases={m: scored(tables[m], spec)["case_id"].nunique() for m in models},
     )  # fmt: skip
     ctx.figures, ctx.km_p = draw_figures(ctx, tables, fig_dir)
+    _write(ctx, out, metrics, comparison, extra)
+    return headline(ctx)
+
+
+def _counts(table: pd.DataFrame) -> tuple[int, int]:
+    """(rows, cases) of a table."""
+    return len(table), int(table["case_id"].nunique())
+
+
+def _write(ctx: ExternalContext, out: Path, metrics, comparison, extra) -> None:
+    """The report's tables and document, each file atomically."""
     for name, df in (("metrics", metrics), ("comparison", comparison)):
         with atomic_path(out / f"{name}.tsv") as tmp:
             df.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     doc = build_document(ctx, extra)
     write_text_atomic(out / "report.md", doc.markdown())
-    write_text_atomic(
-        out / "report.html", doc.html(f"Shazam external validation: {spec.name} on {cohort}")
-    )
-    return headline(ctx)
+    title = f"Shazam external validation: {ctx.spec.name} on {ctx.cohort}"
+    write_text_atomic(out / "report.html", doc.html(title))
+
+
+def prediction_summary(tables: dict[str, pd.DataFrame], spec: TaskSpec) -> pd.DataFrame:
+    """Per model, what it predicted on the cohort: its rows with a prediction (and their
+    cases, for a tile task), then the count of each predicted class (classification) or the
+    distribution of ``risk_rank`` (survival)."""
+    what, rows = _what(spec), []
+    for model, table in tables.items():
+        done = predicted(table)
+        row = {"model": model, f"predicted {what}s": len(done)}
+        if spec.record.unit != "case_id":
+            row["cases"] = done["case_id"].nunique()
+        if spec.kind == "classification":
+            counts = done["pred"].value_counts()
+            row.update({f"predicted {c}": int(counts.get(c, 0)) for c in spec.classes})
+        else:
+            r = done["risk_rank"].to_numpy(dtype=float)
+            q = np.percentile(r, [0, 25, 50, 75, 100]) if len(r) else [np.nan] * 5
+            row.update({"risk_rank median": f"{q[2]:.3f}", "IQR": f"{q[1]:.3f}–{q[3]:.3f}",
+                        "range": f"{q[0]:.3f}–{q[4]:.3f}"})  # fmt: skip
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def unlabelled_report(
+    spec: TaskSpec,
+    cohort: str,
+    tables: dict[str, pd.DataFrame],
+    out: Path,
+    cfg: EvalConfig,
+    student: str,
+    extra: Callable[[Doc], None] | None = None,
+) -> dict:
+    """The short report of a cohort without labels (checked tables): what each model
+    predicted, the cases left out, the protocol; no metric, no comparison. ``metrics.tsv``
+    and ``comparison.tsv`` are written with their header only, and ``figures/`` exists, so
+    a workflow's outputs are complete."""
+    models = list(tables)
+    ctx = ExternalContext(
+        spec=spec, cohort=cohort, student=student, models=models,
+        metrics=pd.DataFrame(columns=METRIC_COLUMNS), pairs=[], n_paired=[], chosen={},
+        left_out=left_out(tables, spec, student, labelled=False),
+        n_listed=_counts(tables[student]), n_folds=len(_folds(tables[student])), cfg=cfg,
+        labelled=False, predicted=prediction_summary(tables, spec),
+    )  # fmt: skip
+    _write(ctx, out, ctx.metrics, pd.DataFrame(columns=COMPARISON_COLUMNS), extra)
+    done = predicted(tables[student])
+    head = {"task": spec.name, "cohort": cohort, "labelled": False,
+            "n_cases": int(done["case_id"].nunique()), "models": models,
+            "figures": []}  # fmt: skip
+    if spec.record.unit != "case_id":
+        head["n_images"] = len(done)
+    return head
 
 
 def headline(ctx: ExternalContext) -> dict:
     """The numbers the CLI logs: the student's primary metric, its baselines and its Δ
-    against the single teacher chosen internally."""
+    against the single teacher chosen internally. ``n_cases``: the cases scored (a tile
+    task also gives ``n_images``, the images scored, which ``metrics.tsv``'s ``n_cases``
+    counts)."""
     value, lo, hi = ctx.value(ctx.student)
     head = {
         "task": ctx.spec.name,
         "cohort": ctx.cohort,
+        "labelled": True,
         "metric": ctx.spec.primary_metric,
-        "n_cases": ctx.n_scored(ctx.student),
+        "n_cases": ctx.n_scored_cases.get(ctx.student, ctx.n_scored(ctx.student)),
         "student": value,
         "student_ci": (lo, hi),
         "baseline_internal": ctx.chosen.get("internal"),
         "baseline_oracle": ctx.chosen.get("oracle"),
         "figures": sorted(ctx.figures),
     }
+    if ctx.spec.record.unit != "case_id":
+        head["n_images"] = ctx.n_scored(ctx.student)
     if ctx.spec.kind == "survival":
         head["km_logrank_p"] = ctx.km_p
     p = ctx.internal_pair

@@ -15,7 +15,13 @@ from sklearn.metrics import roc_auc_score
 
 from shazam.cli import main
 from shazam.evaluate import EvalConfig
-from shazam.evaluate.external_report import external_report, late_fusion_table, read_predictions
+from shazam.evaluate.external import METRIC_COLUMNS
+from shazam.evaluate.external_report import (
+    COMPARISON_COLUMNS,
+    external_report,
+    late_fusion_table,
+    read_predictions,
+)
 from shazam.predict import add_truth, cohort_table, write_table
 from shazam.tasks import LabelError, TaskSpec
 
@@ -180,10 +186,44 @@ def test_the_extra_section_comes_before_the_protocol(tmp_path):
     assert "GALLERY" in (tmp_path / "report.html").read_text()
 
 
-def test_an_unlabelled_cohort_is_refused(tmp_path):
-    tables = {m: t.drop(columns="label") for m, t in make_tables(CLS).items()}
-    with pytest.raises(ValueError, match="no label column.*--labels"):
-        external_report(CLS, "ext", tables, summary(CLS), tmp_path, BOOT)
+@pytest.mark.parametrize("spec", [CLS, SURV], ids=["classification", "survival"])
+def test_an_unlabelled_cohort_gets_the_short_report(tmp_path, spec):
+    truth = ["label"] if spec.kind == "classification" else ["time", "event"]
+    tables = {m: t.drop(columns=truth) for m, t in make_tables(spec).items()}
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "roc.png").write_bytes(PNG_MAGIC)  # of an earlier, labelled run
+    head = external_report(spec, "ext", tables, tmp_path / "absent.tsv", tmp_path, BOOT)
+    assert head["labelled"] is False and head["n_cases"] == N - 2 and "n_images" not in head
+    for name, columns in (("metrics", METRIC_COLUMNS), ("comparison", COMPARISON_COLUMNS)):
+        df = pd.read_csv(tmp_path / f"{name}.tsv", sep="\t")
+        assert list(df.columns) == columns and df.empty
+    assert list((tmp_path / "figures").iterdir()) == []
+    md = (tmp_path / "report.md").read_text()
+    assert "has no labels, so no metric and no comparison" in md
+    assert "## Answer" not in md and "## Paired comparison" not in md and "## Figures" not in md
+    rows = md.split("## Predictions per model")[1].split("##")[0]
+    for model, t in tables.items():
+        if spec.kind == "classification":
+            n = t["pred"].value_counts()
+            assert f"| {model} | {N - 2} | {n['lo']} | {n['hi']} |" in rows
+        else:
+            assert f"| {model} | {N - 2} | {t['risk_rank'].median():.3f} |" in rows
+    left = md.split("## Cases left out")[1].split("##")[0]
+    assert "**2** without patches" in left and "c00, c01" in left and "without a label" not in left
+    assert "## Protocol" in md and (tmp_path / "report.html").stat().st_size > 0
+
+
+def test_a_table_without_the_labels_the_others_have_is_named(tmp_path):
+    tables = read_predictions(write_files(tmp_path, CLS, make_tables(CLS)))
+    bare = tables["concat"].drop(columns="label")
+    bare.attrs = tables["concat"].attrs
+    with pytest.raises(ValueError, match="concat.tsv has no label column, other tables of the "
+                       "cohort have labels.*--labels"):  # fmt: skip
+        external_report(CLS, "ext", {**tables, "concat": bare}, summary(CLS), tmp_path, BOOT)
+    empty = tables["shazam"].assign(label=np.nan)
+    empty.attrs = tables["shazam"].attrs
+    with pytest.raises(ValueError, match="shazam.tsv: no case has a label, other tables"):
+        external_report(CLS, "ext", {**tables, "shazam": empty}, summary(CLS), tmp_path, BOOT)
 
 
 def test_a_class_unknown_to_the_task_is_named(tmp_path):
