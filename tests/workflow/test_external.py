@@ -118,7 +118,7 @@ def test_demo_heatmaps_draw_fold_test_slides_and_the_external_cohort(demo_run):
 def test_snakemake_report_includes_heatmaps_and_external_reports(demo_run):
     import base64
 
-    from tests.conftest import run_snakemake
+    from conftest import run_snakemake
 
     wd, _ = demo_run
     out = wd / "workflow-report-external.html"

@@ -480,6 +480,9 @@ def test_demo_run_reports_every_task(demo_run):
             assert "a drawn case brings all its images" in md
         html = (d / "report.html").read_text()
         assert html.count("data:image/png;base64,") == len(figures)
+        if not tile:  # the heatmaps of fold 0's test slides, embedded as small JPEGs
+            assert md.index("## Dataset") < md.index("## Where the models look")
+            assert md.count("](../../heatmaps/") == html.count("data:image/jpeg;base64,") > 0
 
 
 @pytest.mark.slow
