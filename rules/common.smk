@@ -524,25 +524,26 @@ def task_heatmaps(task):
     ]
 
 
-def _heatmap_slides(wildcards):
-    cohorts = [s for n in HEATMAP_COHORTS for s in COHORT_SLIDES[n]]
-    return SLIDE_IDS + cohorts
+# A heatmap job draws training slides (its fold's test cases) and external ones. The training
+# slides' feature and patch files are not listed: the model, an input, is made from them, so
+# they exist (2N inputs per heatmap job would double what Snakemake matches at 10,000 slides).
+_HEATMAP_EXTERNAL = [s for n in HEATMAP_COHORTS for s in COHORT_SLIDES[n]]
 
 
 def heatmap_features(wildcards):
-    """The feature files of the model's teachers, of every slide it may draw."""
+    """The external cohorts' feature files of the model's teachers."""
     used = registry.parse(wildcards.model).teachers(TEACHERS)
     return [
         layout.FEATURES.format(teacher=t, slide=s)
         for t in used
-        for s in _heatmap_slides(wildcards)
+        for s in _HEATMAP_EXTERNAL
     ]
 
 
 def heatmap_patches(wildcards):
     if not TILES:
         return []
-    return [layout.PATCHES.format(slide=s) for s in _heatmap_slides(wildcards)]
+    return [layout.PATCHES.format(slide=s) for s in _HEATMAP_EXTERNAL]
 
 
 def heatmap_cohort_files(wildcards):
