@@ -140,13 +140,46 @@ SLIDE_IDS = list(SLIDES["slide_id"])
 
 # external cohorts (shazam.external_cohorts): other slides (or ROI images) that every task's
 # trained models are applied to; their slides are tiled and extracted like the training sheet's
-EXTERNAL = parse_cohorts(config.get("external"), TASK_SPECS)
 DEMO_EXTERNAL_DIR = f"{DEMO_DIR}/external"
 DEMO_EXTERNAL = (
     external_plan(DEMO["external_seed"], DEMO["external_cases"])
     if DEMO["enabled"] and DEMO["external_cases"]
     else []
 )
+DEMO_EXTERNAL_TILES = DEMO["enabled"] and DEMO["external_tile_cases"] > 0
+DEMO_COHORT = "demo_external"
+
+
+def _demo_cohort():
+    """The demo's own external cohort (demo.external_cases, demo.external_tile_cases): its
+    slides with the labels of each slide task that reads the demo's labels, and its ROI
+    images for each tile task that reads the demo's images. Only in demo mode: a user's
+    config with its own sheet inherits no demo cohort."""
+    entry = {}
+    if DEMO_EXTERNAL:
+        entry["slides"] = f"{DEMO_EXTERNAL_DIR}/slides.tsv"
+        entry["labels"] = {
+            t: f"{DEMO_EXTERNAL_DIR}/{Path(s.source).name}"
+            for t, s in TASK_SPECS.items()
+            if not s.is_tile and Path(s.source).parent == Path(DEMO_DIR)
+        }
+    if DEMO_EXTERNAL_TILES:
+        entry["images"] = {
+            t: f"{DEMO_EXTERNAL_DIR}/tiles.csv"
+            for t, s in TASK_SPECS.items()
+            if s.is_tile and Path(s.source) == Path(f"{DEMO_DIR}/tiles.csv")
+        }
+    return entry if entry.get("slides") or entry.get("images") else None
+
+
+_external = dict(config["external"])
+if _demo_cohort():
+    if DEMO_COHORT in _external:
+        raise ValueError(
+            f"config: external.{DEMO_COHORT} is the demo's own cohort's name"
+        )
+    _external[DEMO_COHORT] = _demo_cohort()
+EXTERNAL = parse_cohorts(_external, TASK_SPECS)
 
 
 def _load_cohort_sheet(path):

@@ -70,7 +70,7 @@ if DEMO_EXTERNAL:
             runtime=15,
         params:
             version=SHAZAM_VERSION,
-            out=DEMO_EXTERNAL_DIR,
+            out=lambda wildcards, output: os.path.dirname(output.sheet),
             seed=DEMO["external_seed"],
             cases=DEMO["external_cases"],
         shell:
@@ -78,7 +78,7 @@ if DEMO_EXTERNAL:
             " --cases {params.cases} > {log} 2>&1"
 
 
-if DEMO["enabled"] and DEMO["external_tile_cases"]:
+if DEMO_EXTERNAL_TILES:
 
     rule make_demo_external_tiles:
         output:
@@ -103,7 +103,7 @@ if DEMO["enabled"] and DEMO["external_tile_cases"]:
             runtime=10,
         params:
             version=SHAZAM_VERSION,
-            out=f"{DEMO_EXTERNAL_DIR}/tiles",
+            out=lambda wildcards, output: os.path.splitext(output.table)[0],
             seed=DEMO["external_seed"],
             cases=DEMO["external_tile_cases"],
         shell:

@@ -40,7 +40,8 @@ for task in TASKS:
             spec=task_spec_json(task),
             models=" ".join(model_names(task)),
             runs=task_runs(task),
-            models_dir=layout.MODELS_DIR.format(task=task),
+            # results/models/{task}: above {model}/fold_{k}/model.safetensors
+            models_dir=lambda wc, input: Path(input.models[0]).parents[2],
             out=lambda wc, task=task: layout.PREDICTIONS.format(
                 cohort=wc.cohort, task=task, model="{model}"
             ),

@@ -156,6 +156,14 @@ def sheet_ids(wd):
     return list(pd.read_csv(wd / "resources/demo/slides.tsv", sep="\t")["slide_id"])
 
 
+def external_ids(wd):
+    """The demo's external cohort's slides (tiled and extracted like the training sheet's)."""
+    import pandas as pd
+
+    sheet = wd / "resources/demo/external/slides.tsv"
+    return list(pd.read_csv(sheet, sep="\t")["slide_id"]) if sheet.exists() else []
+
+
 def run_config(wd):
     """Teachers and slide tasks of the finished run (the demo's may change; the tests follow
     it). Tile tasks (no slides) are left out: see ``tile_tasks``."""
@@ -180,7 +188,8 @@ def extraction_groups(wd):
     from shazam.extraction.groups import slide_groups
 
     conf = yaml.safe_load((wd / "config/config.yaml").read_text())
-    return slide_groups(sheet_ids(wd), conf["extraction"]["slides_per_job"])
+    per_job = conf["extraction"]["slides_per_job"]  # an external cohort has groups of its own
+    return {**slide_groups(sheet_ids(wd), per_job), **slide_groups(external_ids(wd), per_job)}
 
 
 def group_table(wd, teacher, sid):
@@ -243,12 +252,14 @@ def check_changing_one_teachers_weights(wd):
     conf = yaml.safe_load((wd / "config/config.yaml").read_text())
     conf["teacher_weights"] = {changed: str(weights)}
     (wd / "config/config.yaml").write_text(yaml.safe_dump(conf))
-    cnn = [f"results/features/{changed}/{s}.h5" for s in sheet_ids(wd)]
+    cnn = [f"results/features/{changed}/{s}.h5" for s in sheet_ids(wd) + external_ids(wd)]
     tables = sorted(f"results/features/{changed}/groups/{g}.tsv" for g in extraction_groups(wd))
     tiles = [f"results/tile_features/{task}/{changed}.h5" for task in tile_tasks(wd)]
+    ext = wd.glob(f"results/external/*/tile_features/*/{changed}.h5")
+    ext_tiles = sorted(str(p.relative_to(wd)) for p in ext)
     p = subprocess.run(
         [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(wd),
-         "--cleanup-metadata", *tables, *tiles], capture_output=True, text=True,
+         "--cleanup-metadata", *tables, *tiles, *ext_tiles], capture_output=True, text=True,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert planned(wd) == {}, "the adopted setting alone must not rerun anything"
@@ -257,6 +268,7 @@ def check_changing_one_teachers_weights(wd):
     assert sorted(jobs.pop("extract_features")) == tables
     assert sorted(jobs.pop("feature_file")) == sorted(cnn)
     assert sorted(jobs.pop("extract_tile_features", [])) == sorted(tiles)  # its tile features
+    assert sorted(jobs.pop("extract_external_tiles", [])) == ext_tiles  # and the cohort's
     assert "tile_slide" not in jobs and not any(r.startswith("make_splits") for r in jobs)
     baselines = {o.split("/")[3] for o in jobs["train_baseline"]}
     assert baselines == {f"abmil-{changed}"}  # the other teachers' models keep their inputs
