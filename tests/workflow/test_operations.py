@@ -301,7 +301,10 @@ def check_adding_a_seed(wd):
     jobs = planned(wd, "--configfile", str(wd / "config/config.yaml"), str(wd / "seeds.yaml"))
     splits = {r for r in jobs if r.startswith("make_splits")}
     assert splits == {f"make_splits_{t}_repeat1" for t in conf["tasks"]}
-    assert set(jobs) - splits <= {*TRAIN_RULES, "train_tile_model", "evaluate", "all"}
+    # the new models join the external cohort's ensembles: its predictions and reports redo
+    predict = {f"predict_{t}" for t in conf["tasks"]}
+    assert set(jobs) - splits <= {*TRAIN_RULES, "train_tile_model", "evaluate", "all",
+                                  *predict, "external_report"}  # fmt: skip
     for rule in (*TRAIN_RULES, "train_tile_model"):
         for out in jobs.get(rule, []):  # results/models/{task}/{model}/fold_{k}/…
             task, k = out.split("/")[2], int(out.split("/fold_")[1].split("/")[0])
