@@ -7,12 +7,13 @@ Under ``--workdir``: one feature file per teacher and slide (virchow2 1280/1280/
 1536 × 3, float16, as extraction writes them: 0.29 GB per slide for both teachers), a slide
 sheet (one slide per case), and per model ``--folds`` fold folders of untrained, seeded weights
 with a unit input standardisation (prediction costs the same whatever the weights). Each model
-runs in its own process on the CPU (``--threads``), with the training default
-``training.cache: auto`` (the cohort's features in memory when they take at most a quarter of
-the memory available, else read from disk through the page cache); it reports its seconds, the
-seconds per slide and fold model, and its peak RSS (``VmHWM``, :func:`shazam.device.peak_rss`).
+runs in its own process on the CPU (``--threads``), reading the features as ``--cache`` says
+(``predict_cohort``'s ``cache``: ``disk``, its default, or training's ``memory``/``auto``); it
+reports its seconds, the seconds per slide and fold model, and its peak RSS (``VmHWM``,
+:func:`shazam.device.peak_rss`).
 
-Last line: ``RESULT predict_seconds_per_slide_fold <the student's> s``.
+Last line: ``RESULT predict_disk_speedup <the student's seconds, memory / disk> x`` (with one
+``--cache`` only: ``RESULT predict_seconds_per_slide_fold <the student's> s``).
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ from shazam.predict import predict_cohort
 from shazam.slides import load_sheet
 from shazam.tasks import TaskSpec
 root, model, folds, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+cache = sys.argv[6]
 torch.set_num_threads(threads)
 spec = TaskSpec.from_json(json.dumps(json.loads(sys.argv[5])))
 sheet = load_sheet(f"{root}/slides.tsv", check_files=False)
 t0 = time.perf_counter()
 table = predict_cohort(spec, f"{root}/models", model, folds, sheet, root, cohort="bench",
-                       device="cpu", log=lambda s: None)
+                       device="cpu", log=lambda s: None, cache=cache)
 print(json.dumps({"seconds": time.perf_counter() - t0, "maxrss": peak_rss(),
                   "rows": len(table), "predicted": int((table["note"] == "").sum())}))
 """
@@ -110,6 +112,10 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default="/tmp/predict_bench")
+    ap.add_argument("--cache", nargs="+", default=["memory", "disk"],
+                    choices=("auto", "memory", "disk"),
+                    help="where prediction reads the features from; both memory and disk: "
+                    "their ratio is the headline")  # fmt: skip
     a = ap.parse_args(argv)
     root = Path(a.workdir)
     root.mkdir(parents=True, exist_ok=True)
@@ -119,20 +125,26 @@ def main(argv=None) -> int:
         write_folds(root, model, teachers, a.folds)
     print(f"{a.slides} slides x {a.patches:,} patches: {size / 1e9:.2f} GB of features, "
           f"written in {time.perf_counter() - t:.1f} s", flush=True)  # fmt: skip
-    per = {}
-    for model in MODELS:
-        cmd = [sys.executable, "-c", CHILD, str(root), model, str(a.folds), str(a.threads),
-               json.dumps(TASK)]  # fmt: skip
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        if p.returncode != 0:
-            sys.exit(f"{model} failed (rc {p.returncode}):\n{p.stderr[-3000:]}")
-        r = json.loads(p.stdout.strip().splitlines()[-1])
-        per[model] = r["seconds"] / (a.slides * a.folds)
-        print(f"  {model:15s}: {r['seconds']:.1f} s for {a.folds} fold models "
-              f"({per[model]:.3f} s per slide and fold model), peak RSS "
-              f"{r['maxrss'] / 1e9:.2f} GB, {r['predicted']}/{r['rows']} cases",
-              flush=True)  # fmt: skip
-    print(f"RESULT predict_seconds_per_slide_fold {per['shazam']:.3f} s")
+    res = {}
+    for cache in a.cache:
+        for model in MODELS:
+            cmd = [sys.executable, "-c", CHILD, str(root), model, str(a.folds), str(a.threads),
+                   json.dumps(TASK), cache]  # fmt: skip
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode != 0:
+                sys.exit(f"{model} failed (rc {p.returncode}):\n{p.stderr[-3000:]}")
+            r = res[cache, model] = json.loads(p.stdout.strip().splitlines()[-1])
+            per = r["seconds"] / (a.slides * a.folds)
+            print(f"  cache {cache:6s} {model:15s}: {r['seconds']:.1f} s for {a.folds} fold "
+                  f"models ({per:.3f} s per slide and fold model), peak RSS "
+                  f"{r['maxrss'] / 1e9:.2f} GB, {r['predicted']}/{r['rows']} cases",
+                  flush=True)  # fmt: skip
+    if {"memory", "disk"} <= set(a.cache):
+        ratio = res["memory", "shazam"]["seconds"] / res["disk", "shazam"]["seconds"]
+        print(f"RESULT predict_disk_speedup {ratio:.2f} x")
+    else:
+        r = res[a.cache[-1], "shazam"]
+        print(f"RESULT predict_seconds_per_slide_fold {r['seconds'] / (a.slides * a.folds):.3f} s")
     return 0
 
 

@@ -190,16 +190,18 @@ def check_features(fm: FoldModel, sheet: pd.DataFrame, root, cohort: str) -> Non
             )
 
 
-def fold_outputs(fm: FoldModel, sheet: pd.DataFrame, cases: list[str], root, cohort: str):
+def fold_outputs(fm: FoldModel, sheet: pd.DataFrame, cases: list[str], root, cohort: str,
+                 cache: str = "disk"):  # fmt: skip
     """(the cases' patch counts, {case: outputs} of the cases with patches): class
     probabilities, or risk, through :class:`~shazam.training.Engine`'s evaluation path with
-    the model's own standardiser."""
+    the model's own standardiser. ``cache``: where the features are read from (see
+    :func:`predict_cohort`)."""
     from .losses import survival_from_logits
     from .stores import FeatureStore
 
     check_features(fm, sheet, root, cohort)
     store = FeatureStore.for_slides(sheet, fm.teachers, cases, fm.levels, root)
-    eng = fold_engine(fm, store, cohort)
+    eng = fold_engine(fm, store, cohort, cache)
     sizes = {c: store.size(c) for c in cases}
     ids = [c for c in cases if sizes[c] > 0]
     logits = eng.predict(ids)["logits"]
@@ -210,9 +212,10 @@ def fold_outputs(fm: FoldModel, sheet: pd.DataFrame, cases: list[str], root, coh
     return sizes, dict(zip(ids, out, strict=True))
 
 
-def fold_engine(fm: FoldModel, store, cohort: str):
+def fold_engine(fm: FoldModel, store, cohort: str, cache: str | None = None):
     """The engine that runs ``fm`` on ``store`` as training evaluated it: the store's widths
-    checked against the model's, the model's own input standardiser, its cache setting."""
+    checked against the model's, the model's own input standardiser; the features read from
+    ``cache`` (None: the model's training setting)."""
     from .training import Engine
 
     for k, c in store.dims.items():
@@ -221,7 +224,7 @@ def fold_engine(fm: FoldModel, store, cohort: str):
                 f"cohort {cohort}: {k} features are {c} wide, model {fm.name} ({fm.fold_dir}) "
                 f"was trained on {fm.dims.get(k)} — extract this cohort with the same teacher"
             )
-    store.cache(fm.train.cache)
+    store.cache(cache or fm.train.cache)
     eng = Engine(fm.model, fm.spec, store, None, fm.train)
     eng.use_inputs(fm.standardizer)
     return eng
@@ -239,6 +242,7 @@ def predict_cohort(
     cohort: str = "cohort",
     device: str | None = None,
     log=print,
+    cache: str = "disk",
 ) -> pd.DataFrame:
     """Every fold's model ``model`` of the task (``models_dir/{model}/fold_{k}``, k <
     ``n_runs``: folds × seeds; None: the task's folds) on the cases of ``sheet``, from their
@@ -247,7 +251,13 @@ def predict_cohort(
     ``case_id``, ``n_slides``, ``n_patches``, the truth (``label`` or ``time``/``event``), the
     ensemble (``pred`` + ``prob_{class}``, or ``risk_rank``), each fold's outputs
     (``prob_{class}_fold{k}`` or ``risk_fold{k}``) and ``note`` (``no patches``,
-    ``no label``). See the module's docstring for the ensemble and no-patch rules."""
+    ``no label``). See the module's docstring for the ensemble and no-patch rules.
+
+    ``cache``: where each fold model reads the cohort's features from. ``disk`` (default):
+    rows read on demand through the page cache, which the next fold then reads again from
+    memory. Training's ``memory`` would copy the whole cohort into the process once per fold
+    model to read each row once: at 12 slides of 15,000 patches, twice the time and 3.3× the
+    peak memory (``benchmarks/predict_cohort.py``). The outputs are the same either way."""
     if task_spec.family != "slide":
         raise ValueError(f"task {task_spec.name}: prediction on a new cohort is for slide tasks")
     n_runs = n_runs or task_spec.n_folds
@@ -258,7 +268,7 @@ def predict_cohort(
     for k in range(n_runs):
         fm = load_fold_model(Path(models_dir) / model / f"fold_{k}", device)
         _check_same_task(fm, task_spec, model)
-        folds.append(fold_outputs(fm, sheet, cases, features_root, cohort))
+        folds.append(fold_outputs(fm, sheet, cases, features_root, cohort, cache))
     table = cohort_table(task_spec, sheet, cases, folds)
     if labels is not None:
         table = add_truth(table, task_spec, case_labels(task_spec, labels), cohort, log)
