@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEACHERS = ("toy_vit", "toy_cnn")
 FOLDS = 5
 BAR = 1.3
+HEATMAPS = os.environ.get("DAG_HEATMAPS") == "1"  # 1: ours also plans the default heatmaps
 
 BARE_SNAKEFILE = """\
 import csv
@@ -150,6 +151,8 @@ def make_cohort(wd: Path, n: int) -> None:
         },
     )
     conf["shazam"]["ablations"] = []
+    # the bare workflow has no heatmap jobs (BENCHMARKS: their cost measured apart)
+    conf["heatmaps"] = {"enabled": HEATMAPS, "folds": None}  # on: every fold (the default)
     (wd / "ours.yaml").write_text(yaml.safe_dump(conf))
     (wd / "bare.yaml").write_text(
         f"slides: {wd / 'slides.tsv'}\nlabels: {wd / 'labels.csv'}\n"
