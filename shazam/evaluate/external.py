@@ -7,7 +7,7 @@ cohort, from the prediction tables of :func:`shazam.predict.predict_cohort`.
   our own. Survival metrics that need a fold's training data (IPCW C-index, time-dependent
   AUC, IBS, the log-rank split at the training median risk) are missing with the reason:
   a prediction table carries no training cases;
-* :func:`external_comparison` — the student's ensemble against a baseline's on the same
+* :func:`external_pair` — the student's ensemble against a baseline's on the same
   cases: the report's paired case bootstrap of Δ (:func:`~.tables.compare`), one "fold" (the
   cohort), so no Wilcoxon or corrected t over runs;
 * :func:`internal_baseline` — the single teacher chosen on internal validation (the report's
@@ -28,7 +28,7 @@ from ..cohorts import NO_PATCHES
 from ..tasks import TaskSpec
 from .runs import ModelRun, arrays_metrics, prediction_arrays, single_teachers
 from .stats import EvalConfig, Paired, bootstrap_ci, case_clusters
-from .tables import choose_baselines, compare, comparison_table
+from .tables import choose_baselines, compare
 
 COUNTS = ("n_cases", "n_events")  # a tile task's n_cases counts its rows: images
 METRIC_COLUMNS = ["model", "estimate", "metric", "value", "ci_low", "ci_high", "n_boot", "reason"]
@@ -128,20 +128,6 @@ def external_pair(
     n_cases = a.loc[a[unit].isin(common), "case_id"].nunique()
     pair = compare(runs[0], runs[1], spec, spec.primary_metric, label, cfg)
     return pair, (len(common), n_cases)
-
-
-def external_comparison(
-    student: pd.DataFrame,
-    baseline: pd.DataFrame,
-    spec: TaskSpec,
-    names: tuple[str, str],
-    label: str = "best single teacher, chosen on internal validation",
-    cfg: EvalConfig | None = None,
-) -> pd.DataFrame:
-    """:func:`external_pair` as the report's comparison table, one row (``delta_fold_0`` =
-    the cohort's Δ)."""
-    pair, _ = external_pair(student, baseline, spec, names, label, cfg)
-    return comparison_table([pair], 1)
 
 
 def internal_baseline(summary: str | os.PathLike | pd.DataFrame, spec: TaskSpec) -> str | None:

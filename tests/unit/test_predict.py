@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shazam.evaluate.external import external_comparison, external_metrics, internal_baseline
+from shazam.evaluate.external import external_metrics, external_pair, internal_baseline
 from shazam.evaluate.stats import EvalConfig
 from shazam.predict import load_fold_model, predict_cohort, write_table
 from shazam.tasks import LabelError
@@ -229,12 +229,13 @@ def test_external_comparison_against_the_internally_chosen_teacher(classificatio
                             "val_mean": [0.7, 0.8, 1.0]})  # fmt: skip
     base = internal_baseline(summary, spec)
     assert base == "abmil-tb"  # chosen on validation, not on test (nor the fusion)
-    row = external_comparison(tables["abmil-ta"], tables[base], spec, ("abmil-ta", base),
-                              cfg=BOOT).iloc[0]  # fmt: skip
+    pair, (n_rows, n_cases) = external_pair(tables["abmil-ta"], tables[base], spec,
+                                            ("abmil-ta", base), cfg=BOOT)  # fmt: skip
     ba = {n: external_metrics(t, spec, n, BOOT).set_index(["estimate", "metric"])
           .loc[("ensemble", "balanced_accuracy"), "value"] for n, t in tables.items()}  # fmt: skip
-    assert row["delta_fold_0"] == pytest.approx(ba["abmil-ta"] - ba["abmil-tb"])
-    assert row["baseline"] == "abmil-tb" and row["n_boot"] > 0
+    assert pair.per_fold[0] == pytest.approx(ba["abmil-ta"] - ba["abmil-tb"])
+    assert pair.b == "abmil-tb" and pair.n_valid > 0
+    assert n_rows == n_cases == sheet["case_id"].nunique()
 
 
 def test_early_fusion_of_teachers_out_of_alphabetical_order_is_rebuilt_in_training_order(tmp_path):
