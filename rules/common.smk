@@ -172,13 +172,13 @@ def _demo_cohort():
     return entry if entry.get("slides") or entry.get("images") else None
 
 
-_external = dict(config["external"])
-if _demo_cohort():
+_external, _demo_entry = dict(config["external"]), _demo_cohort()
+if _demo_entry:
     if DEMO_COHORT in _external:
         raise ValueError(
             f"config: external.{DEMO_COHORT} is the demo's own cohort's name"
         )
-    _external[DEMO_COHORT] = _demo_cohort()
+    _external[DEMO_COHORT] = _demo_entry
 EXTERNAL = parse_cohorts(_external, TASK_SPECS)
 
 
